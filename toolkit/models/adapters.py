@@ -1,0 +1,162 @@
+"""One adapter per model family: everything architecture-specific lives here.
+
+An adapter knows, for its family, where the decoder layers are, the text width
+and depth, how a prompt with or without an image is written, how the processor
+wants images batched, and which processor outputs are not model inputs. The rest
+of the toolkit asks the adapter and never branches on a model's name.
+
+Positions: every adapter pads on the **left**, so the last prompt token of every
+row of a batch is at index ``-1`` (the convention the steering code relies on).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+
+__all__ = ["Adapter", "ADAPTERS", "adapter_for", "supported_families"]
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """Family knowledge for one architecture.
+
+    Attributes:
+        family: short name (``"llava"``).
+        model_types: ``config.model_type`` values this adapter handles.
+        layers_path: dotted path from the top model to the decoder ``ModuleList``.
+        image_placeholder: the string a prompt must contain where the image goes,
+            before the processor expands it; ``None`` for text-only families or
+            where the processor inserts it itself (PaliGemma).
+        nested_images: the processor wants one list of images per prompt.
+        drop_keys: processor outputs that must not reach ``forward``/``generate``.
+    """
+
+    family: str
+    model_types: tuple[str, ...]
+    layers_path: str
+    image_placeholder: str | None = None
+    supports_images: bool = True
+    nested_images: bool = False
+    chat: bool = True
+    drop_keys: tuple[str, ...] = ("labels",)
+    auto_class: str = "AutoModelForImageTextToText"
+    notes: str = field(default="", compare=False)
+
+    # -- structure -----------------------------------------------------------
+    def text_config(self, config: Any) -> Any:
+        getter = getattr(config, "get_text_config", None)
+        return getter() if getter is not None else config
+
+    def num_layers(self, config: Any) -> int:
+        return int(self.text_config(config).num_hidden_layers)
+
+    def hidden_size(self, config: Any) -> int:
+        return int(self.text_config(config).hidden_size)
+
+    def layer_modules(self, module: torch.nn.Module) -> torch.nn.ModuleList:
+        """The decoder layers of the plain torch model (``L`` modules)."""
+        return _get_path(module, self.layers_path)
+
+    def layer_envoys(self, envoy: Any) -> Any:
+        """The same decoder layers seen through an nnsight envoy."""
+        return _get_path(envoy, self.layers_path)
+
+    # -- prompts ---------------------------------------------------------------
+    def format_prompt(self, processor: Any, text: str, with_image: bool) -> str:
+        """The full prompt for a user message, ending with the generation prompt.
+
+        Uses the processor's chat template where it has one, so real checkpoints
+        get their own format.
+        """
+        if with_image and not self.supports_images:
+            raise ValueError(
+                f"{self.family} is a text-only family: it cannot take an image. "
+                "Pass image=None, or load a vision-language model."
+            )
+        template_owner = processor if getattr(processor, "chat_template", None) else None
+        if template_owner is None:
+            tok = getattr(processor, "tokenizer", processor)
+            template_owner = tok if getattr(tok, "chat_template", None) else None
+        if not self.chat or template_owner is None:
+            prefix = self.image_placeholder if (with_image and self.image_placeholder) else ""
+            return f"{prefix}{text}"
+        content: list[dict] = [{"type": "image"}] if with_image else []
+        content.append({"type": "text", "text": text})
+        messages = [{"role": "user", "content": content}]
+        return template_owner.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def check_prompt(self, prompt: str, has_image: bool) -> None:
+        """Refuse a prompt whose image placeholder does not match the image."""
+        if has_image and not self.supports_images:
+            raise ValueError(
+                f"An image was given to a text-only {self.family} model. Pass image=None, "
+                "or load a vision-language model."
+            )
+        marker = self.image_placeholder
+        if marker is None or not self.supports_images:
+            return
+        count = prompt.count(marker)
+        if has_image and count != 1:
+            raise ValueError(
+                f"The prompt has {count} {marker!r} image placeholders but one image was given. "
+                f"Build prompts with model.format_prompt(text, image=True), which inserts exactly one "
+                f"{marker!r} in the {self.family} format."
+            )
+        if not has_image and count:
+            raise ValueError(
+                f"The prompt contains the image placeholder {marker!r} but no image was given. "
+                "Pass the image, or build the prompt with model.format_prompt(text, image=False)."
+            )
+
+    def images_argument(self, images: Sequence[Image.Image]) -> list:
+        return [[im] for im in images] if self.nested_images else list(images)
+
+
+def _get_path(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+LLAVA = Adapter("llava", ("llava",), "model.language_model.layers", "<image>",
+                notes="LLaVA-1.5 (CLIP tower, Llama/Vicuna text model)")
+LLAVA_NEXT = Adapter("llava_next", ("llava_next",), "model.language_model.layers", "<image>",
+                     notes="LLaVA-NeXT / LLaVA-1.6 (any-resolution tiles)")
+QWEN2_VL = Adapter("qwen2_vl", ("qwen2_vl",), "model.language_model.layers", "<|image_pad|>")
+QWEN2_5_VL = Adapter("qwen2_5_vl", ("qwen2_5_vl",), "model.language_model.layers", "<|image_pad|>")
+QWEN3_VL = Adapter("qwen3_vl", ("qwen3_vl",), "model.language_model.layers", "<|image_pad|>")
+GEMMA3 = Adapter("gemma3", ("gemma3",), "model.language_model.layers", "<start_of_image>", nested_images=True)
+# PaliGemma's processor inserts the image tokens itself and has no chat format.
+PALIGEMMA = Adapter("paligemma", ("paligemma",), "model.language_model.layers", None, chat=False)
+IDEFICS3 = Adapter("idefics3", ("idefics3", "smolvlm"), "model.text_model.layers", "<image>", nested_images=True,
+                   notes="Idefics3 and SmolVLM")
+LLAMA = Adapter("llama", ("llama", "mistral"), "model.layers", None, supports_images=False,
+                auto_class="AutoModelForCausalLM")
+QWEN2 = Adapter("qwen2", ("qwen2", "qwen3"), "model.layers", None, supports_images=False,
+                auto_class="AutoModelForCausalLM")
+
+ADAPTERS: tuple[Adapter, ...] = (LLAVA, LLAVA_NEXT, QWEN2_VL, QWEN2_5_VL, QWEN3_VL, GEMMA3, PALIGEMMA, IDEFICS3,
+                                 LLAMA, QWEN2)
+
+
+def supported_families() -> list[str]:
+    return [f"{a.family} (model_type {', '.join(a.model_types)})" for a in ADAPTERS]
+
+
+def adapter_for(config: Any) -> Adapter:
+    """The adapter for a transformers config; a clear error for anything else."""
+    model_type = getattr(config, "model_type", None)
+    for adapter in ADAPTERS:
+        if model_type in adapter.model_types:
+            return adapter
+    raise ValueError(
+        f"Unsupported architecture: model_type={model_type!r} "
+        f"({', '.join(getattr(config, 'architectures', None) or []) or 'no architectures listed'}). "
+        "Supported families: " + "; ".join(supported_families()) + ". "
+        "To add one, write an Adapter in toolkit/models/adapters.py naming its decoder-layer path."
+    )

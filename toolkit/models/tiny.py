@@ -1,0 +1,331 @@
+"""Tiny random-initialised models of every supported family, built offline.
+
+Each builder returns ``(torch_model, processor)`` of the *same architecture
+classes* as the real checkpoint (LlavaForConditionalGeneration, Qwen2VL..., a
+processor of the family's own class), but with a few hundred thousand
+parameters, a word-level tokenizer trained here, and image processors given
+explicit parameters (the PIL back-ends: torchvision is not available beside the
+CPU torch). Tests and examples use them; nothing is downloaded.
+
+Image sizes are 32x32 throughout, so a test image is cheap to make.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import torch
+import transformers as tf
+from transformers.processing_utils import ProcessorMixin
+
+from .tokenizer import train_word_tokenizer
+
+IMAGE_SIZE = 32
+
+# Chat templates: structurally like the families' own (role markers, where the
+# image placeholder goes, the generation prompt), simplified for a word tokenizer.
+LLAVA_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'].upper() }}: "
+    "{% if m['content'] is string %}{{ m['content'] }} {% else %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] }} {% endif %}{% endfor %}"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+QWEN_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+GEMMA3_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<start_of_image>{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
+    "{% endif %}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+IDEFICS3_TEMPLATE = (
+    "<|im_start|>{% for m in messages %}{{ m['role'] | capitalize }}:"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
+    "{% endif %}<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+QWEN_SPECIALS = [
+    "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+    "<|image_pad|>", "<|video_pad|>", "<|endoftext|>",
+]
+
+
+def _llama_text(vocab: int, **kw) -> dict:
+    base = dict(
+        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        pad_token_id=0, bos_token_id=2, eos_token_id=3, tie_word_embeddings=False,
+    )
+    base.update(kw)
+    return base
+
+
+def _clip_vision(**kw) -> tf.CLIPVisionConfig:
+    base = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                image_size=IMAGE_SIZE, patch_size=8, projection_dim=32)
+    base.update(kw)
+    return tf.CLIPVisionConfig(**base)
+
+
+def _siglip_vision(**kw) -> tf.SiglipVisionConfig:
+    base = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                image_size=IMAGE_SIZE, patch_size=8)
+    base.update(kw)
+    return tf.SiglipVisionConfig(**base)
+
+
+def _clip_image_processor(cls=None):
+    cls = cls or tf.CLIPImageProcessorPil
+    return cls(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        do_center_crop=True, do_resize=True, do_rescale=True, do_normalize=True,
+        image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
+    )
+
+
+def _seed(seed: int) -> None:
+    torch.manual_seed(seed)
+
+
+def tiny_llava(seed: int = 0, num_layers: int = 3, hidden_size: int = 64, corpus=()):
+    _seed(seed)
+    tok = train_word_tokenizer(list(corpus), ["<image>"], chat_template=LLAVA_TEMPLATE)
+    proc = tf.LlavaProcessor(
+        image_processor=_clip_image_processor(), tokenizer=tok, patch_size=8,
+        vision_feature_select_strategy="default", num_additional_image_tokens=1,
+        chat_template=LLAVA_TEMPLATE,
+    )
+    cfg = tf.LlavaConfig(
+        vision_config=_clip_vision(),
+        text_config=tf.LlamaConfig(**_llama_text(len(tok), num_hidden_layers=num_layers, hidden_size=hidden_size,
+                                                 intermediate_size=2 * hidden_size)),
+        image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_select_strategy="default",
+        vision_feature_layer=-2, projector_hidden_act="gelu",
+    )
+    return tf.LlavaForConditionalGeneration(cfg).eval(), proc
+
+
+def tiny_llava_next(seed: int = 0):
+    _seed(seed)
+    tok = train_word_tokenizer([], ["<image>"], chat_template=LLAVA_TEMPLATE)
+    grid = [[IMAGE_SIZE, IMAGE_SIZE]]
+    ip = tf.LlavaNextImageProcessorPil(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        image_grid_pinpoints=grid, do_center_crop=True,
+        image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
+    )
+    proc = tf.LlavaNextProcessor(
+        image_processor=ip, tokenizer=tok, patch_size=8, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1, chat_template=LLAVA_TEMPLATE,
+    )
+    cfg = tf.LlavaNextConfig(
+        vision_config=_clip_vision(), text_config=tf.LlamaConfig(**_llama_text(len(tok))),
+        image_token_index=tok.convert_tokens_to_ids("<image>"), image_grid_pinpoints=grid,
+        vision_feature_select_strategy="default", vision_feature_layer=-2,
+    )
+    return tf.LlavaNextForConditionalGeneration(cfg).eval(), proc
+
+
+def _qwen_tokenizer():
+    tok = train_word_tokenizer([], QWEN_SPECIALS, chat_template=QWEN_TEMPLATE)
+    return tok
+
+
+@contextlib.contextmanager
+def allow_missing_video_processor():
+    """Let a Qwen-VL processor be built without a video processor.
+
+    Qwen processors type-check their ``video_processor`` against
+    ``BaseVideoProcessor``, which transformers only defines when torchvision is
+    importable; torchvision does not load beside the CPU torch, so even
+    ``video_processor=None`` fails the check. Images do not need it.
+    """
+    original = ProcessorMixin.check_argument_for_proper_class
+
+    def check(self, argument_name, argument):
+        if argument is None and "video" in argument_name:
+            return type(None)
+        return original(self, argument_name, argument)
+
+    ProcessorMixin.check_argument_for_proper_class = check
+    try:
+        yield
+    finally:
+        ProcessorMixin.check_argument_for_proper_class = original
+
+
+def _qwen_image_processor():
+    # 32x32 image, patch 8, merge 2 -> a 4x4 patch grid -> 4 image tokens.
+    return tf.Qwen2VLImageProcessorPil(
+        min_pixels=IMAGE_SIZE * IMAGE_SIZE, max_pixels=IMAGE_SIZE * IMAGE_SIZE,
+        patch_size=8, temporal_patch_size=2, merge_size=2,
+    )
+
+
+def _qwen_ids(tok) -> dict:
+    ids = tok.convert_tokens_to_ids
+    return dict(
+        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+    )
+
+
+def _qwen_text(vocab: int, **kw) -> dict:
+    base = dict(
+        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        pad_token_id=0, bos_token_id=2, eos_token_id=3, tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+    )
+    base.update(kw)
+    return base
+
+
+def tiny_qwen2_vl(seed: int = 0):
+    _seed(seed)
+    tok = _qwen_tokenizer()
+    with allow_missing_video_processor():
+        proc = tf.Qwen2VLProcessor(image_processor=_qwen_image_processor(), tokenizer=tok, chat_template=QWEN_TEMPLATE)
+    cfg = tf.Qwen2VLConfig(
+        text_config=_qwen_text(len(tok)),
+        vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=8,
+                           spatial_merge_size=2, temporal_patch_size=2, in_chans=3),
+        **_qwen_ids(tok),
+    )
+    return tf.Qwen2VLForConditionalGeneration(cfg).eval(), proc
+
+
+def tiny_qwen2_5_vl(seed: int = 0):
+    _seed(seed)
+    tok = _qwen_tokenizer()
+    with allow_missing_video_processor():
+        proc = tf.Qwen2_5_VLProcessor(image_processor=_qwen_image_processor(), tokenizer=tok, chat_template=QWEN_TEMPLATE)
+    cfg = tf.Qwen2_5_VLConfig(
+        text_config=_qwen_text(len(tok)),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                           patch_size=8, spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
+                           window_size=16, fullatt_block_indexes=[1]),
+        **_qwen_ids(tok),
+    )
+    return tf.Qwen2_5_VLForConditionalGeneration(cfg).eval(), proc
+
+
+def tiny_qwen3_vl(seed: int = 0):
+    _seed(seed)
+    tok = _qwen_tokenizer()
+    with allow_missing_video_processor():
+        proc = tf.Qwen3VLProcessor(image_processor=_qwen_image_processor(), tokenizer=tok, chat_template=QWEN_TEMPLATE)
+    text = _qwen_text(len(tok), head_dim=16)
+    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3],
+                               "mrope_interleaved": True}
+    cfg = tf.Qwen3VLConfig(
+        text_config=text,
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                           patch_size=8, spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
+                           num_position_embeddings=16, deepstack_visual_indexes=[0]),
+        **_qwen_ids(tok),
+    )
+    return tf.Qwen3VLForConditionalGeneration(cfg).eval(), proc
+
+
+def tiny_gemma3(seed: int = 0):
+    _seed(seed)
+    specials = ["<start_of_image>", "<image_soft_token>", "<end_of_image>", "<start_of_turn>", "<end_of_turn>"]
+    tok = train_word_tokenizer([], specials, chat_template=GEMMA3_TEMPLATE)
+    tok.boi_token, tok.image_token, tok.eoi_token = specials[:3]
+    tok.boi_token_id, tok.image_token_id, tok.eoi_token_id = tok.convert_tokens_to_ids(specials[:3])
+    ip = tf.Gemma3ImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, do_pan_and_scan=False,
+                                    image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    proc = tf.Gemma3Processor(image_processor=ip, tokenizer=tok, chat_template=GEMMA3_TEMPLATE, image_seq_length=4)
+    ids = tok.convert_tokens_to_ids
+    cfg = tf.Gemma3Config(
+        text_config=dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
+                         sliding_window=64, pad_token_id=0, bos_token_id=2, eos_token_id=3),
+        vision_config=_siglip_vision().to_dict(), mm_tokens_per_image=4,
+        boi_token_index=ids("<start_of_image>"), eoi_token_index=ids("<end_of_image>"),
+        image_token_index=ids("<image_soft_token>"),
+    )
+    return tf.Gemma3ForConditionalGeneration(cfg).eval(), proc
+
+
+def tiny_paligemma(seed: int = 0):
+    _seed(seed)
+    tok = train_word_tokenizer([], ["<image>"], padding_side="left")
+    tok.image_token, tok.image_token_id = "<image>", tok.convert_tokens_to_ids("<image>")
+    ip = tf.SiglipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+                                    image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    ip.image_seq_length = (IMAGE_SIZE // 8) ** 2
+    proc = tf.PaliGemmaProcessor(image_processor=ip, tokenizer=tok)
+    cfg = tf.PaliGemmaConfig(
+        vision_config=_siglip_vision().to_dict(),
+        text_config=dict(model_type="gemma", vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                         pad_token_id=0, bos_token_id=2, eos_token_id=3),
+        image_token_index=tok.convert_tokens_to_ids("<image>"), projection_dim=64,
+    )
+    cfg.text_config.vocab_size = len(tok)
+    return tf.PaliGemmaForConditionalGeneration(cfg).eval(), proc
+
+
+def tiny_idefics3(seed: int = 0):
+    _seed(seed)
+    specials = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>", "<|im_start|>"]
+    specials += [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
+    tok = train_word_tokenizer([], specials, chat_template=IDEFICS3_TEMPLATE)
+    ip = tf.Idefics3ImageProcessorPil(
+        do_image_splitting=False, size={"longest_edge": IMAGE_SIZE},
+        max_image_size={"longest_edge": IMAGE_SIZE}, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+    )
+    # 32/8 = 4x4 patches, pixel-shuffle scale 2 -> 4 image tokens.
+    proc = tf.Idefics3Processor(image_processor=ip, tokenizer=tok, image_seq_len=4, chat_template=IDEFICS3_TEMPLATE)
+    cfg = tf.Idefics3Config(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=IMAGE_SIZE, patch_size=8),
+        text_config=_llama_text(len(tok)), scale_factor=2,
+        image_token_id=tok.convert_tokens_to_ids("<image>"), pad_token_id=0,
+    )
+    return tf.Idefics3ForConditionalGeneration(cfg).eval(), proc
+
+
+def tiny_llama(seed: int = 0):
+    _seed(seed)
+    tok = train_word_tokenizer([], [], chat_template=LLAVA_TEMPLATE)
+    return tf.LlamaForCausalLM(tf.LlamaConfig(**_llama_text(len(tok)))).eval(), tok
+
+
+def tiny_qwen2(seed: int = 0):
+    _seed(seed)
+    tok = train_word_tokenizer([], QWEN_SPECIALS, chat_template=QWEN_TEMPLATE)
+    cfg = tf.Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         pad_token_id=0, bos_token_id=2, eos_token_id=3, tie_word_embeddings=False)
+    return tf.Qwen2ForCausalLM(cfg).eval(), tok
+
+
+TINY_BUILDERS: dict[str, Callable] = {
+    "llava": tiny_llava,
+    "llava_next": tiny_llava_next,
+    "qwen2_vl": tiny_qwen2_vl,
+    "qwen2_5_vl": tiny_qwen2_5_vl,
+    "qwen3_vl": tiny_qwen3_vl,
+    "gemma3": tiny_gemma3,
+    "paligemma": tiny_paligemma,
+    "idefics3": tiny_idefics3,
+    "llama": tiny_llama,
+    "qwen2": tiny_qwen2,
+}
+
+
+def build_tiny(family: str, seed: int = 0):
+    """``(model, processor_or_tokenizer)`` for a tiny random model of ``family``."""
+    if family not in TINY_BUILDERS:
+        raise ValueError(f"No tiny builder for family {family!r}; known: {', '.join(TINY_BUILDERS)}")
+    return TINY_BUILDERS[family](seed=seed)
