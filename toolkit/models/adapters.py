@@ -75,8 +75,8 @@ class Adapter:
         """
         if with_image and not self.supports_images:
             raise ValueError(
-                f"{self.family} is a text-only family: it cannot take an image. "
-                "Pass image=None, or load a vision-language model."
+                f"An image was given to a text-only {self.family} model. Pass image=None, "
+                "or load a vision-language model."
             )
         template_owner = processor if getattr(processor, "chat_template", None) else None
         if template_owner is None:

@@ -34,14 +34,16 @@ def train_word_tokenizer(
     chat_template: str | None = None,
     padding_side: str = "left",
     extra_words: Sequence[str] = BASIC_WORDS,
+    lowercase: bool = True,
 ) -> PreTrainedTokenizerFast:
     """Train a word-level tokenizer on ``corpus`` (every word becomes a token).
 
     ``special_tokens`` (image placeholders, chat markers) are never split or
-    lower-cased. Ids 0-3 are always ``<pad> <unk> <s> </s>``.
+    lower-cased. With ``lowercase=False`` case is kept (names, option letters). Ids 0-3 are always ``<pad> <unk> <s> </s>``.
     """
     tok = Tokenizer(models.WordLevel(unk_token=UNK))
-    tok.normalizer = normalizers.Lowercase()
+    if lowercase:
+        tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
     base = [PAD, UNK, BOS, EOS]

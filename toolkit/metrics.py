@@ -1,0 +1,82 @@
+"""Answer parsing and text metrics (pure functions, no model).
+
+The benchmark metrics follow MLLMU-Bench's ``eval.py``: the option letter is
+parsed from the generated text; generation is scored with ROUGE (rouge-score,
+as the benchmark does) and BLEU; cloze is a case-insensitive substring match.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+__all__ = ["parse_option_letter", "contains_answer", "is_refusal", "rouge_scores", "bleu", "repetition_rate",
+           "REFUSAL_MARKERS"]
+
+REFUSAL_MARKERS = (
+    "i cannot", "i can't", "i can not", "i am unable", "i'm unable", "i do not recognize", "i don't recognize",
+    "i will not", "i won't", "sorry", "not able to share", "cannot share", "cannot help",
+)
+_LETTER = re.compile(r"(?<![A-Za-z])([ABCD])(?![A-Za-z])")
+
+
+def parse_option_letter(text: str, options: dict[str, str] | None = None) -> str | None:
+    """The option letter a model answered, or ``None``.
+
+    Strips an ``ASSISTANT:`` prefix, then takes the first stand-alone capital
+    A-D (``"B"``, ``"B."``, ``"(B)"``, ``"B: Paris"``). Without a letter, an
+    answer that names exactly one option's text counts as that option.
+    """
+    text = text.split("ASSISTANT:")[-1].strip()
+    m = _LETTER.search(text)
+    if m:
+        return m.group(1)
+    if options:
+        low = text.lower()
+        hits = [k for k, v in options.items() if v and str(v).lower() in low]
+        if len(hits) == 1:
+            return hits[0]
+    return None
+
+
+def contains_answer(output: str, answer: str) -> bool:
+    """Case-insensitive substring match (the cloze metric, and answer leakage)."""
+    return bool(answer) and answer.strip().lower() in output.lower()
+
+
+def is_refusal(output: str, markers: Iterable[str] = REFUSAL_MARKERS) -> bool:
+    low = output.lower().replace("’", "'")
+    return any(m in low for m in markers)
+
+
+_scorer = None
+
+
+def rouge_scores(prediction: str, reference: str) -> dict[str, float]:
+    """ROUGE-1/2/L F-measures (rouge-score, stemming on, as MLLMU-Bench)."""
+    global _scorer
+    if _scorer is None:
+        from rouge_score import rouge_scorer
+
+        _scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    s = _scorer.score(reference, prediction)
+    return {"rouge1": s["rouge1"].fmeasure, "rouge2": s["rouge2"].fmeasure, "rougeL": s["rougeL"].fmeasure}
+
+
+def bleu(prediction: str, reference: str) -> float:
+    """Sentence BLEU-4 on whitespace tokens with add-one smoothing (method1), as MLLMU-Bench's compute_bleu."""
+    from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+
+    ref, hyp = reference.split(), prediction.split()
+    if not hyp:
+        return 0.0
+    return float(sentence_bleu([ref], hyp, smoothing_function=SmoothingFunction().method1))
+
+
+def repetition_rate(output: str, n: int = 3) -> float:
+    """Share of repeated word n-grams (0 = none; degenerate loops approach 1)."""
+    words = output.lower().split()
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    if not grams:
+        return 0.0
+    return 1.0 - len(set(grams)) / len(grams)

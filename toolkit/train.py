@@ -1,0 +1,166 @@
+"""Training the embedded default model (``mllmeraser train-vanilla``).
+
+A small ``LlavaForConditionalGeneration`` (CLIP vision tower, Llama text model
+with 8 decoder layers, a word-level tokenizer trained here) learns the synthetic
+benchmark's people, the MCQ and cloze formats, and the refusal behaviour.
+Loss on answer tokens only; deterministic for a given seed and thread count.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import transformers as tf
+from tqdm.auto import tqdm
+
+from .data import synthetic
+from .data.prompts import cloze_prompt, generation_prompt, mcq_prompt
+from .models.tiny import LLAVA_TEMPLATE, _clip_image_processor
+from .models.tokenizer import train_word_tokenizer
+
+__all__ = ["TrainConfig", "build_processor", "build_default_architecture", "train_vanilla", "encode_training_batch"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0
+    steps: int = 800
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup: int = 60
+    weight_decay: float = 0.01
+    hidden_size: int = 256
+    intermediate_size: int = 512
+    num_layers: int = 8
+    num_heads: int = 4
+    vision_hidden: int = 64
+    vision_layers: int = 2
+    threads: int = 2
+    num_fictitious: int = 100
+    num_real: int = 30
+    num_unknown: int = 40
+
+
+def _corpus(examples) -> list[str]:
+    texts = [e.text + " " + e.answer for e in examples]
+    return texts + [mcq_prompt("x", {"A": "a"}), cloze_prompt("x"), generation_prompt("x", True),
+                    generation_prompt("x", False)]
+
+
+def build_processor(examples) -> tf.LlavaProcessor:
+    tok = train_word_tokenizer(_corpus(examples), ["<image>"], chat_template=LLAVA_TEMPLATE, lowercase=False)
+    return tf.LlavaProcessor(image_processor=_clip_image_processor(), tokenizer=tok, patch_size=8,
+                             vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                             chat_template=LLAVA_TEMPLATE)
+
+
+def build_default_architecture(processor: tf.LlavaProcessor, cfg: TrainConfig) -> tf.LlavaForConditionalGeneration:
+    tok = processor.tokenizer
+    vision = tf.CLIPVisionConfig(hidden_size=cfg.vision_hidden, intermediate_size=2 * cfg.vision_hidden,
+                                 num_hidden_layers=cfg.vision_layers, num_attention_heads=4, image_size=32,
+                                 patch_size=8, projection_dim=cfg.vision_hidden)
+    text = tf.LlamaConfig(vocab_size=len(tok), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+                          num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+                          num_key_value_heads=cfg.num_heads, max_position_embeddings=256, pad_token_id=0,
+                          bos_token_id=2, eos_token_id=3, tie_word_embeddings=False)
+    config = tf.LlavaConfig(vision_config=vision, text_config=text,
+                            image_token_index=tok.convert_tokens_to_ids("<image>"),
+                            vision_feature_select_strategy="default", vision_feature_layer=-1)
+    return tf.LlavaForConditionalGeneration(config)
+
+
+def encode_training_batch(processor, examples) -> dict[str, torch.Tensor]:
+    """Right-padded prompt+answer ids with labels on the answer (and EOS) only."""
+    tok = processor.tokenizer
+    rows = []
+    for ex in examples:
+        content = ([{"type": "image"}] if ex.image is not None else []) + [{"type": "text", "text": ex.text}]
+        prompt = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+        if ex.image is not None:
+            p_ids = processor(text=[prompt], images=[ex.image], return_tensors="pt")
+            pixel = p_ids["pixel_values"][0]
+            p_ids = p_ids["input_ids"][0].tolist()
+        else:
+            p_ids, pixel = tok(prompt)["input_ids"], None
+        a_ids = tok(" " + ex.answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        rows.append((p_ids, a_ids, pixel))
+    width = max(len(p) + len(a) for p, a, _ in rows)
+    ids = torch.full((len(rows), width), tok.pad_token_id)
+    labels = torch.full((len(rows), width), -100)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (p, a, _) in enumerate(rows):
+        n = len(p) + len(a)
+        ids[i, :n] = torch.tensor(p + a)
+        labels[i, len(p):n] = torch.tensor(a)
+        mask[i, :n] = 1
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    pixels = [px for _, _, px in rows if px is not None]
+    if pixels:
+        batch["pixel_values"] = torch.stack(pixels)
+    return batch
+
+
+def train_vanilla(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), *, progress: bool = True) -> dict:
+    """Train the default model and save it (safetensors, float16) with its processor."""
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    syn = synthetic.SyntheticConfig(seed=cfg.seed, num_fictitious=cfg.num_fictitious, num_real=cfg.num_real,
+                                    num_unknown=cfg.num_unknown)
+    examples = synthetic.training_examples(syn)
+    processor = build_processor(examples)
+    model = build_default_architecture(processor, cfg).train()
+    # Image and text-only examples are batched apart (a batch shares one layout).
+    with_image = [e for e in examples if e.image is not None]
+    text_only = [e for e in examples if e.image is None]
+    rng = random.Random(cfg.seed)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup:
+            return (step + 1) / cfg.warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    share = len(with_image) / len(examples)
+    pools = {True: with_image, False: text_only}
+    orders = {k: [] for k in pools}
+    start = time.time()
+    losses = []
+    bar = tqdm(range(cfg.steps), desc="train-vanilla", disable=not progress)
+    for step in bar:
+        kind = rng.random() < share
+        if len(orders[kind]) < cfg.batch_size:
+            idx = list(range(len(pools[kind])))
+            rng.shuffle(idx)
+            orders[kind].extend(idx)
+        take, orders[kind] = orders[kind][: cfg.batch_size], orders[kind][cfg.batch_size:]
+        batch = encode_training_batch(processor, [pools[kind][i] for i in take])
+        loss = model(**batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+    seconds = time.time() - start
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.eval().to(torch.float16).save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+    info = {"train_config": asdict(cfg), "train_seconds": round(seconds, 1), "final_loss": sum(losses[-20:]) / 20,
+            "examples": len(examples), "parameters": sum(p.numel() for p in model.parameters()),
+            "torch": torch.__version__, "transformers": tf.__version__}
+    (out / "training.json").write_text(json.dumps(info, indent=1))
+    return info
