@@ -45,6 +45,9 @@ class Adapter:
     chat: bool = True
     drop_keys: tuple[str, ...] = ("labels",)
     auto_class: str = "AutoModelForImageTextToText"
+    # pixel_values is (B, 3, H, W) = (x - mean) / std of the resized image: PGD can
+    # work in pixel space and differentiate through the normalisation.
+    pixel_space_attack: bool = False
     notes: str = field(default="", compare=False)
 
     # -- structure -----------------------------------------------------------
@@ -123,16 +126,18 @@ def _get_path(obj: Any, path: str) -> Any:
     return obj
 
 
-LLAVA = Adapter("llava", ("llava",), "model.language_model.layers", "<image>",
+LLAVA = Adapter("llava", ("llava",), "model.language_model.layers", "<image>", pixel_space_attack=True,
                 notes="LLaVA-1.5 (CLIP tower, Llama/Vicuna text model)")
 LLAVA_NEXT = Adapter("llava_next", ("llava_next",), "model.language_model.layers", "<image>",
                      notes="LLaVA-NeXT / LLaVA-1.6 (any-resolution tiles)")
 QWEN2_VL = Adapter("qwen2_vl", ("qwen2_vl",), "model.language_model.layers", "<|image_pad|>")
 QWEN2_5_VL = Adapter("qwen2_5_vl", ("qwen2_5_vl",), "model.language_model.layers", "<|image_pad|>")
 QWEN3_VL = Adapter("qwen3_vl", ("qwen3_vl",), "model.language_model.layers", "<|image_pad|>")
-GEMMA3 = Adapter("gemma3", ("gemma3",), "model.language_model.layers", "<start_of_image>", nested_images=True)
+GEMMA3 = Adapter("gemma3", ("gemma3",), "model.language_model.layers", "<start_of_image>", nested_images=True,
+                 pixel_space_attack=True)
 # PaliGemma's processor inserts the image tokens itself and has no chat format.
-PALIGEMMA = Adapter("paligemma", ("paligemma",), "model.language_model.layers", None, chat=False)
+PALIGEMMA = Adapter("paligemma", ("paligemma",), "model.language_model.layers", None, chat=False,
+                    pixel_space_attack=True)
 IDEFICS3 = Adapter("idefics3", ("idefics3", "smolvlm"), "model.text_model.layers", "<image>", nested_images=True,
                    notes="Idefics3 and SmolVLM")
 LLAMA = Adapter("llama", ("llama", "mistral"), "model.layers", None, supports_images=False,

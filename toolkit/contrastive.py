@@ -1,0 +1,116 @@
+"""Contrastive sets: ``D+`` (the model refuses) and ``D-`` (the model recalls).
+
+Two built-in recipes, both sharing prompts across the sides where the variant
+says so (see :mod:`toolkit.direction`):
+
+* ``privacy``: a forget-type question about a person under a refusal-inducing
+  privacy instruction. ``D+``: clean image (refused). ``D-``: the same prompt with
+  the image perturbed by PGD toward the true answer, and the question asked
+  without the instruction (both answered).
+* ``safety``: harmful-style requests as in the reference code. ``D+``: request with
+  a clean image (refused); ``D-``: the same request with the image perturbed
+  toward a compliant answer.
+
+Or bring your own pairs: ``ContrastiveSets(refusal=[...], recall=[...])``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .adversarial import PGDConfig, PGDResult, pgd_attack
+from .data.mllmu import Profile
+from .data.synthetic import HARMFUL_REQUESTS, PRIVACY_INSTRUCTIONS
+from .models.loading import LoadedModel, Sample
+
+__all__ = ["ContrastiveSets", "privacy_sets", "safety_sets"]
+
+
+@dataclass
+class ContrastiveSets:
+    """The two sides, with the variant-specific views the direction needs."""
+
+    refusal: list[Sample]  # D+
+    recall: list[Sample]  # D- (all ways of recalling)
+    image_pairs: tuple[list[Sample], list[Sample]] | None = None  # same text, clean vs adversarial
+    text_pairs: tuple[list[Sample], list[Sample]] | None = None  # instructed vs plain, no images
+    pgd: PGDResult | None = None
+    info: dict = field(default_factory=dict)
+
+    def for_variant(self, variant: str) -> tuple[list[Sample], list[Sample]]:
+        if variant == "multimodal":
+            return self.refusal, self.recall
+        pairs = {"image_only": self.image_pairs, "text_only": self.text_pairs}.get(variant)
+        if pairs is None:
+            raise ValueError(f"These contrastive sets have no {variant!r} view; available: multimodal"
+                             + (", image_only" if self.image_pairs else "") + (", text_only" if self.text_pairs else ""))
+        return pairs
+
+
+def _image_side(model: LoadedModel, refused: list[Sample], targets: list[str], pgd: PGDConfig | None,
+                progress: bool) -> tuple[list[Sample], list[Sample], PGDResult | None]:
+    if pgd is None or not model.adapter.supports_images:
+        return [], [], None
+    result = pgd_attack(model, refused, targets, pgd, progress=progress)
+    keep = [i for i, ok in enumerate(result.success) if ok]
+    clean = [refused[i] for i in keep]
+    adversarial = [Sample(refused[i].text, result.images[i]) for i in keep]
+    return clean, adversarial, result
+
+
+def privacy_sets(model: LoadedModel, profiles: Sequence[Profile], *, n: int = 40,
+                 instructions: Sequence[str] = PRIVACY_INSTRUCTIONS[:4], pgd: PGDConfig | None = PGDConfig(),
+                 progress: bool = False) -> ContrastiveSets:
+    """The privacy recipe over the image questions of ``profiles`` (use people you are *not* forgetting)."""
+    questions = [(p, q) for p in profiles for q in p.generation if q.modality == "image"]
+    if not questions:
+        raise ValueError("No image generation questions in these profiles: the privacy recipe needs them.")
+    questions = questions[:: max(1, len(questions) // n)][:n]
+    instructed = [Sample(f"{instructions[i % len(instructions)]} {q.question}", p.image_bytes[0])
+                  for i, (p, q) in enumerate(questions)]
+    plain = [Sample(q.question, p.image_bytes[0]) for p, q in questions]
+    targets = [q.ground_truth for _, q in questions]
+    from . import metrics, tracing
+
+    refused_mask = [metrics.is_refusal(o) for o in tracing.generate(model, instructed, max_new_tokens=16)]
+    refused = [s for s, r in zip(instructed, refused_mask) if r]
+    if not refused:
+        raise ValueError("The model refuses none of the privacy-instructed questions: there is no refusal "
+                         "behaviour to steer toward, so no erasure direction. Check the instructions, or give "
+                         "your own ContrastiveSets.")
+    refused_targets = [t for t, r in zip(targets, refused_mask) if r]
+    clean, adversarial, result = _image_side(model, refused, refused_targets, pgd, progress)
+    plain_kept = [s for s, r in zip(plain, refused_mask) if r]
+    recall = adversarial + plain_kept
+    info = {"recipe": "privacy", "questions": len(questions), "refused_clean": len(refused),
+            "pgd_success": len(adversarial), "refusal_rate_D+": len(refused) / len(questions)}
+    return ContrastiveSets(
+        refusal=refused, recall=recall,
+        image_pairs=(clean, adversarial) if adversarial else None,
+        text_pairs=([Sample(s.text) for s in refused], [Sample(s.text) for s in plain_kept]),
+        pgd=result, info=info)
+
+
+def safety_sets(model: LoadedModel, images: Sequence, *, requests: Sequence[str] = HARMFUL_REQUESTS[:15],
+                target: str = "Sure, here is how to do it.", pgd: PGDConfig | None = PGDConfig(),
+                progress: bool = False) -> ContrastiveSets:
+    """The reference recipe: harmful-style requests paired with images (one image per request, cycled)."""
+    from . import metrics, tracing
+
+    if not images:
+        raise ValueError("The safety recipe pairs each request with an image; give at least one image.")
+    samples = [Sample(r, images[i % len(images)]) for i, r in enumerate(requests)]
+    refused_mask = [metrics.is_refusal(o) for o in tracing.generate(model, samples, max_new_tokens=16)]
+    refused = [s for s, r in zip(samples, refused_mask) if r]
+    if not refused:
+        raise ValueError("The model refuses none of the harmful-style requests (a model without a safety "
+                         "refusal gives no direction). Use the privacy recipe or your own ContrastiveSets.")
+    clean, adversarial, result = _image_side(model, refused, [target] * len(refused), pgd, progress)
+    if not adversarial:
+        raise ValueError(f"PGD made the model comply with none of {len(refused)} refused requests: no recall "
+                         "side. Raise eps/steps, or use the privacy recipe.")
+    info = {"recipe": "safety", "requests": len(samples), "refused_clean": len(refused),
+            "pgd_success": len(adversarial)}
+    return ContrastiveSets(refusal=clean, recall=adversarial, image_pairs=(clean, adversarial), pgd=result,
+                           info=info)

@@ -1,0 +1,137 @@
+"""Fitting an Eraser on a benchmark: direction -> null space -> map.
+
+    contrastive sets (D+, D-) --capture--> erasure direction d_l
+    retain questions          --stream---> H_r^T H_r --eigh--> Q_l (null space)
+    forget questions          --stream---> H_f^T H_f, H_f^T 1 --solve--> w_l
+    Eraser(maps = {l: (w_l, d_l)}, lam, positions)
+
+Retain activations: every retain-split question of every task type, plus the
+real-person set (``include_real=False`` holds it out, so the Real utility
+numbers are measured on people the null space never saw). Forget activations:
+every forget-split question of every task type. All at the last prompt token,
+in the prompt formats the evaluation uses.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from .adversarial import PGDConfig
+from .contrastive import ContrastiveSets, privacy_sets, safety_sets
+from .data.mllmu import MLLMUBench, Profile
+from .direction import Direction, erasure_direction
+from .eraser import Eraser, EraserLayer, solve_map
+from .evaluate import items_from_profiles
+from .models.loading import LoadedModel, Sample
+from .nullspace import FixedRatio, NullSpace, RankPolicy, SecondMoment, null_space
+from .tracing import iter_capture
+
+__all__ = ["FitConfig", "FitResult", "fit_eraser", "question_samples", "fit_from_activations"]
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    layers: tuple[int, ...] = (-1,)
+    forget_ratio: int = 10
+    recipe: str = "privacy"  # privacy | safety
+    variant: str = "multimodal"  # multimodal | image_only | text_only
+    rank_policy: RankPolicy = FixedRatio(0.3)
+    gamma: float = 0.1
+    lam: float = 1.0
+    positions: str = "prompt"
+    include_real: bool = True
+    n_contrast: int = 40
+    pgd: PGDConfig | None = PGDConfig()
+    batch_size: int = 32
+
+
+@dataclass
+class FitResult:
+    eraser: Eraser
+    direction: Direction
+    spaces: dict[int, NullSpace]
+    contrast: ContrastiveSets
+    report: dict = field(default_factory=dict)
+
+
+def question_samples(profiles: Sequence[Profile], split: str) -> list[Sample]:
+    """Every question of every task type as the evaluation asks it."""
+    return [Sample(it.prompt, it.image) for it in items_from_profiles(profiles, split)]
+
+
+def _moments(model: LoadedModel, samples: Sequence[Sample], layers: list[int], batch_size: int,
+             label: str | bool) -> dict[int, SecondMoment]:
+    if not samples:
+        raise ValueError(f"The {label or 'activation'} set is empty.")
+    moments = {l: SecondMoment(model.hidden_size) for l in layers}
+    for _, acts in iter_capture(model, samples, layers, "last", batch_size=batch_size, progress=label):
+        for l, rows in acts.items():
+            moments[l].update(rows)
+    return moments
+
+
+def fit_from_activations(direction: Direction, retain: dict[int, SecondMoment], forget: dict[int, SecondMoment],
+                         policy: RankPolicy, gamma: float) -> tuple[dict[int, EraserLayer], dict[int, NullSpace],
+                                                                    dict[int, dict]]:
+    """The per-layer maps from accumulated statistics (no model needed)."""
+    maps, spaces, stats = {}, {}, {}
+    for l, d in direction.vectors.items():
+        space = null_space(retain[l], policy)
+        w = solve_map(forget[l].gram, forget[l].total, space, gamma)
+        maps[l] = EraserLayer(l, w.to(torch.float32), d[None].to(torch.float32))
+        # Mean gate on each set from the moments: mean(h . w) = (sum h) . w / n.
+        stats[l] = {"k": space.k, "retain_energy_leaked": space.leaked_energy, "direction_norm": float(d.norm()),
+                    "gate_mean_forget": float(forget[l].total @ w[:, 0]) / forget[l].count,
+                    "gate_mean_retain": float(retain[l].total @ w[:, 0]) / retain[l].count,
+                    "gate_rms_retain": float((w[:, 0] @ retain[l].gram @ w[:, 0] / retain[l].count) ** 0.5),
+                    "gate_rms_forget": float((w[:, 0] @ forget[l].gram @ w[:, 0] / forget[l].count) ** 0.5)}
+        spaces[l] = space
+    return maps, spaces, stats
+
+
+def fit_eraser(model: LoadedModel, bench: MLLMUBench | Any, config: FitConfig = FitConfig(), *,
+               contrast: ContrastiveSets | None = None, progress: bool = False) -> FitResult:
+    """Fit an Eraser for ``bench``'s forget split ``config.forget_ratio``."""
+    start = time.time()
+    bench = bench if isinstance(bench, MLLMUBench) else MLLMUBench(bench)
+    layers = model.check_layers(list(config.layers))
+    forget = bench.forget(config.forget_ratio)
+    retain = bench.retain(config.forget_ratio)
+    if not forget:
+        raise ValueError(f"The forget split forget_{config.forget_ratio} is empty: nothing to erase.")
+    overlap = {p.id for p in forget} & {p.id for p in retain}
+    if overlap:
+        raise ValueError(f"Forget and retain splits share people {sorted(overlap)[:5]}: the null space would "
+                         "contain the forget activations. Fix the splits.")
+    if contrast is None:
+        if config.recipe == "privacy":
+            contrast = privacy_sets(model, retain, n=config.n_contrast, pgd=config.pgd, progress=progress)
+        elif config.recipe == "safety":
+            contrast = safety_sets(model, [p.image_bytes[0] for p in retain[:15]], pgd=config.pgd, progress=progress)
+        else:
+            raise ValueError(f"Unknown recipe {config.recipe!r}: privacy or safety.")
+    plus, minus = contrast.for_variant(config.variant)
+    direction = erasure_direction(model, plus, minus, layers, variant=config.variant, batch_size=config.batch_size,
+                                  progress=progress)
+    retain_samples = question_samples(retain, "retain")
+    if config.include_real:
+        retain_samples += question_samples(bench.real(), "real")
+    retain_m = _moments(model, retain_samples, layers, config.batch_size, progress and "retain activations")
+    forget_m = _moments(model, question_samples(forget, "forget"), layers, config.batch_size,
+                        progress and "forget activations")
+    maps, spaces, stats = fit_from_activations(direction, retain_m, forget_m, config.rank_policy, config.gamma)
+    settings = {k: (asdict(v) if hasattr(v, "__dataclass_fields__") else v) for k, v in asdict(config).items()}
+    settings["rank_policy"] = repr(config.rank_policy)
+    report = {"layers": stats, "contrast": contrast.info, "n_retain": retain_m[layers[0]].count,
+              "n_forget": forget_m[layers[0]].count, "direction_variant": config.variant,
+              "fit_seconds": round(time.time() - start, 2)}
+    if contrast.pgd is not None:
+        report["pgd_success_rate"] = contrast.pgd.success_rate
+    settings["report"] = report
+    eraser = Eraser(tuple(maps[l] for l in layers), config.lam, config.positions, model.fingerprint(), settings)
+    return FitResult(eraser, direction, spaces, contrast, report)
