@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -73,6 +74,94 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _layers(text: str) -> tuple[int, ...]:
+    """``"5"``, ``"4,5,6"``, ``"3-6"`` or ``"-1"``."""
+    out: list[int] = []
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*(\d+)-(\d+)\s*", part)
+        out.extend(range(int(m[1]), int(m[2]) + 1) if m else [int(part)])
+    return tuple(out)
+
+
+def _bench_path(arg: str | None) -> Path:
+    from .models.default import default_benchmark
+
+    return Path(arg) if arg else default_benchmark()
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from .adversarial import PGDConfig
+    from .fit import FitConfig, fit_eraser
+    from .models.loading import load_model
+    from .nullspace import parse_rank_policy
+
+    model = load_model(args.model)
+    cfg = FitConfig(layers=_layers(args.layers), forget_ratio=args.forget, recipe=args.recipe, variant=args.variant,
+                    rank_policy=parse_rank_policy(args.rank), gamma=args.gamma, lam=args.lam,
+                    positions=args.positions, include_real=not args.hold_out_real,
+                    pgd=PGDConfig(eps=args.eps, steps=args.pgd_steps) if args.pgd_steps > 0 else None)
+    result = fit_eraser(model, _bench_path(args.bench), cfg, progress=True)
+    path = result.eraser.save(args.out)
+    print(json.dumps(result.report, indent=1, default=str))
+    print(f"wrote {path} ({path.stat().st_size} bytes)")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from . import tracing
+    from .eraser import Eraser
+    from .models.loading import Sample, load_model
+
+    model = load_model(args.model)
+    sample = Sample(args.prompt, args.image)
+    steers = Eraser.load(args.eraser, model) if args.eraser else None
+    if steers is not None and (args.lam is not None or args.positions):
+        steers = steers.with_options(lam=args.lam, positions=args.positions)
+    print(tracing.generate(model, [sample], steers=steers, max_new_tokens=args.max_new_tokens)[0])
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(forget_ratio=args.forget, retain_people=args.retain_people, real_people=args.real_people)
+    info = run_demo(args.out, cfg)
+    import pandas as pd
+
+    print()
+    print(f"MLLMEraser at layer {info['layer']}, lambda {info['lam']}; direction-only lambda "
+          f"{info['direction_only_lam']}. Percent; leak = the fact appears in the answer.")
+    print(pd.DataFrame(info["headline"]).set_index("method").T.to_string())
+    print(f"\nwrote {args.out}/report.md, metrics.json, results.csv and plots ({info['seconds']} s)")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .data.mllmu import MLLMUBench
+    from .eraser import Eraser
+    from .evaluate import items_from_profiles, run_items, summarize
+    from .models.loading import load_model
+
+    model = load_model(args.model)
+    bench = MLLMUBench(_bench_path(args.bench))
+    steers = Eraser.load(args.eraser, model) if args.eraser else None
+    r = args.forget
+    items = (items_from_profiles(bench.forget(r), "Forget") + items_from_profiles(bench.test(r), "Test", all_images=True)
+             + items_from_profiles(bench.retain(r), "Retain") + items_from_profiles(bench.real(), "Real"))
+    df = run_items(model, items, steers=steers, progress=True, label="evaluate")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "results.csv", index=False)
+    summary = summarize(df)
+    summary.to_csv(out / "summary.csv", index=False)
+    (out / "metrics.json").write_text(summary.to_json(orient="records", indent=1))
+    with pd.option_context("display.width", 200):
+        print(summary.round(3).to_string(index=False))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet()
     ap = argparse.ArgumentParser(prog="mllmeraser", description=__doc__)
@@ -90,13 +179,51 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=800)
     p.set_defaults(fn=cmd_train_vanilla)
 
+    p = sub.add_parser("fit", help="fit an eraser for a forget split")
+    p.add_argument("--model", default="default")
+    p.add_argument("--bench", default=None, help="benchmark dir (default: the synthetic one)")
+    p.add_argument("--forget", type=int, default=10, choices=[5, 10, 15])
+    p.add_argument("--layers", default="6", help="e.g. 6 or 4,5 or 3-6 (block outputs, 0-based)")
+    p.add_argument("--recipe", default="privacy", choices=["privacy", "safety"])
+    p.add_argument("--variant", default="multimodal", choices=["multimodal", "image_only", "text_only"])
+    p.add_argument("--rank", default="ratio:0.3", help="ratio:RHO | energy:TAU | rtol:RTOL")
+    p.add_argument("--gamma", type=float, default=0.1)
+    p.add_argument("--lam", type=float, default=1.0)
+    p.add_argument("--positions", default="prompt", choices=["prompt", "last", "all"])
+    p.add_argument("--hold-out-real", action="store_true", help="keep the real-person set out of the null space")
+    p.add_argument("--eps", type=float, default=16 / 255)
+    p.add_argument("--pgd-steps", type=int, default=30, help="0 skips PGD (no adversarial images)")
+    p.add_argument("--out", default="results/eraser.safetensors")
+    p.set_defaults(fn=cmd_fit)
+
+    p = sub.add_parser("generate", help="answer one prompt, optionally with an eraser")
+    p.add_argument("--model", default="default")
+    p.add_argument("--eraser", default=None)
+    p.add_argument("--image", default=None)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--lam", type=float, default=None)
+    p.add_argument("--positions", default=None, choices=["prompt", "last", "all"])
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.set_defaults(fn=cmd_generate)
+
     p = sub.add_parser("quickstart", help="load, capture, steer, generate")
     p.add_argument("--model", default="default")
     p.set_defaults(fn=cmd_quickstart)
 
-    p = sub.add_parser("demo", help="the main job on the embedded default")
+    p = sub.add_parser("demo", help="the main job on the embedded default: fit, choose, evaluate, compare")
+    p.add_argument("--out", default="results/demo")
+    p.add_argument("--forget", type=int, default=10, choices=[5, 10, 15])
+    p.add_argument("--retain-people", type=int, default=20, help="retain people evaluated (all are used to fit)")
+    p.add_argument("--real-people", type=int, default=10)
+    p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("evaluate", help="MLLMU-Bench metrics for a model, optionally with an eraser")
     p.add_argument("--model", default="default")
-    p.set_defaults(fn=cmd_quickstart)
+    p.add_argument("--bench", default=None)
+    p.add_argument("--eraser", default=None)
+    p.add_argument("--forget", type=int, default=10, choices=[5, 10, 15])
+    p.add_argument("--out", default="results/evaluate")
+    p.set_defaults(fn=cmd_evaluate)
 
     args = ap.parse_args(argv)
     _threads(args.threads)

@@ -103,13 +103,12 @@ def run_items(model: LoadedModel, items: Sequence[Item], *, steers: Any = None, 
 def score_item(it: Item, output: str) -> dict:
     """All metrics for one answer (NaN where a metric does not apply)."""
     nan = float("nan")
-    response = output.split("ASSISTANT:")[-1].strip()
+    response = output.split("ASSISTANT:")[1].strip() if "ASSISTANT:" in output else output.strip()
     row = {"split": it.split, "person": it.person, "task": it.task, "modality": it.modality,
            "question": it.question or it.prompt, "reference": it.reference, "output": response,
            "accuracy": nan, "rouge1": nan, "rouge2": nan, "rougeL": nan, "bleu": nan}
     if it.task == "classification":
-        letter = response[:1].upper() if response and response[:1].upper() in (it.options or {}) else None
-        row["accuracy"] = float(letter == it.reference)
+        row["accuracy"] = float(metrics.parse_option_letter(response, it.options or "ABCD") == it.reference)
     elif it.task == "cloze":
         row["accuracy"] = float(metrics.contains_answer(response, it.reference))
     elif it.task == "generation":

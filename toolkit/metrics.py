@@ -7,8 +7,7 @@ as the benchmark does) and BLEU; cloze is a case-insensitive substring match.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 __all__ = ["parse_option_letter", "contains_answer", "is_refusal", "rouge_scores", "bleu", "repetition_rate",
            "REFUSAL_MARKERS"]
@@ -17,26 +16,19 @@ REFUSAL_MARKERS = (
     "i cannot", "i can't", "i can not", "i am unable", "i'm unable", "i do not recognize", "i don't recognize",
     "i will not", "i won't", "sorry", "not able to share", "cannot share", "cannot help",
 )
-_LETTER = re.compile(r"(?<![A-Za-z])([ABCD])(?![A-Za-z])")
 
 
-def parse_option_letter(text: str, options: dict[str, str] | None = None) -> str | None:
-    """The option letter a model answered, or ``None``.
+def parse_option_letter(text: str, options: dict[str, str] | Sequence[str] = "ABCD") -> str | None:
+    """The option letter as MLLMU-Bench's eval.py reads it, or ``None``.
 
-    Strips an ``ASSISTANT:`` prefix, then takes the first stand-alone capital
-    A-D (``"B"``, ``"B."``, ``"(B)"``, ``"B: Paris"``). Without a letter, an
-    answer that names exactly one option's text counts as that option.
+    The text after the last ``ASSISTANT:`` (if any), stripped; its first
+    character, upper-cased, if that is one of the options' letters. So ``"B"``,
+    ``"b) Paris"`` and ``"A and B"`` read as B, B and A; ``"The answer is B"``,
+    ``"(B)"`` and ``""`` read as nothing.
     """
-    text = text.split("ASSISTANT:")[-1].strip()
-    m = _LETTER.search(text)
-    if m:
-        return m.group(1)
-    if options:
-        low = text.lower()
-        hits = [k for k, v in options.items() if v and str(v).lower() in low]
-        if len(hits) == 1:
-            return hits[0]
-    return None
+    response = text.split("ASSISTANT:")[1].strip() if "ASSISTANT:" in text else text.strip()
+    first = response[:1].upper()
+    return first if first and first in options else None
 
 
 def contains_answer(output: str, answer: str) -> bool:

@@ -148,15 +148,19 @@ def iter_capture(
     batch_size: int = 16,
     formatted: bool = False,
     progress: bool | str = False,
+    steers: Any = None,
 ) -> Iterator[tuple[torch.Tensor, dict[int, torch.Tensor]]]:
     """Stream captures batch by batch: yields ``(sample_index, {layer: (rows, d)})``.
 
     Use it to accumulate statistics over more inputs than fit in memory.
     ``positions``: ``"last"`` (one row per sample), ``"prompt"`` (every non-pad
-    prompt token), or a callable ``encoding -> (B, T) bool mask``.
+    prompt token), or a callable ``encoding -> (B, T) bool mask``. With
+    ``steers`` (or active ones), captures see the steered stream; a steered
+    layer's capture is its output after the steer.
     """
     samples = [as_sample(s) for s in samples]
     layer_ids = sorted(model.check_layers(layers))
+    groups = _group(model, _steers_for(model, steers))
     if not samples:
         raise ValueError("No samples to capture.")
     bar = tqdm(total=len(samples), desc=progress if isinstance(progress, str) else "capture",
@@ -178,9 +182,14 @@ def iter_capture(
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with model.nn.trace(**enc, remote=model.remote):
-                for layer in layer_ids:  # in layer order: nnsight reads each once, in execution order
-                    h = _output_tensor(model.layers[layer].output)
-                    saved.append(nnsight.save(h[:, -1] if mask is None else h))
+                # In layer order: nnsight reads each output once, in execution order.
+                for layer in sorted(set(layer_ids) | set(groups)):
+                    if layer in groups:
+                        h = _edit_layer(model.layers[layer], groups[layer], enc["attention_mask"], prefill=True)
+                    else:
+                        h = _output_tensor(model.layers[layer].output)
+                    if layer in layer_ids:
+                        saved.append(nnsight.save(h[:, -1] if mask is None else h))
         rows = torch.as_tensor(idx)
         out = {}
         for layer, h in zip(layer_ids, saved):
@@ -204,10 +213,11 @@ def capture(
     batch_size: int = 16,
     formatted: bool = False,
     progress: bool | str = False,
+    steers: Any = None,
 ) -> Capture:
     """Capture layer outputs for ``samples`` (rows in the samples' order). See :func:`iter_capture`."""
     chunks = list(iter_capture(model, samples, layers, positions, batch_size=batch_size, formatted=formatted,
-                               progress=progress))
+                               progress=progress, steers=steers))
     rows = torch.cat([r for r, _ in chunks])
     order = torch.argsort(rows, stable=True)
     acts = {layer: torch.cat([c[layer] for _, c in chunks])[order] for layer in chunks[0][1]}
@@ -227,32 +237,29 @@ def _group(model: LoadedModel, steers: Sequence[Steer]) -> dict[int, list[Steer]
     return dict(sorted(by_layer.items()))
 
 
-def _edit_layer(envoy: Any, steers: list[Steer], mask: torch.Tensor, prefill: bool) -> None:
-    """Apply ``steers`` to one layer's output inside a trace (one read, one write)."""
+def _edit_layer(envoy: Any, steers: list[Steer], mask: torch.Tensor, prefill: bool) -> torch.Tensor:
+    """Apply ``steers`` to one layer's output inside a trace (one read, one write); returns the new state."""
     out = envoy.output
     h = _output_tensor(out)
-    if prefill:
-        active = steers
-    else:
-        active = [s for s in steers if s.positions == "all"]
+    active = steers if prefill else [s for s in steers if s.positions == "all"]
     if not active:
-        return
+        return h
     source = h[:, -1]
     # Shifts from steers that act at one position vs. along the whole prompt.
     spread = sum((s.fn(source) for s in active if s.positions != "last" or not prefill), torch.zeros_like(source))
     point = sum((s.fn(source) for s in active if s.positions == "last" and prefill), torch.zeros_like(source))
-    new = h
     if prefill:
-        new = new + spread.to(h.dtype)[:, None, :] * mask[:, :, None].to(h.dtype)
+        new = h + spread.to(h.dtype)[:, None, :] * mask[:, :, None].to(h.dtype)
         last = torch.zeros_like(h)
         last[:, -1] = point.to(h.dtype)
         new = new + last
     else:
-        new = new + spread.to(h.dtype)[:, None, :]
+        new = h + spread.to(h.dtype)[:, None, :]
     if isinstance(out, tuple):
         envoy.output = (new,) + tuple(out[1:])
     else:
         envoy.output = new
+    return new
 
 
 def _steers_for(model: LoadedModel, steers: Any) -> list[Steer]:

@@ -1,0 +1,7 @@
+"""Probes: look at a direction, a null space and a steering map before running the full erasure.
+
+* :mod:`probes.separability`: does a direction separate two activation sets, per layer?
+* :mod:`probes.nullspace_rank`: how much null space each layer has, what leaks, what the gate sees.
+* :mod:`probes.steering_effects`: what steering does layer by layer, across strengths; the operating window.
+* :mod:`probes.plots`: seaborn figures for each (returned, never only shown).
+"""

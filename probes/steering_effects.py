@@ -1,0 +1,113 @@
+"""Per-layer steering effects: steer one layer at a time (or cumulatively) across a lambda grid.
+
+Measured on forget and retain prompts from one forward pass each (no
+generation, so a full layer x lambda grid takes seconds): the probability that
+the answer starts as a refusal, the KL divergence of the next-token
+distribution from the unsteered model, and (when answers are given) the
+log-probability of the answer's first token. :func:`operating_window` then
+finds, per layer, the lambdas where forget refuses and retain holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pandas as pd
+import torch
+
+from toolkit import tracing
+from toolkit.models.loading import LoadedModel, Sample
+
+__all__ = ["refusal_token_ids", "next_token_logprobs", "steering_grid", "operating_window", "recommend"]
+
+REFUSAL_STARTS = ("I cannot", "I can't", "I do not", "I am unable", "Sorry", "I'm sorry")
+
+
+def refusal_token_ids(model: LoadedModel, starts: Sequence[str] = REFUSAL_STARTS) -> list[int]:
+    """First tokens of typical refusals (``"I"``, ``"Sorry"``...) in this model's vocabulary."""
+    tok = model.tokenizer
+    ids = set()
+    for s in starts:
+        enc = tok(" " + s, add_special_tokens=False)["input_ids"]
+        if enc and enc[0] != tok.unk_token_id:
+            ids.add(enc[0])
+    if not ids:
+        raise ValueError("None of the refusal openings tokenise in this vocabulary; pass refusal_ids yourself.")
+    return sorted(ids)
+
+
+def next_token_logprobs(model: LoadedModel, samples: Sequence[Sample], steers=None, batch_size: int = 48):
+    return torch.log_softmax(tracing.forward(model, samples, steers=steers, batch_size=batch_size).double(), -1)
+
+
+def _measure(logp: torch.Tensor, base: torch.Tensor, refusal_ids: list[int], answer_ids: torch.Tensor | None) -> dict:
+    p_refuse = logp[:, refusal_ids].exp().sum(-1)
+    kl = (base.exp() * (base - logp)).sum(-1)
+    out = {"refusal_prob": float(p_refuse.mean()), "refusal_rate": float((p_refuse > 0.5).double().mean()),
+           "kl": float(kl.mean())}
+    if answer_ids is not None:
+        out["answer_logprob"] = float(logp.gather(1, answer_ids[:, None]).mean())
+    return out
+
+
+def steering_grid(model: LoadedModel, make_steers: Callable[[Sequence[int], float], object],
+                  sets: dict[str, Sequence[Sample]], layers: Sequence[int], lams: Sequence[float], *,
+                  answers: dict[str, Sequence[str]] | None = None, cumulative: bool = False,
+                  refusal_ids: Sequence[int] | None = None, batch_size: int = 48,
+                  progress: bool = False) -> pd.DataFrame:
+    """One row per (layer, lambda, set): refusal probability, refusal rate, KL from vanilla, answer logprob.
+
+    ``make_steers(layers, lam)`` returns what to steer with (an Eraser restricted
+    to those layers with that strength, or your own Steers). With
+    ``cumulative=True`` row ``layer=l`` steers layers ``layers[0..l]`` together.
+    """
+    from tqdm.auto import tqdm
+
+    refusal_ids = list(refusal_ids or refusal_token_ids(model))
+    base = {name: next_token_logprobs(model, s, batch_size=batch_size) for name, s in sets.items()}
+    answer_ids = {}
+    for name, ans in (answers or {}).items():
+        answer_ids[name] = torch.tensor([model.tokenizer(" " + a, add_special_tokens=False)["input_ids"][0]
+                                         for a in ans])
+    rows = []
+    combos = [(i, l, lam) for i, l in enumerate(layers) for lam in lams]
+    for i, layer, lam in tqdm(combos, desc="steering grid", disable=not progress, leave=False):
+        steer_layers = list(layers[: i + 1]) if cumulative else [layer]
+        steers = make_steers(steer_layers, lam)
+        for name, samples in sets.items():
+            logp = next_token_logprobs(model, samples, steers, batch_size)
+            rows.append({"layer": layer, "lam": lam, "set": name, "steered_layers": ",".join(map(str, steer_layers)),
+                         **_measure(logp, base[name], refusal_ids, answer_ids.get(name))})
+    for name in sets:  # the unsteered reference row
+        rows.append({"layer": -1, "lam": 0.0, "set": name, "steered_layers": "",
+                     **_measure(base[name], base[name], refusal_ids, answer_ids.get(name))})
+    return pd.DataFrame(rows)
+
+
+def operating_window(grid: pd.DataFrame, *, forget: str = "forget", retain: str = "retain",
+                     forget_min: float = 0.95, retain_max: float = 0.02) -> pd.DataFrame:
+    """Per layer: the lambdas where forget refuses (rate >= forget_min) and retain holds (<= retain_max + vanilla)."""
+    g = grid[grid.layer >= 0]
+    base_retain = float(grid[(grid.layer == -1) & (grid.set == retain)].refusal_rate.iloc[0])
+    f = g[g.set == forget].set_index(["layer", "lam"]).refusal_rate
+    r = g[g.set == retain].set_index(["layer", "lam"]).refusal_rate
+    kl = g[g.set == retain].set_index(["layer", "lam"]).kl
+    ok = (f >= forget_min) & (r <= base_retain + retain_max)
+    rows = []
+    for layer in sorted(g.layer.unique()):
+        lams = [lam for (l, lam), good in ok.items() if l == layer and good]
+        rows.append({"layer": layer, "lam_min": min(lams) if lams else None, "lam_max": max(lams) if lams else None,
+                     "n_ok": len(lams), "ok_lams": sorted(lams),
+                     "retain_kl_at_min": float(kl[(layer, min(lams))]) if lams else None})
+    return pd.DataFrame(rows)
+
+
+def recommend(window: pd.DataFrame) -> tuple[int, float]:
+    """The layer with the most passing lambdas (ties: least retain KL), at the median passing lambda."""
+    ok = window[window.n_ok > 0]
+    if ok.empty:
+        raise ValueError("No layer has a lambda where forget refuses and retain holds: widen the lambda grid, "
+                         "loosen the thresholds, or revisit the direction (see the separability probe).")
+    best = ok.sort_values(["n_ok", "retain_kl_at_min"], ascending=[False, True]).iloc[0]
+    lams = list(best.ok_lams)
+    return int(best.layer), float(lams[(len(lams) - 1) // 2])

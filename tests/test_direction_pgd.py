@@ -1,0 +1,55 @@
+"""Erasure directions and PGD on tiny models."""
+
+import pytest
+import torch
+
+from conftest import random_image
+from toolkit import tracing
+from toolkit.adversarial import PGDConfig, pgd_attack
+from toolkit.direction import erasure_direction
+from toolkit.models.loading import Sample
+
+
+def test_direction_is_mean_difference(tiny_models):
+    m = tiny_models("llava")
+    plus = [Sample(f"refuse this {i}", random_image(i)) for i in range(5)]
+    minus = [Sample(f"answer this {i}", random_image(10 + i)) for i in range(4)]
+    d = erasure_direction(m, plus, minus, [0, 2], batch_size=2)
+    cp, cm = tracing.capture(m, plus, [0, 2]), tracing.capture(m, minus, [0, 2])
+    for l in (0, 2):
+        expected = cp[l].double().mean(0) - cm[l].double().mean(0)
+        torch.testing.assert_close(d.vectors[l], expected, rtol=1e-5, atol=1e-6)
+    assert d.n_refusal == 5 and d.n_recall == 4
+
+
+def test_direction_variants(tiny_models):
+    m = tiny_models("llava")
+    clean = [Sample(f"q {i}", random_image(i)) for i in range(3)]
+    other = [Sample(f"q {i}", random_image(20 + i)) for i in range(3)]
+    image_only = erasure_direction(m, clean, other, [1], variant="image_only")
+    assert image_only.vectors[1].norm() > 0
+    text_only = erasure_direction(m, clean, [Sample(f"different {i}", random_image(i)) for i in range(3)], [1],
+                                  variant="text_only")
+    nothing = erasure_direction(m, clean, other, [1], variant="text_only")
+    assert nothing.vectors[1].norm() < 1e-6 < text_only.vectors[1].norm()  # same text, images dropped
+    with pytest.raises(ValueError, match="share their text"):
+        erasure_direction(m, clean, [Sample("x", random_image(0))] * 3, [1], variant="image_only")
+    with pytest.raises(ValueError, match="Both contrastive sets need samples"):
+        erasure_direction(m, [], other, [1])
+
+
+def test_pgd_lowers_target_loss_within_eps(tiny_models):
+    m = tiny_models("llava")
+    samples = [Sample("who is this", random_image(0)), Sample("describe it", random_image(1))]
+    cfg = PGDConfig(eps=8 / 255, step=1 / 255, steps=12)
+    res = pgd_attack(m, samples, ["this is a person", "you he please question"], cfg)
+    for before, after, linf in zip(res.loss_clean, res.loss_adversarial, res.linf):
+        assert after < before - 0.05
+        assert linf <= cfg.eps + 1e-6
+    assert all(im.size == (32, 32) for im in res.images)
+
+
+def test_pgd_refuses_unsupported_family(tiny_models):
+    m = tiny_models("qwen2_vl")
+    with pytest.raises(NotImplementedError, match="not implemented for qwen2_vl.*Supported: llava, gemma3, paligemma"):
+        pgd_attack(m, [Sample("x", random_image(0))], ["y"])

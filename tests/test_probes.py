@@ -1,0 +1,101 @@
+"""Probes on synthetic activations where the answer is known."""
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import random_image
+from probes import nullspace_rank, separability, steering_effects
+from toolkit import tracing
+from toolkit.models.loading import Sample
+from toolkit.nullspace import RelativeTolerance
+
+
+def gaussians(delta, n=4000, d=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, d, generator=g, dtype=torch.float64)
+    b = torch.randn(n, d, generator=g, dtype=torch.float64)
+    a[:, 0] += delta
+    return a, b
+
+
+def test_separability_of_two_gaussians():
+    a, b = gaussians(2.0)
+    e0 = torch.zeros(8, dtype=torch.float64)
+    e0[0] = 1
+    s = separability.separability(a, b, e0)
+    phi = 0.5 * (1 + math.erf(2.0 / math.sqrt(2) / math.sqrt(2)))  # AUROC = Phi(delta / sqrt(2))
+    assert s["auroc"] == pytest.approx(phi, abs=0.01)
+    assert s["fisher_ratio"] == pytest.approx(2.0, rel=0.06)  # delta^2 / (1 + 1)
+    assert s["projection_accuracy"] == pytest.approx(0.5 * (1 + math.erf(1.0 / math.sqrt(2))), abs=0.015)
+    assert s["probe_accuracy"] > 0.8
+    same = separability.separability(*gaussians(0.0), e0)
+    assert same["auroc"] == pytest.approx(0.5, abs=0.02) and same["fisher_ratio"] < 0.01
+
+
+def test_layer_table_and_cosines():
+    a0, b0 = gaussians(3.0, n=200)
+    t = separability.layer_separability({0: a0, 1: a0}, {0: b0, 1: a0.flip(0)})
+    assert list(t.layer) == [0, 1]
+    assert t.auroc[0] > 0.95 and t.auroc[1] == pytest.approx(0.5, abs=1e-9)
+    cos = separability.direction_cosines({0: torch.tensor([1.0, 0.0]), 1: torch.tensor([1.0, 1.0]),
+                                          2: torch.tensor([0.0, -2.0])})
+    assert cos.loc[0, 1] == pytest.approx(2 ** -0.5) and cos.loc[0, 2] == pytest.approx(0.0)
+    assert cos.loc[1, 2] == pytest.approx(-(2 ** -0.5))
+
+
+def test_rank_of_known_retain_set():
+    g = torch.Generator().manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(16, 16, generator=g, dtype=torch.float64))[0]
+    retain = torch.randn(300, 6, generator=g, dtype=torch.float64) @ basis[:, :6].T
+    forget = torch.randn(50, 16, generator=g, dtype=torch.float64) @ basis.T
+    table = nullspace_rank.rank_table({3: retain}, {3: forget}, policies=(RelativeTolerance(1e-9),))
+    assert int(table.k.iloc[0]) == 10
+    assert table.retain_energy_leaked.iloc[0] < 1e-12
+    # Isotropic forget rows put about k/d of their energy in the null space.
+    assert table.forget_share_in_null.iloc[0] == pytest.approx(10 / 16, abs=0.08)
+    spec = nullspace_rank.spectrum({3: retain})
+    assert (spec.energy_share.iloc[:10] < 1e-12).all()
+
+
+def test_gate_values_separate_forget_from_retain():
+    g = torch.Generator().manual_seed(1)
+    basis = torch.linalg.qr(torch.randn(16, 16, generator=g, dtype=torch.float64))[0]
+    retain = torch.randn(400, 8, generator=g, dtype=torch.float64) @ basis[:, :8].T
+    forget = torch.randn(60, 16, generator=g, dtype=torch.float64) @ basis.T + 3 * basis[:, 12]
+    gates = nullspace_rank.gate_values(retain, forget, RelativeTolerance(1e-9), gamma=0.1)
+    ov = nullspace_rank.gate_overlap(gates)
+    assert ov["retain_gate_rms"] < 1e-6 and ov["forget_gate_mean"] > 0.8 and ov["retain_above"] == 0.0
+
+
+def test_steering_a_layer_shows_at_that_layer_only(tiny_models):
+    m = tiny_models("llava")
+    samples = [Sample("what is this image", random_image(0)), Sample("who is it", random_image(1))]
+    v = torch.randn(m.hidden_size)
+    steer = tracing.Steer(1, lambda h: v.expand_as(h), "prompt")
+    plain = tracing.capture(m, samples, [0, 1, 2], "prompt")
+    steered = tracing.capture(m, samples, [0, 1, 2], "prompt", steers=[steer])
+    torch.testing.assert_close(steered[0], plain[0], rtol=0, atol=0)  # before: untouched
+    torch.testing.assert_close(steered[1] - plain[1], v.expand_as(plain[1]), rtol=1e-5, atol=1e-5)  # exactly v
+    assert (steered[2] - plain[2]).abs().max() > 1e-3  # after: propagated
+    grid = steering_effects.steering_grid(m, lambda ls, lam: [tracing.Steer(ls[-1], lambda h: lam * v.expand_as(h))],
+                                          {"a": samples}, [0, 2], [0.0, 4.0], refusal_ids=[5])
+    at_zero = grid[(grid.lam == 0.0) & (grid.layer >= 0)]
+    assert (at_zero.kl.abs() < 1e-9).all()
+    assert (grid[grid.lam == 4.0].kl > 1e-4).all()
+
+
+def test_operating_window_and_recommendation():
+    rows = []
+    for layer, forget_rates, retain_rates in ((0, [0.2, 0.6, 0.9], [0.0, 0.0, 0.0]),
+                                              (1, [0.5, 1.0, 1.0], [0.0, 0.0, 0.5]),
+                                              (2, [1.0, 1.0, 1.0], [0.0, 0.0, 0.01])):
+        for lam, f, r in zip((1.0, 2.0, 3.0), forget_rates, retain_rates):
+            rows.append({"layer": layer, "lam": lam, "set": "forget", "refusal_rate": f, "kl": 0.0})
+            rows.append({"layer": layer, "lam": lam, "set": "retain", "refusal_rate": r, "kl": lam})
+    rows += [{"layer": -1, "lam": 0.0, "set": s, "refusal_rate": 0.0, "kl": 0.0} for s in ("forget", "retain")]
+    win = steering_effects.operating_window(pd.DataFrame(rows))
+    assert win.set_index("layer").n_ok.to_dict() == {0: 0, 1: 1, 2: 3}
+    assert steering_effects.recommend(win) == (2, 2.0)

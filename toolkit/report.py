@@ -1,0 +1,40 @@
+"""Figures for reports (seaborn); every function returns the figure."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # files, not windows: also right inside notebooks that call savefig
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+__all__ = ["plot_summary", "plot_grid"]
+
+
+def plot_summary(summary: pd.DataFrame):
+    """Bars per split: answer leakage (generation) and MCQ accuracy, one hue per method."""
+    gen = summary[summary.task == "generation"].copy()
+    mcq = summary[summary.task == "classification"].copy()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    for ax, df, col, title in ((axes[0], gen, "leaked", "generation: fact in the answer"),
+                               (axes[1], mcq, "accuracy", "classification accuracy")):
+        df = df.assign(value=100 * df[col], where=df.split + " / " + df.modality)
+        sns.barplot(df, x="where", y="value", hue="method", ax=ax)
+        ax.set(title=title, xlabel="", ylabel="%", ylim=(0, 105))
+        ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    return fig
+
+
+def plot_grid(grid: pd.DataFrame, value: str = "refusal_rate"):
+    """Heatmaps layer x lambda of ``value`` for each prompt set."""
+    sets = [s for s in grid.set.unique()]
+    fig, axes = plt.subplots(1, len(sets), figsize=(4.5 * len(sets), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], sets):
+        g = grid[(grid.set == name) & (grid.layer >= 0)].pivot_table(index="layer", columns="lam", values=value)
+        sns.heatmap(g, annot=True, fmt=".2f", vmin=0, vmax=1 if "rate" in value or "prob" in value else None,
+                    cmap="viridis", ax=ax, cbar=False)
+        ax.set(title=f"{name}: {value}", xlabel="lambda", ylabel="layer")
+    fig.tight_layout()
+    return fig
