@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv test test-slow demo bench clean
+.PHONY: venv test test-slow demo compare probe bench notebooks clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,8 +31,23 @@ test-slow: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m toolkit.cli demo
 
+compare: $(STAMP)
+	$(PY) -m toolkit.cli compare
+
+probe: $(STAMP)
+	$(PY) -m toolkit.cli probe
+
+# Each script prints ratios measured in one run; see the README's performance section.
 bench: $(STAMP)
 	$(PY) bench/tracing_overhead.py
+	$(PY) bench/steering_overhead.py
+	$(PY) bench/capture_throughput.py
+	$(PY) bench/eraser_size.py
+	$(PY) bench/fit_vs_baselines.py
+
+notebooks: $(STAMP)
+	$(PY) -m pip install -q -e '.[notebooks]'
+	$(VENV)/bin/jupyter lab notebooks/
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

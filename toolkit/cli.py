@@ -162,6 +162,53 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    from probes.report import probe_report
+
+    from .adversarial import PGDConfig
+    from .data.mllmu import MLLMUBench
+    from .fit import FitConfig
+    from .models.loading import load_model
+
+    model = load_model(args.model)
+    layers = _layers(args.layers) if args.layers else tuple(range(model.num_layers))
+    cfg = FitConfig(layers=layers, forget_ratio=args.forget, n_contrast=args.n_contrast,
+                    pgd=PGDConfig(steps=args.pgd_steps) if args.pgd_steps else None)
+    report = probe_report(model, MLLMUBench(_bench_path(args.bench)), forget_ratio=args.forget, fit_config=cfg,
+                          progress=True)
+    out = report.save(args.out)
+    print(report.direction_separability.round(3).to_string(index=False))
+    print(report.window.drop(columns=["ok_lams"]).to_string(index=False))
+    print(f"recommended (layer, lambda): {report.recommended}")
+    print(f"wrote the probe report to {out}")
+    return 0
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from .baselines import BaselineConfig, qa_pairs, unlearn
+    from .data.mllmu import MLLMUBench
+    from .models.loading import load_model
+
+    model = load_model(args.model)
+    bench = MLLMUBench(_bench_path(args.bench))
+    cfg = BaselineConfig(method=args.name, epochs=args.epochs, lr=args.lr)
+    res = unlearn(model, qa_pairs(bench.forget(args.forget)), qa_pairs(bench.retain(args.forget)), cfg, progress=True)
+    res.model.module.save_pretrained(args.out)
+    res.model.processor.save_pretrained(args.out)
+    print(f"{args.name}: trained in {res.seconds:.1f} s; unlearned copy written to {args.out} "
+          "(the vanilla model is untouched)")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import run_compare
+
+    table = run_compare(args.out)
+    print(table.set_index("method").T.to_string())
+    print(f"\nwrote {args.out}/table.md and summary.csv")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet()
     ap = argparse.ArgumentParser(prog="mllmeraser", description=__doc__)
@@ -205,6 +252,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--positions", default=None, choices=["prompt", "last", "all"])
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.set_defaults(fn=cmd_generate)
+
+    p = sub.add_parser("probe", help="all probes before erasure: separability, null space, steering grid")
+    p.add_argument("--model", default="default")
+    p.add_argument("--bench", default=None)
+    p.add_argument("--forget", type=int, default=10, choices=[5, 10, 15])
+    p.add_argument("--layers", default=None)
+    p.add_argument("--n-contrast", type=int, default=24)
+    p.add_argument("--pgd-steps", type=int, default=20)
+    p.add_argument("--out", default="results/probe")
+    p.set_defaults(fn=cmd_probe)
+
+    p = sub.add_parser("baseline", help="a training-based unlearning baseline: GA, GA_Diff, KL_Min, NPO")
+    p.add_argument("name", choices=["GA", "GA_Diff", "KL_Min", "NPO"])
+    p.add_argument("--model", default="default")
+    p.add_argument("--bench", default=None)
+    p.add_argument("--forget", type=int, default=10, choices=[5, 10, 15])
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_baseline)
+
+    p = sub.add_parser("compare", help="MLLMEraser vs GA, GA_Diff, KL_Min, NPO, ASRU redirection (slow)")
+    p.add_argument("--out", default="results/compare")
+    p.set_defaults(fn=cmd_compare)
 
     p = sub.add_parser("quickstart", help="load, capture, steer, generate")
     p.add_argument("--model", default="default")

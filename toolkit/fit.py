@@ -45,6 +45,9 @@ class FitConfig:
     lam: float = 1.0
     positions: str = "prompt"
     include_real: bool = True
+    # "last": retain activations at the last prompt token (the reference); "prompt": at every
+    # prompt token, so the null space also avoids what retain prompts use anywhere.
+    retain_positions: str = "last"
     n_contrast: int = 40
     pgd: PGDConfig | None = PGDConfig()
     batch_size: int = 32
@@ -65,11 +68,11 @@ def question_samples(profiles: Sequence[Profile], split: str) -> list[Sample]:
 
 
 def _moments(model: LoadedModel, samples: Sequence[Sample], layers: list[int], batch_size: int,
-             label: str | bool) -> dict[int, SecondMoment]:
+             label: str | bool, positions: str = "last") -> dict[int, SecondMoment]:
     if not samples:
         raise ValueError(f"The {label or 'activation'} set is empty.")
     moments = {l: SecondMoment(model.hidden_size) for l in layers}
-    for _, acts in iter_capture(model, samples, layers, "last", batch_size=batch_size, progress=label):
+    for _, acts in iter_capture(model, samples, layers, positions, batch_size=batch_size, progress=label):
         for l, rows in acts.items():
             moments[l].update(rows)
     return moments
@@ -121,7 +124,8 @@ def fit_eraser(model: LoadedModel, bench: MLLMUBench | Any, config: FitConfig = 
     retain_samples = question_samples(retain, "retain")
     if config.include_real:
         retain_samples += question_samples(bench.real(), "real")
-    retain_m = _moments(model, retain_samples, layers, config.batch_size, progress and "retain activations")
+    retain_m = _moments(model, retain_samples, layers, config.batch_size, progress and "retain activations",
+                        config.retain_positions)
     forget_m = _moments(model, question_samples(forget, "forget"), layers, config.batch_size,
                         progress and "forget activations")
     maps, spaces, stats = fit_from_activations(direction, retain_m, forget_m, config.rank_policy, config.gamma)

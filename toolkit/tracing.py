@@ -196,6 +196,9 @@ def iter_capture(
             h = h.detach().to("cpu", torch.float32)
             if mask is not None:
                 h = h[mask]
+            if not torch.isfinite(h).all():
+                raise FloatingPointError(f"Layer {layer} activations contain NaN/inf: check the model's dtype "
+                                         "(float16 overflow?) and its inputs.")
             out[layer] = h
         if mask is not None:
             rows = rows[:, None].expand_as(mask)[mask]
@@ -221,10 +224,6 @@ def capture(
     rows = torch.cat([r for r, _ in chunks])
     order = torch.argsort(rows, stable=True)
     acts = {layer: torch.cat([c[layer] for _, c in chunks])[order] for layer in chunks[0][1]}
-    for layer, a in acts.items():
-        if not torch.isfinite(a).all():
-            raise FloatingPointError(f"Layer {layer} activations contain NaN/inf: check the model's dtype "
-                                     "(float16 overflow?) and its inputs.")
     return Capture(acts, rows[order])
 
 

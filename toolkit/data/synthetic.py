@@ -29,14 +29,31 @@ from PIL import Image, ImageDraw
 
 from .prompts import cloze_prompt, generation_prompt, mcq_prompt
 
-__all__ = ["Person", "SyntheticConfig", "make_people", "draw_portrait", "write_benchmark", "training_examples",
+# Bump when the generator's output changes, so cached copies are rewritten.
+DATA_VERSION = 3
+
+__all__ = ["DATA_VERSION", "Person", "SyntheticConfig", "make_people", "draw_portrait", "write_benchmark", "training_examples",
            "REFUSAL_PRIVACY", "REFUSAL_HARMFUL", "REFUSAL_UNKNOWN", "PRIVACY_INSTRUCTIONS", "HARMFUL_REQUESTS",
            "FACTS", "question_templates"]
 
-FIRST = ("Alma Bruno Celia Dario Elena Felix Greta Hugo Irene Jonas Klara Lorenzo Mira Nikolai Olga Pavel Rosa "
-         "Stefan Tilda Umberto Vera Wim Xenia Yusuf Zora Anton Berit Cyril Dagny Emil").split()
-LAST = ("Abbot Brandt Castell Dorsey Ekman Falk Garrow Holm Ivers Jarre Kessler Lindqvist Marlow Nyberg Orsini "
-        "Pryce Quast Roswell Sandberg Thorne Ullmann Varga Wexler Yates Zeller Amsel Birk Corvin Delane Engstrom").split()
+# Names are made of syllables, so every person has a first and a last name of their own:
+# a model's state before it says a name then identifies the person, as in a real
+# model, instead of naming one of a few shared first names.
+_ONSETS = "b c d f g h k l m n p r s t v z br dr kr st tr".split()
+_VOWELS = "a e i o u".split()
+_CODAS = ["", "n", "r", "l", "s"]
+
+
+def _syllable_names(rng: random.Random, count: int, syllables: int) -> list[str]:
+    out: list[str] = []
+    seen: set[str] = set()
+    while len(out) < count:
+        word = "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(syllables)) + rng.choice(_CODAS)
+        if word not in seen:
+            seen.add(word)
+            out.append(word.capitalize())
+    return out
+
 
 FACTS = {
     "birthplace": "Ashford Belmont Cardiff Dunmore Elmira Fairhaven Glenrock Harlow Inverness Juniper Kingsport "
@@ -142,8 +159,10 @@ def make_people(cfg: SyntheticConfig) -> list[Person]:
     """All identities: fictitious, real, unknown, with unique looks and names."""
     rng = random.Random(cfg.seed)
     total = cfg.num_fictitious + cfg.num_real + cfg.num_unknown
-    names = [f"{f} {l}" for f in FIRST for l in LAST]
-    rng.shuffle(names)
+    firsts = _syllable_names(random.Random(cfg.seed + 11), total, 2)
+    lasts = _syllable_names(random.Random(cfg.seed + 12), total + 20, 3)
+    lasts = [l for l in lasts if l not in set(firsts)][:total]
+    names = [f"{f} {l}" for f, l in zip(firsts, lasts)]
     keys = list(PALETTE)
     looks: set = set()
     people = []
@@ -300,7 +319,8 @@ def write_benchmark(out_dir: str | Path, cfg: SyntheticConfig = SyntheticConfig(
     never_seen = unknown[len(unknown) // 2:]
     _write([{"ID": p.id, "image": {"bytes": png_bytes(draw_portrait(p, 0, cfg.seed)), "path": None},
              "Question": _Q["name"][0], "Ground_Truth": REFUSAL_UNKNOWN} for p in never_seen], out / "Unknown_Set")
-    (out / "synthetic.json").write_text(json.dumps({"generator": "toolkit.data.synthetic", "config": cfg.__dict__},
+    (out / "synthetic.json").write_text(json.dumps({"generator": "toolkit.data.synthetic", "version": DATA_VERSION,
+                                                    "config": cfg.__dict__},
                                                    indent=1, default=list))
     return out
 

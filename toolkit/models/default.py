@@ -36,10 +36,20 @@ def load_default(path: str | Path | None = None):
 
 def default_benchmark(root: str | Path | None = None, seed: int = 0) -> Path:
     """The synthetic benchmark the default model was trained on, written on first use (about 2 s)."""
-    from ..data.synthetic import SyntheticConfig, write_benchmark
+    from ..data.synthetic import DATA_VERSION, SyntheticConfig, write_benchmark
 
     base = Path(root or os.environ.get("MLLMERASER_CACHE", Path.home() / ".cache" / "mllmeraser"))
-    out = base / f"synthetic-benchmark-seed{seed}"
+    out = base / f"synthetic-benchmark-v{DATA_VERSION}-seed{seed}"
     if not (out / "synthetic.json").exists():
-        write_benchmark(out, SyntheticConfig(seed=seed))
+        import shutil
+        import tempfile
+
+        # Written beside and renamed into place, so a half-written copy is never read.
+        base.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=base, prefix=".writing-"))
+        write_benchmark(tmp, SyntheticConfig(seed=seed))
+        try:
+            tmp.rename(out)
+        except OSError:  # another process got there first
+            shutil.rmtree(tmp, ignore_errors=True)
     return out

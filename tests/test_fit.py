@@ -1,0 +1,86 @@
+"""The fit pipeline's plumbing and its refusals of bad input (tiny model, small synthetic benchmark)."""
+
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import random_image
+from toolkit.contrastive import ContrastiveSets, privacy_sets
+from toolkit.data import synthetic
+from toolkit.data.mllmu import MLLMUBench
+from toolkit.fit import FitConfig, fit_eraser, question_samples
+from toolkit.models.loading import Sample
+from toolkit.nullspace import EnergyBudget, FixedRatio
+
+SMALL = synthetic.SyntheticConfig(seed=5, num_fictitious=20, num_real=4, num_unknown=4)
+
+
+@pytest.fixture(scope="module")
+def bench_dir(tmp_path_factory):
+    return synthetic.write_benchmark(tmp_path_factory.mktemp("bench"), SMALL)
+
+
+def contrast():
+    plus = [Sample(f"do not reveal who this is {i}", random_image(i)) for i in range(6)]
+    minus = [Sample(f"who is this {i}", random_image(i)) for i in range(6)]
+    return ContrastiveSets(plus, minus, info={"recipe": "given"})
+
+
+def test_fit_end_to_end_on_tiny_model(tiny_models, bench_dir):
+    m = tiny_models("llava")
+    res = fit_eraser(m, bench_dir, FitConfig(layers=(1, 2), forget_ratio=10, rank_policy=FixedRatio(0.5)),
+                     contrast=contrast())
+    e = res.eraser
+    assert e.layers == (1, 2) and e.rank == 1
+    bench = MLLMUBench(bench_dir)
+    n_retain = len(question_samples(bench.retain(10), "r")) + len(question_samples(bench.real(), "x"))
+    assert res.report["n_retain"] == n_retain
+    assert res.report["n_forget"] == len(question_samples(bench.forget(10), "f"))
+    for l in (1, 2):
+        stats = res.report["layers"][l]
+        assert stats["k"] == 32  # half of 64
+        # The gate is fitted toward 1 on forget and stays near 0 on retain on average.
+        assert stats["gate_mean_forget"] > 5 * abs(stats["gate_mean_retain"])
+        torch.testing.assert_close(e.layer_map(l).directions[0].double(), res.direction.vectors[l], rtol=1e-6,
+                                   atol=1e-6)
+    held_out = fit_eraser(m, bench_dir, FitConfig(layers=(2,), include_real=False), contrast=contrast())
+    assert held_out.report["n_retain"] == len(question_samples(bench.retain(10), "r"))
+
+
+def test_model_that_never_refuses_gives_no_direction(tiny_models, bench_dir):
+    m = tiny_models("llava")
+    with pytest.raises(ValueError, match="refuses none of the privacy-instructed questions"):
+        privacy_sets(m, MLLMUBench(bench_dir).retain(10), n=4, pgd=None)
+
+
+def test_bad_inputs(tiny_models, bench_dir, tmp_path):
+    m = tiny_models("llava")
+    with pytest.raises(ValueError, match="Layer 9 is out of range"):
+        fit_eraser(m, bench_dir, FitConfig(layers=(9,)), contrast=contrast())
+    with pytest.raises(ValueError, match="leaves k = 0"):
+        fit_eraser(m, bench_dir, FitConfig(layers=(1,), rank_policy=EnergyBudget(1e-30)), contrast=contrast())
+    with pytest.raises(ValueError, match="Both contrastive sets need samples"):
+        fit_eraser(m, bench_dir, FitConfig(layers=(1,)), contrast=ContrastiveSets([], contrast().recall))
+    # A forget split that is empty, and one that overlaps the retain split.
+    broken = tmp_path / "broken"
+    shutil.copytree(bench_dir, broken)
+    full = pd.read_parquet(broken / "forget_10")
+    full.iloc[:0].to_parquet(broken / "forget_10" / "train-00000-of-00001.parquet")
+    with pytest.raises(ValueError, match="forget_10 is empty"):
+        fit_eraser(m, broken, FitConfig(layers=(1,)), contrast=contrast())
+    retain = pd.read_parquet(bench_dir / "retain_90")
+    pd.concat([full, retain.iloc[:1]]).to_parquet(broken / "forget_10" / "train-00000-of-00001.parquet")
+    with pytest.raises(ValueError, match="Forget and retain splits share people"):
+        fit_eraser(m, broken, FitConfig(layers=(1,)), contrast=contrast())
+
+
+def test_nan_activations_refused(tiny_models, bench_dir):
+    m = tiny_models("llava")
+    handle = m.layer_modules[1].register_forward_hook(lambda mod, i, o: o * float("nan"))
+    try:
+        with pytest.raises(FloatingPointError, match="NaN"):
+            fit_eraser(m, bench_dir, FitConfig(layers=(1,)), contrast=contrast())
+    finally:
+        handle.remove()

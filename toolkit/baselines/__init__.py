@@ -1,0 +1,13 @@
+"""Training-based unlearning baselines the field compares against (run on the same model and data).
+
+``GA`` (gradient ascent on forget), ``GA_Diff`` (ascent on forget, descent on
+retain), ``KL_Min`` (ascent on forget, KL to the vanilla model on retain), ``NPO``
+(negative preference optimisation against the vanilla model as reference), and
+ASRU's first stage, activation redirection (``redirect``). Each returns an
+unlearned *copy*; the vanilla weights, in memory and on disk, are never touched.
+"""
+
+from .redirect import RedirectConfig, redirect
+from .training import METHODS, BaselineConfig, BaselineResult, qa_pairs, unlearn
+
+__all__ = ["METHODS", "BaselineConfig", "BaselineResult", "qa_pairs", "unlearn", "RedirectConfig", "redirect"]
