@@ -145,3 +145,18 @@ def test_composition_adds_gates(llava):
     assert merged.layer_map(1).gates.shape == (llava.hidden_size, 2)
     together = tracing.forward(llava, samples(), steers=[e1, e2])
     torch.testing.assert_close(tracing.forward(llava, samples(), steers=merged), together, rtol=1e-4, atol=1e-4)
+
+
+def test_retain_penalty_equals_stacked_least_squares():
+    retain, forget, _ = synthetic_acts()
+    space = null_space(SecondMoment(24).update(retain), FixedRatio(0.6))
+    a = 3.0
+    w = solve_map(forget.T @ forget, forget.sum(0), space, 0.2, retain_gram=retain.T @ retain, retain_weight=a)
+    q = space.basis
+    # min ||H_f Q x - 1||^2 + a ||H_r Q x||^2 + 0.2 ||x||^2, solved directly.
+    A = torch.cat([forget @ q, a ** 0.5 * retain @ q, 0.2 ** 0.5 * torch.eye(q.shape[1], dtype=torch.float64)])
+    b = torch.cat([torch.ones(forget.shape[0], 1, dtype=torch.float64),
+                   torch.zeros(retain.shape[0] + q.shape[1], 1, dtype=torch.float64)])
+    torch.testing.assert_close(w, q @ torch.linalg.lstsq(A, b).solution, rtol=1e-9, atol=1e-10)
+    plain = solve_map(forget.T @ forget, forget.sum(0), space, 0.2)
+    assert (retain @ w).pow(2).mean() < (retain @ plain).pow(2).mean()

@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("train-vanilla", help="train the embedded default model (about 15 min on 2 cores)")
     p.add_argument("--out", default="toolkit/assets/default")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=800)
+    p.add_argument("--steps", type=int, default=900)
     p.set_defaults(fn=cmd_train_vanilla)
 
     p = sub.add_parser("fit", help="fit an eraser for a forget split")

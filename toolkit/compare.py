@@ -48,7 +48,7 @@ def run_compare(out_dir: str | Path = "results/compare", cfg: DemoConfig = DemoC
     with PeakMemory() as meter:
         start = time.time()
         fit = fit_eraser(model, bench, FitConfig(layers=(layer,), forget_ratio=r, rank_policy=FixedRatio(cfg.rho),
-                                                 gamma=cfg.gamma, lam=lam, n_contrast=cfg.n_contrast,
+                                                 gamma=cfg.gamma, retain_weight=cfg.retain_weight, lam=lam, n_contrast=cfg.n_contrast,
                                                  pgd=PGDConfig(steps=cfg.pgd_steps)))
         fit_seconds = time.time() - start
     costs = {"MLLMEraser": (fit_seconds, meter.added_mb)}

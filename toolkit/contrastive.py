@@ -50,13 +50,12 @@ class ContrastiveSets:
 
 def _image_side(model: LoadedModel, refused: list[Sample], targets: list[str], pgd: PGDConfig | None,
                 progress: bool) -> tuple[list[Sample], list[Sample], PGDResult | None]:
+    """Attack every refused sample; returns (successful adversarial samples, all adversarial samples, result)."""
     if pgd is None or not model.adapter.supports_images:
         return [], [], None
     result = pgd_attack(model, refused, targets, pgd, progress=progress)
-    keep = [i for i, ok in enumerate(result.success) if ok]
-    clean = [refused[i] for i in keep]
-    adversarial = [Sample(refused[i].text, result.images[i]) for i in keep]
-    return clean, adversarial, result
+    attacked = [Sample(s.text, im) for s, im in zip(refused, result.images)]
+    return [a for a, ok in zip(attacked, result.success) if ok], attacked, result
 
 
 def privacy_sets(model: LoadedModel, profiles: Sequence[Profile], *, n: int = 40,
@@ -80,14 +79,16 @@ def privacy_sets(model: LoadedModel, profiles: Sequence[Profile], *, n: int = 40
                          "behaviour to steer toward, so no erasure direction. Check the instructions, or give "
                          "your own ContrastiveSets.")
     refused_targets = [t for t, r in zip(targets, refused_mask) if r]
-    clean, adversarial, result = _image_side(model, refused, refused_targets, pgd, progress)
+    adversarial, attacked, result = _image_side(model, refused, refused_targets, pgd, progress)
     plain_kept = [s for s, r in zip(plain, refused_mask) if r]
+    # D-: every way the model recalls. The image-only view pairs each clean image with its
+    # attacked twin (same text), whether or not the attack flipped the answer.
     recall = adversarial + plain_kept
     info = {"recipe": "privacy", "questions": len(questions), "refused_clean": len(refused),
             "pgd_success": len(adversarial), "refusal_rate_D+": len(refused) / len(questions)}
     return ContrastiveSets(
         refusal=refused, recall=recall,
-        image_pairs=(clean, adversarial) if adversarial else None,
+        image_pairs=(refused, attacked) if attacked else None,
         text_pairs=([Sample(s.text) for s in refused], [Sample(s.text) for s in plain_kept]),
         pgd=result, info=info)
 
@@ -106,11 +107,12 @@ def safety_sets(model: LoadedModel, images: Sequence, *, requests: Sequence[str]
     if not refused:
         raise ValueError("The model refuses none of the harmful-style requests (a model without a safety "
                          "refusal gives no direction). Use the privacy recipe or your own ContrastiveSets.")
-    clean, adversarial, result = _image_side(model, refused, [target] * len(refused), pgd, progress)
+    adversarial, attacked, result = _image_side(model, refused, [target] * len(refused), pgd, progress)
     if not adversarial:
         raise ValueError(f"PGD made the model comply with none of {len(refused)} refused requests: no recall "
                          "side. Raise eps/steps, or use the privacy recipe.")
+    clean = [s for s, ok in zip(refused, result.success) if ok]
     info = {"recipe": "safety", "requests": len(samples), "refused_clean": len(refused),
             "pgd_success": len(adversarial)}
-    return ContrastiveSets(refusal=clean, recall=adversarial, image_pairs=(clean, adversarial), pgd=result,
+    return ContrastiveSets(refusal=clean, recall=adversarial, image_pairs=(refused, attacked), pgd=result,
                            info=info)

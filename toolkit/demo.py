@@ -36,13 +36,16 @@ __all__ = ["DemoConfig", "run_demo", "direction_steer", "headline"]
 @dataclass(frozen=True)
 class DemoConfig:
     forget_ratio: int = 10
-    lams: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0)
-    rho: float = 0.3
+    lams: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+    rho: float = 0.5
     gamma: float = 0.1
+    retain_weight: float = 20.0
+    forget_min: float = 0.9  # validation refusal the chosen setting must reach on forget ...
+    retain_max: float = 0.03  # ... while retain refusal rises by at most this
     retain_people: int = 20  # evaluated subset of the retain split (all are used to fit)
     real_people: int = 10
-    n_contrast: int = 32
-    pgd_steps: int = 30
+    n_contrast: int = 16
+    pgd_steps: int = 20
     batch_size: int = 48
 
 
@@ -106,7 +109,8 @@ def run_demo(out_dir: str | Path = "results/demo", cfg: DemoConfig = DemoConfig(
     print(f"[1/4] fitting the eraser for forget_{r} at all {model.num_layers} layers ...", flush=True)
     fit = fit_eraser(model, bench, FitConfig(layers=tuple(range(model.num_layers)), forget_ratio=r,
                                              rank_policy=FixedRatio(cfg.rho), gamma=cfg.gamma,
-                                             n_contrast=cfg.n_contrast, pgd=PGDConfig(steps=cfg.pgd_steps)),
+                                             retain_weight=cfg.retain_weight, n_contrast=cfg.n_contrast,
+                                             pgd=PGDConfig(steps=cfg.pgd_steps)),
                      progress=True)
     print(f"      PGD made the model answer {fit.report['contrast']['pgd_success']}/"
           f"{fit.report['contrast']['refused_clean']} privacy-refused questions; fit took {fit.report['fit_seconds']} s")
@@ -117,7 +121,7 @@ def run_demo(out_dir: str | Path = "results/demo", cfg: DemoConfig = DemoConfig(
     grid = steering_grid(model, lambda ls, lam: fit.eraser.with_options(layers=ls, lam=lam),
                          {"forget": fv, "retain": rv}, list(range(model.num_layers)), cfg.lams,
                          answers={"forget": fa, "retain": ra}, batch_size=cfg.batch_size, progress=True)
-    window = operating_window(grid)
+    window = operating_window(grid, forget_min=cfg.forget_min, retain_max=cfg.retain_max)
     layer, lam = recommend(window)
     eraser = fit.eraser.with_options(layers=[layer], lam=lam)
     eraser.save(out / "eraser.safetensors")
@@ -147,7 +151,8 @@ def run_demo(out_dir: str | Path = "results/demo", cfg: DemoConfig = DemoConfig(
     grid.to_csv(out / "steering_grid.csv", index=False)
     info = {"forget_ratio": r, "layer": layer, "lam": lam, "direction_only_lam": lam_dir,
             "selection": "steering-grid probe on validation questions (another phrasing of the same facts); "
-                         "layer with the most lambdas where forget refuses >= 95% and retain refusal rises <= 2 pts",
+                         f"layer with the most lambdas where forget refuses >= {cfg.forget_min:.0%} and retain refusal "
+                         f"rises <= {cfg.retain_max:.0%}, at the median such lambda",
             "fit_report": fit.report, "headline": table.to_dict("records"),
             "summary": summary.to_dict("records"), "seconds": round(time.time() - t0, 1)}
     (out / "metrics.json").write_text(json.dumps(info, indent=1, default=str))

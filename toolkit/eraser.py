@@ -41,7 +41,8 @@ __all__ = ["solve_map", "Eraser", "EraserLayer", "MismatchError"]
 
 
 def solve_map(forget_gram: torch.Tensor, forget_sum: torch.Tensor | None, space: NullSpace, gamma: float,
-              targets_cross: torch.Tensor | None = None) -> torch.Tensor:
+              targets_cross: torch.Tensor | None = None, retain_gram: torch.Tensor | None = None,
+              retain_weight: float = 0.0) -> torch.Tensor:
     """Gate factor(s) of the closed-form map.
 
     Args:
@@ -51,15 +52,29 @@ def solve_map(forget_gram: torch.Tensor, forget_sum: torch.Tensor | None, space:
         gamma: ridge strength (> 0; the reference: 0.1 LLaVA, 1.0 Qwen).
         targets_cross: ``H_f^T T`` (d x r) for per-sample targets ``T = U V`` given
             through their left factor; overrides ``forget_sum``.
+        retain_gram, retain_weight: our extension (``retain_weight = 0``, the
+            default, is the reference). With ``a = retain_weight``, the retain rows
+            join the least squares with target 0: ``+ a ||H_r P D||^2``, i.e.
+            ``Z^T Z`` becomes ``Z^T Z + a Q^T H_r^T H_r Q``. The projector keeps the
+            map out of the directions retain inputs use most; the penalty also
+            pushes the gate to 0 on the retain rows' small null-space components,
+            which the projector alone leaves free (see the gate probe). Pass
+            ``retain_weight`` already scaled (e.g. ``alpha * n_f / n_r``).
 
     Returns:
-        ``(d, r)`` gates ``Q (Q^T H_f^T H_f Q + gamma I)^{-1} Q^T H_f^T U``; for
-        the shared target, ``(d, 1)`` = ``w``.
+        ``(d, r)`` gates ``Q (Q^T H_f^T H_f Q + a Q^T H_r^T H_r Q + gamma I)^{-1} Q^T H_f^T U``;
+        for the shared target, ``(d, 1)`` = ``w``.
     """
     if gamma <= 0:
         raise ValueError(f"gamma must be > 0, got {gamma}.")
+    if retain_weight < 0:
+        raise ValueError(f"retain_weight must be >= 0, got {retain_weight}.")
     q = space.basis.to(torch.float64)
     zz = q.T @ forget_gram.to(torch.float64) @ q
+    if retain_weight:
+        if retain_gram is None:
+            raise ValueError("retain_weight > 0 needs retain_gram (H_r^T H_r).")
+        zz = zz + retain_weight * (q.T @ retain_gram.to(torch.float64) @ q)
     rhs = q.T @ (targets_cross if targets_cross is not None else forget_sum[:, None]).to(torch.float64)
     system = zz + gamma * torch.eye(q.shape[1], dtype=torch.float64)
     return q @ torch.linalg.solve(system, rhs)

@@ -42,6 +42,9 @@ class FitConfig:
     variant: str = "multimodal"  # multimodal | image_only | text_only
     rank_policy: RankPolicy = FixedRatio(0.3)
     gamma: float = 0.1
+    # Our extension: weight of the retain rows (target 0) in the least squares, per row relative to
+    # the forget rows (alpha; the solver gets alpha * n_f / n_r). 0 is the reference method.
+    retain_weight: float = 0.0
     lam: float = 1.0
     positions: str = "prompt"
     include_real: bool = True
@@ -79,13 +82,14 @@ def _moments(model: LoadedModel, samples: Sequence[Sample], layers: list[int], b
 
 
 def fit_from_activations(direction: Direction, retain: dict[int, SecondMoment], forget: dict[int, SecondMoment],
-                         policy: RankPolicy, gamma: float) -> tuple[dict[int, EraserLayer], dict[int, NullSpace],
-                                                                    dict[int, dict]]:
+                         policy: RankPolicy, gamma: float, retain_weight: float = 0.0
+                         ) -> tuple[dict[int, EraserLayer], dict[int, NullSpace], dict[int, dict]]:
     """The per-layer maps from accumulated statistics (no model needed)."""
     maps, spaces, stats = {}, {}, {}
     for l, d in direction.vectors.items():
         space = null_space(retain[l], policy)
-        w = solve_map(forget[l].gram, forget[l].total, space, gamma)
+        w = solve_map(forget[l].gram, forget[l].total, space, gamma, retain_gram=retain[l].gram,
+                      retain_weight=retain_weight * forget[l].count / retain[l].count)
         maps[l] = EraserLayer(l, w.to(torch.float32), d[None].to(torch.float32))
         # Mean gate on each set from the moments: mean(h . w) = (sum h) . w / n.
         stats[l] = {"k": space.k, "retain_energy_leaked": space.leaked_energy, "direction_norm": float(d.norm()),
@@ -128,7 +132,8 @@ def fit_eraser(model: LoadedModel, bench: MLLMUBench | Any, config: FitConfig = 
                         config.retain_positions)
     forget_m = _moments(model, question_samples(forget, "forget"), layers, config.batch_size,
                         progress and "forget activations")
-    maps, spaces, stats = fit_from_activations(direction, retain_m, forget_m, config.rank_policy, config.gamma)
+    maps, spaces, stats = fit_from_activations(direction, retain_m, forget_m, config.rank_policy, config.gamma,
+                                               config.retain_weight)
     settings = {k: (asdict(v) if hasattr(v, "__dataclass_fields__") else v) for k, v in asdict(config).items()}
     settings["rank_policy"] = repr(config.rank_policy)
     report = {"layers": stats, "contrast": contrast.info, "n_retain": retain_m[layers[0]].count,

@@ -30,7 +30,7 @@ __all__ = ["TrainConfig", "build_processor", "build_default_architecture", "trai
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int = 0
-    steps: int = 800
+    steps: int = 900
     batch_size: int = 64
     lr: float = 1e-3
     warmup: int = 60
