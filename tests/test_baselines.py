@@ -13,7 +13,7 @@ from toolkit.models.loading import load_model
 
 
 def test_sequence_logprob_by_hand():
-    logits = torch.log(torch.tensor([[[0.5, 0.5, 0.0 + 1e-9], [0.1, 0.2, 0.7], [0.3, 0.3, 0.4]]]))
+    logits = torch.log(torch.tensor([[[0.1, 0.2, 0.7], [0.3, 0.3, 0.4], [0.5, 0.5, 1e-9]]]))
     labels = torch.tensor([[-100, 2, 0]])
     expected = (torch.log(torch.tensor(0.7)) + torch.log(torch.tensor(0.3))) / 2
     torch.testing.assert_close(sequence_logprob(logits, labels), expected[None], rtol=1e-5, atol=1e-6)
