@@ -28,8 +28,12 @@ def test_direction_variants(tiny_models):
     other = [Sample(f"q {i}", random_image(20 + i)) for i in range(3)]
     image_only = erasure_direction(m, clean, other, [1], variant="image_only")
     assert image_only.vectors[1].norm() > 0
-    text_only = erasure_direction(m, clean, [Sample(f"different {i}", random_image(i)) for i in range(3)], [1],
-                                  variant="text_only")
+    # Words the tiny tokenizer knows (others all map to <unk>).
+    clean = [Sample(t, random_image(i)) for i, t in enumerate(["who is this", "what is this", "where is it"])]
+    other = [Sample(s.text, random_image(20 + i)) for i, s in enumerate(clean)]
+    text_only = erasure_direction(m, clean, [Sample(t, random_image(i)) for i, t in
+                                             enumerate(["tell me about her", "describe the photo", "who was born"])],
+                                  [1], variant="text_only")
     nothing = erasure_direction(m, clean, other, [1], variant="text_only")
     assert nothing.vectors[1].norm() < 1e-6 < text_only.vectors[1].norm()  # same text, images dropped
     with pytest.raises(ValueError, match="share their text"):

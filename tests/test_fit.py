@@ -78,7 +78,8 @@ def test_bad_inputs(tiny_models, bench_dir, tmp_path):
 
 def test_nan_activations_refused(tiny_models, bench_dir):
     m = tiny_models("llava")
-    handle = m.layer_modules[1].register_forward_hook(lambda mod, i, o: o * float("nan"))
+    # NaN out of block 0 reaches block 1's output, which the fit reads.
+    handle = m.layer_modules[0].register_forward_hook(lambda mod, i, o: o * float("nan"))
     try:
         with pytest.raises(FloatingPointError, match="NaN"):
             fit_eraser(m, bench_dir, FitConfig(layers=(1,)), contrast=contrast())

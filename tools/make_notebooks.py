@@ -8,7 +8,8 @@ from pathlib import Path
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-SETUP = """import warnings, torch
+SETUP = """%matplotlib inline
+import warnings, torch
 warnings.filterwarnings("ignore")
 torch.set_num_threads(2)
 import transformers; transformers.logging.set_verbosity_error()"""
@@ -130,7 +131,8 @@ items = (items_from_profiles(bench.forget(10), "Forget") + items_from_profiles(b
          + items_from_profiles(bench.retain(10)[:20], "Retain"))
 vanilla = run_items(model, items)
 erased = run_items(model, items, steers=eraser)
-table = summarize(vanilla).assign(method="vanilla")._append(summarize(erased).assign(method="MLLMEraser"))
+import pandas as pd
+table = pd.concat([summarize(vanilla).assign(method="vanilla"), summarize(erased).assign(method="MLLMEraser")])
 table.round(3)"""),
     new_code_cell("""def share(df, split, task, col, modality=None):
     s = df[(df.split == split) & (df.task == task)]
