@@ -169,6 +169,13 @@ def _qwen_image_processor():
     )
 
 
+def _qwen_processor(cls) -> tuple:
+    """``(tokenizer, processor)`` of a Qwen-VL family, built without a video processor."""
+    tok = _qwen_tokenizer()
+    with allow_missing_video_processor():
+        return tok, cls(image_processor=_qwen_image_processor(), tokenizer=tok, chat_template=QWEN_TEMPLATE)
+
+
 def _qwen_ids(tok) -> dict:
     ids = tok.convert_tokens_to_ids
     return dict(
@@ -190,9 +197,7 @@ def _qwen_text(vocab: int, **kw) -> dict:
 
 def tiny_qwen2_vl(seed: int = 0):
     _seed(seed)
-    tok = _qwen_tokenizer()
-    with allow_missing_video_processor():
-        proc = tf.Qwen2VLProcessor(image_processor=_qwen_image_processor(), tokenizer=tok, chat_template=QWEN_TEMPLATE)
+    tok, proc = _qwen_processor(tf.Qwen2VLProcessor)
     cfg = tf.Qwen2VLConfig(
         text_config=_qwen_text(len(tok)),
         vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=8,
@@ -204,9 +209,7 @@ def tiny_qwen2_vl(seed: int = 0):
 
 def tiny_qwen2_5_vl(seed: int = 0):
     _seed(seed)
-    tok = _qwen_tokenizer()
-    with allow_missing_video_processor():
-        proc = tf.Qwen2_5_VLProcessor(image_processor=_qwen_image_processor(), tokenizer=tok, chat_template=QWEN_TEMPLATE)
+    tok, proc = _qwen_processor(tf.Qwen2_5_VLProcessor)
     cfg = tf.Qwen2_5_VLConfig(
         text_config=_qwen_text(len(tok)),
         vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
@@ -219,9 +222,7 @@ def tiny_qwen2_5_vl(seed: int = 0):
 
 def tiny_qwen3_vl(seed: int = 0):
     _seed(seed)
-    tok = _qwen_tokenizer()
-    with allow_missing_video_processor():
-        proc = tf.Qwen3VLProcessor(image_processor=_qwen_image_processor(), tokenizer=tok, chat_template=QWEN_TEMPLATE)
+    tok, proc = _qwen_processor(tf.Qwen3VLProcessor)
     text = _qwen_text(len(tok), head_dim=16)
     text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3],
                                "mrope_interleaved": True}
