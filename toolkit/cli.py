@@ -141,16 +141,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from .data.mllmu import MLLMUBench
     from .eraser import Eraser
-    from .evaluate import items_from_profiles, run_items, summarize
+    from .evaluate import benchmark_items, run_items, summarize
     from .models.loading import load_model
 
     model = load_model(args.model)
     bench = MLLMUBench(_bench_path(args.bench))
     steers = Eraser.load(args.eraser, model) if args.eraser else None
-    r = args.forget
-    items = (items_from_profiles(bench.forget(r), "Forget") + items_from_profiles(bench.test(r), "Test", all_images=True)
-             + items_from_profiles(bench.retain(r), "Retain") + items_from_profiles(bench.real(), "Real"))
-    df = run_items(model, items, steers=steers, progress=True, label="evaluate")
+    df = run_items(model, benchmark_items(bench, args.forget), steers=steers, progress=True, label="evaluate")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "results.csv", index=False)

@@ -24,7 +24,7 @@ from . import tracing
 from .data.mllmu import MLLMUBench
 from .data.synthetic import validation_samples
 from .eraser import Eraser
-from .evaluate import items_from_profiles, run_items, summarize
+from .evaluate import benchmark_items, run_items, summarize
 from .fit import FitConfig, fit_eraser
 from .models.default import default_benchmark
 from .models.loading import LoadedModel, load_model
@@ -56,11 +56,7 @@ def direction_steer(layer: int, direction: torch.Tensor, lam: float) -> tracing.
 
 
 def _evaluate(model: LoadedModel, bench: MLLMUBench, cfg: DemoConfig, steers, label: str) -> pd.DataFrame:
-    r = cfg.forget_ratio
-    items = (items_from_profiles(bench.forget(r), "Forget")
-             + items_from_profiles(bench.test(r), "Test", all_images=True)
-             + items_from_profiles(bench.retain(r)[: cfg.retain_people], "Retain")
-             + items_from_profiles(bench.real()[: cfg.real_people], "Real"))
+    items = benchmark_items(bench, cfg.forget_ratio, retain_people=cfg.retain_people, real_people=cfg.real_people)
     df = run_items(model, items, steers=steers, batch_size=cfg.batch_size, progress=True, label=label)
     df.insert(0, "method", label)
     return df

@@ -32,7 +32,7 @@ from .data.mllmu import Profile
 from .data.prompts import cloze_prompt, generation_prompt, mcq_prompt
 from .models.loading import LoadedModel, Sample
 
-__all__ = ["Item", "items_from_profiles", "run_items", "summarize", "MAX_NEW_TOKENS"]
+__all__ = ["Item", "items_from_profiles", "benchmark_items", "run_items", "summarize", "MAX_NEW_TOKENS"]
 
 FORGET_SPLITS = ("Forget", "Test")
 MAX_NEW_TOKENS = {"classification": 4, "generation": 32, "cloze": 32, "refusal": 32}
@@ -81,6 +81,19 @@ def items_from_profiles(profiles: Sequence[Profile], split: str,
                     add("cloze", q.modality, cloze_prompt(q.question), q.ground_truth, q.ground_truth, None,
                         q.question)
     return out
+
+
+def benchmark_items(bench: Any, forget_ratio: int, *, retain_people: int | None = None,
+                    real_people: int | None = None) -> list[Item]:
+    """The protocol's four splits for one forget ratio: Forget, Test (every image), Retain, Real.
+
+    ``retain_people`` / ``real_people`` evaluate only the first that many people (all by default).
+    """
+    r = forget_ratio
+    return (items_from_profiles(bench.forget(r), "Forget")
+            + items_from_profiles(bench.test(r), "Test", all_images=True)
+            + items_from_profiles(bench.retain(r)[:retain_people], "Retain")
+            + items_from_profiles(bench.real()[:real_people], "Real"))
 
 
 def run_items(model: LoadedModel, items: Sequence[Item], *, steers: Any = None, batch_size: int = 32,
