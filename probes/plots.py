@@ -6,7 +6,8 @@ import pandas as pd
 
 from toolkit.report import plot_grid, plt, sns
 
-__all__ = ["plot_separability", "plot_spectrum", "plot_rank_table", "plot_gates", "plot_grid", "plot_cosines"]
+__all__ = ["plot_separability", "plot_spectrum", "plot_rank_table", "plot_gates", "plot_grid", "plot_cosines",
+           "plot_leakage_grid", "plot_epsilon_sweep"]
 
 
 def plot_separability(table: pd.DataFrame):
@@ -47,4 +48,29 @@ def plot_gates(gates: pd.DataFrame, title: str = "gate h.w on forget vs retain")
     fig, ax = plt.subplots(figsize=(6, 3.4))
     sns.histplot(gates, x="gate", hue="set", bins=40, stat="density", common_norm=False, ax=ax)
     ax.set(title=title)
+    return fig
+
+
+def plot_leakage_grid(grid: pd.DataFrame):
+    """Heatmaps layer x lambda of the answer rate (forget: leakage; retain: recall) from a leakage grid."""
+    g = grid[grid.layer >= 0]
+    sets = list(dict.fromkeys(g.set))
+    fig, axes = plt.subplots(1, len(sets), figsize=(5.2 * len(sets), 3.2), squeeze=False)
+    for ax, name in zip(axes[0], sets):
+        table = g[g.set == name].pivot(index="layer", columns="lam", values="answer_rate")
+        sns.heatmap(table, vmin=0, vmax=1, cmap="rocket_r" if name == "forget" else "crest", annot=True, fmt=".2f",
+                    ax=ax)
+        ax.set(title=f"{name}: answers containing the fact")
+    fig.tight_layout()
+    return fig
+
+
+def plot_epsilon_sweep(sweep: pd.DataFrame):
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    sns.lineplot(sweep, x="eps_255", y="success_rate", marker="o", ax=axes[0])
+    axes[0].set(xscale="log", ylim=(-0.02, 1.02), xlabel="eps (x/255)", title="PGD success (refusal flipped)")
+    long = sweep.melt(id_vars="eps_255", value_vars=["loss_clean", "loss_adversarial"])
+    sns.lineplot(long, x="eps_255", y="value", hue="variable", marker="o", ax=axes[1])
+    axes[1].set(xscale="log", xlabel="eps (x/255)", ylabel="target NLL", title="target loss")
+    fig.tight_layout()
     return fig

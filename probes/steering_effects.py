@@ -6,6 +6,14 @@ the answer starts as a refusal, the KL divergence of the next-token
 distribution from the unsteered model, and (when answers are given) the
 log-probability of the answer's first token. :func:`operating_window` then
 finds, per layer, the lambdas where forget refuses and retain holds.
+
+The next-token grid sees only the first answer token. Facts that surface later
+("This is <name>.") and steering that acts on generated tokens
+(``positions="all"``) need generation: :func:`leakage_grid` generates answers to
+validation questions at each (layer, lambda) and counts how often the fact
+appears; :func:`choose_setting` picks the setting that leaks least on forget
+while retain recall holds. About 3 s per setting for 360 questions on the
+embedded default (2 CPU cores), so run it on a shortlist of layers.
 """
 
 from __future__ import annotations
@@ -18,7 +26,8 @@ import torch
 from toolkit import tracing
 from toolkit.models.loading import LoadedModel, Sample
 
-__all__ = ["refusal_token_ids", "next_token_logprobs", "steering_grid", "operating_window", "recommend"]
+__all__ = ["refusal_token_ids", "next_token_logprobs", "steering_grid", "operating_window", "recommend",
+           "shortlist_layers", "leakage_grid", "choose_setting"]
 
 REFUSAL_STARTS = ("I cannot", "I can't", "I do not", "I am unable", "Sorry", "I'm sorry")
 
@@ -111,3 +120,70 @@ def recommend(window: pd.DataFrame) -> tuple[int, float]:
     best = ok.sort_values(["n_ok", "retain_kl_at_min"], ascending=[False, True]).iloc[0]
     lams = list(best.ok_lams)
     return int(best.layer), float(lams[(len(lams) - 1) // 2])
+
+
+def shortlist_layers(grid: pd.DataFrame, n: int = 3, *, forget: str = "forget", retain: str = "retain",
+                     retain_max: float = 0.03) -> list[int]:
+    """The ``n`` layers with the highest next-token forget refusal rate at a lambda where retain
+    refusal rises by at most ``retain_max`` (ties: lower layer)."""
+    g = grid[grid.layer >= 0]
+    base_retain = float(grid[(grid.layer == -1) & (grid.set == retain)].refusal_rate.iloc[0])
+    f = g[g.set == forget].set_index(["layer", "lam"]).refusal_rate
+    r = g[g.set == retain].set_index(["layer", "lam"]).refusal_rate
+    best = {}
+    for (layer, lam), rate in f.items():
+        if r[(layer, lam)] <= base_retain + retain_max:
+            best[layer] = max(best.get(layer, -1.0), rate)
+    ranked = sorted(best, key=lambda l: (-best[l], l))
+    return sorted(int(l) for l in ranked[:n])
+
+
+def leakage_grid(model: LoadedModel, make_steers: Callable[[Sequence[int], float], object],
+                 sets: dict[str, Sequence], layers: Sequence[int], lams: Sequence[float], *,
+                 batch_size: int = 48, progress: bool = False) -> pd.DataFrame:
+    """Generate answers at each (layer, lambda): one row per (layer, lambda, set).
+
+    ``sets``: name -> :class:`toolkit.evaluate.Item` list with ``answer_key``s
+    (e.g. :func:`toolkit.data.synthetic.validation_items`). Columns:
+    ``answer_rate`` (share of answers containing the fact: leakage on forget,
+    recall on retain), ``answer_rate_image`` / ``answer_rate_text``,
+    ``refusal_rate``, ``rougeL``. Row ``layer=-1, lam=0`` is unsteered.
+    """
+    from tqdm.auto import tqdm
+
+    from toolkit.evaluate import run_items
+
+    def measure(steers, layer, lam):
+        out = []
+        for name, items in sets.items():
+            df = run_items(model, items, steers=steers, batch_size=batch_size)
+            row = {"layer": layer, "lam": lam, "set": name, "answer_rate": float(df.leaked.mean()),
+                   "refusal_rate": float(df.refused.mean()), "rougeL": float(df.rougeL.mean())}
+            for modality in ("image", "text"):
+                sub = df[df.modality == modality]
+                row[f"answer_rate_{modality}"] = float(sub.leaked.mean()) if len(sub) else float("nan")
+            out.append(row)
+        return out
+
+    rows = measure(None, -1, 0.0)
+    combos = [(l, lam) for l in layers for lam in lams]
+    for layer, lam in tqdm(combos, desc="leakage grid", disable=not progress, leave=False):
+        rows += measure(make_steers([layer], lam), layer, lam)
+    return pd.DataFrame(rows)
+
+
+def choose_setting(grid: pd.DataFrame, *, forget: str = "forget", retain: str = "retain",
+                   retain_max: float = 0.03) -> tuple[int, float]:
+    """From a :func:`leakage_grid`: the (layer, lambda) with the lowest forget answer rate among those whose
+    retain answer rate is at most ``retain_max`` below unsteered (ties: higher retain rate, then smaller
+    lambda, then lower layer)."""
+    base = float(grid[(grid.layer == -1) & (grid.set == retain)].answer_rate.iloc[0])
+    g = grid[grid.layer >= 0]
+    f = g[g.set == forget].set_index(["layer", "lam"]).answer_rate
+    r = g[g.set == retain].set_index(["layer", "lam"]).answer_rate
+    ok = [(f[k], -r[k], k[1], k[0]) for k in f.index if r[k] >= base - retain_max - 1e-12]
+    if not ok:
+        raise ValueError(f"No setting keeps retain recall within {retain_max:.0%} of unsteered ({base:.0%}): "
+                         "try smaller lambdas, other layers, or a larger retain_weight / rank ratio.")
+    _, _, lam, layer = min(ok)
+    return int(layer), float(lam)

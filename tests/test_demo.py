@@ -1,4 +1,4 @@
-"""The demo end to end (slow: about 2.5 minutes a run)."""
+"""The demo end to end (slow: about 3 minutes a run)."""
 
 import json
 
@@ -14,7 +14,9 @@ def test_demo_is_deterministic_and_shows_the_contrast(tmp_path):
     assert a["headline"] == b["headline"] and a["summary"] == b["summary"]
     rows = {r["method"]: r for r in a["headline"]}
     eraser, vanilla, direction = rows["MLLMEraser"], rows["vanilla"], rows["direction only"]
-    assert eraser["forget_refused"] >= 80 and eraser["forget_leak_txt"] <= 10
+    # The eraser core issue's bar: image+text forget leakage <= 5%, retain MCQ within 5 points.
+    assert eraser["forget_leak_img"] <= 5 and eraser["forget_leak_txt"] <= 10 and eraser["forget_refused"] >= 80
+    assert vanilla["retain_mcq_acc"] - eraser["retain_mcq_acc"] <= 5
     assert vanilla["retain_gen_rougeL"] - eraser["retain_gen_rougeL"] <= 5
     assert direction["retain_gen_rougeL"] < 50  # the unconditional direction damages retain
     assert (tmp_path / "a" / "report.md").exists() and json.loads((tmp_path / "a" / "metrics.json").read_text())

@@ -85,3 +85,30 @@ def test_nan_activations_refused(tiny_models, bench_dir):
             fit_eraser(m, bench_dir, FitConfig(layers=(1,)), contrast=contrast())
     finally:
         handle.remove()
+
+
+def test_answer_rows_join_the_fit(tiny_models, bench_dir):
+    from toolkit.fit import answer_samples
+
+    m = tiny_models("llava")
+    bench = MLLMUBench(bench_dir)
+    samples, where = answer_samples(m, bench.forget(10), "forget")
+    gens = [q for p in bench.forget(10) for q in p.generation]
+    assert len(samples) == len(gens)
+    # One counted position per answer token: the answer's length in this tokenizer.
+    assert list(where.counts) == [len(m.tokenizer(" " + q.ground_truth, add_special_tokens=False)["input_ids"])
+                                  for q in gens]
+    assert samples[0].text.endswith(gens[0].ground_truth) and "ASSISTANT:" in samples[0].text
+
+    base = FitConfig(layers=(2,), forget_ratio=10, rank_policy=FixedRatio(0.5))
+    plain = fit_eraser(m, bench_dir, base, contrast=contrast())
+    with_answers = fit_eraser(m, bench_dir, FitConfig(**{**base.__dict__, "answer_weight": 0.5}), contrast=contrast())
+    n_answers = sum(where.counts)
+    retain_people = list(bench.retain(10)) + list(bench.real())
+    n_retain_answers = sum(answer_samples(m, retain_people, "retain")[1].counts)
+    assert with_answers.report["n_forget"] == pytest.approx(plain.report["n_forget"] + 0.5 * n_answers)
+    assert with_answers.report["n_retain"] == plain.report["n_retain"] + n_retain_answers
+    assert plain.eraser.positions == "prompt" and with_answers.eraser.positions == "all"
+    assert not torch.allclose(plain.eraser.layer_map(2).gates, with_answers.eraser.layer_map(2).gates)
+    with pytest.raises(ValueError, match="answer_weight must be >= 0"):
+        fit_eraser(m, bench_dir, FitConfig(**{**base.__dict__, "answer_weight": -1.0}), contrast=contrast())

@@ -67,3 +67,16 @@ def test_parse_rank_policy():
     assert parse_rank_policy("energy:0.01") == EnergyBudget(0.01)
     with pytest.raises(ValueError, match="Unknown rank policy"):
         parse_rank_policy("svd:3")
+
+
+def test_weighted_rows_count_as_repeats():
+    rows, _ = low_rank_rows(n=40)
+    weighted = SecondMoment(32).update(rows[:10]).update(rows[10:], weight=3.0)
+    repeated = SecondMoment(32).update(rows[:10])
+    for _ in range(3):
+        repeated.update(rows[10:])
+    torch.testing.assert_close(weighted.gram, repeated.gram)
+    torch.testing.assert_close(weighted.total, repeated.total)
+    assert weighted.count == repeated.count == 100
+    with pytest.raises(ValueError, match="weights must be >= 0"):
+        SecondMoment(32).update(rows, weight=-1.0)

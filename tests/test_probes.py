@@ -99,3 +99,73 @@ def test_operating_window_and_recommendation():
     win = steering_effects.operating_window(pd.DataFrame(rows))
     assert win.set_index("layer").n_ok.to_dict() == {0: 0, 1: 1, 2: 3}
     assert steering_effects.recommend(win) == (2, 2.0)
+
+
+def _leak_rows(spec):
+    rows = []
+    for layer, lam, f, r in spec:
+        rows.append({"layer": layer, "lam": lam, "set": "forget", "answer_rate": f})
+        rows.append({"layer": layer, "lam": lam, "set": "retain", "answer_rate": r})
+    return pd.DataFrame(rows)
+
+
+def test_choose_setting_prefers_least_leakage_within_the_retain_budget():
+    grid = _leak_rows([(-1, 0.0, 1.0, 1.0),
+                       (3, 2.0, 0.30, 1.00), (3, 4.0, 0.00, 0.90),  # forgets all, but retain drops 10 points
+                       (5, 2.0, 0.10, 0.99), (5, 4.0, 0.05, 0.98),
+                       (7, 2.0, 0.05, 0.99), (7, 3.0, 0.05, 0.99)])
+    # 0.05 at (5, 4), (7, 2), (7, 3): the higher retain rate wins, then the smaller lambda.
+    assert steering_effects.choose_setting(grid, retain_max=0.03) == (7, 2.0)
+    assert steering_effects.choose_setting(grid, retain_max=0.10) == (3, 4.0)
+    with pytest.raises(ValueError, match="No setting keeps retain recall"):
+        steering_effects.choose_setting(_leak_rows([(-1, 0.0, 1.0, 1.0), (1, 1.0, 0.0, 0.5)]))
+
+
+def test_shortlist_layers_ranks_by_forget_refusal_where_retain_holds():
+    rows = []
+    for layer, f, r in ((0, [0.1, 0.3], [0.0, 0.0]), (1, [0.5, 1.0], [0.0, 0.5]), (2, [0.7, 0.8], [0.0, 0.01]),
+                        (3, [0.2, 0.9], [0.0, 0.02])):
+        for lam, fr, rr in zip((1.0, 2.0), f, r):
+            rows += [{"layer": layer, "lam": lam, "set": "forget", "refusal_rate": fr},
+                     {"layer": layer, "lam": lam, "set": "retain", "refusal_rate": rr}]
+    rows += [{"layer": -1, "lam": 0.0, "set": s, "refusal_rate": 0.0} for s in ("forget", "retain")]
+    # Best admissible rates: layer 3 0.9, layer 2 0.8, layer 1 0.5 (1.0 breaks retain), layer 0 0.3.
+    assert steering_effects.shortlist_layers(pd.DataFrame(rows), 2) == [2, 3]
+    assert steering_effects.shortlist_layers(pd.DataFrame(rows), 3) == [1, 2, 3]
+
+
+def test_leakage_grid_matches_direct_generation(tiny_models):
+    from toolkit.evaluate import Item, run_items
+
+    m = tiny_models("llava")
+    items = [Item("f", "p", "generation", "image", "who is the person", "this is a person", random_image(i), "person")
+             for i in range(3)] + [Item("f", "p", "generation", "text", "what is this", "you he", None, "you")]
+    d = torch.randn(m.hidden_size, generator=torch.Generator().manual_seed(0))
+
+    def make(layers, lam):
+        return [tracing.Steer(layers[0], lambda h, lam=lam: lam * d.expand_as(h), "all")]
+
+    grid = steering_effects.leakage_grid(m, make, {"forget": items}, [1, 2], [0.0, 8.0])
+    assert len(grid) == 5 and set(grid.layer) == {-1, 1, 2}
+    for layer, lam in ((-1, 0.0), (2, 8.0)):
+        direct = run_items(m, items, steers=None if layer < 0 else make([layer], lam))
+        row = grid[(grid.layer == layer) & (grid.lam == lam)].iloc[0]
+        assert row.answer_rate == pytest.approx(direct.leaked.mean())
+        assert row.answer_rate_text == pytest.approx(direct[direct.modality == "text"].leaked.mean())
+        assert row.rougeL == pytest.approx(direct.rougeL.mean())
+    # lam = 0 adds nothing: identical to unsteered.
+    zero = grid[(grid.layer == 1) & (grid.lam == 0.0)].iloc[0]
+    assert zero.rougeL == pytest.approx(grid[grid.layer == -1].iloc[0].rougeL)
+
+
+def test_epsilon_sweep_respects_each_budget(tiny_models):
+    from probes.pgd_sweep import epsilon_sweep
+
+    m = tiny_models("llava")
+    samples = [Sample("who is this", random_image(0)), Sample("describe it", random_image(1))]
+    sweep = epsilon_sweep(m, samples, ["this is a person", "you he please question"], (2 / 255, 16 / 255), steps=6)
+    assert sweep.eps_255.tolist() == [2.0, 16.0]
+    assert (sweep.linf <= sweep.eps + 1e-6).all() and sweep.linf.iloc[1] > 2 / 255
+    # A larger budget reaches a lower target loss from the same start.
+    assert sweep.loss_clean.iloc[0] == pytest.approx(sweep.loss_clean.iloc[1])
+    assert sweep.loss_adversarial.iloc[1] < sweep.loss_adversarial.iloc[0] < sweep.loss_clean.iloc[0]

@@ -157,3 +157,23 @@ def test_capture_bad_positions(tiny_models):
         tracing.capture(m, samples_for(m), [0], "middle")
     with pytest.raises(ValueError, match="positions must be one of"):
         tracing.Steer(0, lambda h: h, "everywhere")
+
+
+def test_trailing_positions_select_the_states_that_predict_each_answer_token(tiny_models):
+    m = tiny_models("llava")
+    prompts = [m.format_prompt("who is the person", image=True), m.format_prompt("what is this image", image=True)]
+    answers = ["this is a person", "you he"]
+    samples = [Sample(f"{p} {a}", random_image(i)) for i, (p, a) in enumerate(zip(prompts, answers))]
+    counts = tuple(len(m.tokenizer(" " + a, add_special_tokens=False)["input_ids"]) for a in answers)
+    got = tracing.capture(m, samples, [1], tracing.Trailing(counts), formatted=True, batch_size=2)
+    every = tracing.capture(m, samples, [1], "prompt", formatted=True, batch_size=2)
+    expected = []
+    for i, n in enumerate(counts):
+        rows = every[1][every.sample_index == i]
+        expected.append(rows[len(rows) - 1 - n: len(rows) - 1])  # last prompt token .. second-to-last answer token
+    torch.testing.assert_close(got[1], torch.cat(expected))
+    assert got.sample_index.tolist() == [0] * counts[0] + [1] * counts[1]
+    with pytest.raises(ValueError, match="do not fit"):
+        tracing.capture(m, samples, [1], tracing.Trailing((500, 1)), formatted=True)
+    with pytest.raises(ValueError, match="2 counts for 1 samples"):
+        tracing.capture(m, samples[:1], [1], tracing.Trailing((1, 1)), formatted=True)

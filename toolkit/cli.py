@@ -98,6 +98,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     cfg = FitConfig(layers=_layers(args.layers), forget_ratio=args.forget, recipe=args.recipe, variant=args.variant,
                     rank_policy=parse_rank_policy(args.rank), gamma=args.gamma, lam=args.lam,
+                    retain_weight=args.retain_weight, answer_weight=args.answer_weight,
                     positions=args.positions, include_real=not args.hold_out_real,
                     pgd=PGDConfig(eps=args.eps, steps=args.pgd_steps) if args.pgd_steps > 0 else None)
     result = fit_eraser(model, _bench_path(args.bench), cfg, progress=True)
@@ -233,7 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rank", default="ratio:0.3", help="ratio:RHO | energy:TAU | rtol:RTOL")
     p.add_argument("--gamma", type=float, default=0.1)
     p.add_argument("--lam", type=float, default=1.0)
-    p.add_argument("--positions", default="prompt", choices=["prompt", "last", "all"])
+    p.add_argument("--retain-weight", type=float, default=0.0,
+                   help="retain rows (target 0) in the least squares, per row relative to forget rows; 0 = reference")
+    p.add_argument("--answer-weight", type=float, default=0.0,
+                   help="also fit teacher-forced answer tokens (weight per row); 0 = reference")
+    p.add_argument("--positions", default=None, choices=["prompt", "last", "all"],
+                   help="default: all with --answer-weight > 0, else prompt")
     p.add_argument("--hold-out-real", action="store_true", help="keep the real-person set out of the null space")
     p.add_argument("--eps", type=float, default=16 / 255)
     p.add_argument("--pgd-steps", type=int, default=30, help="0 skips PGD (no adversarial images)")

@@ -27,10 +27,7 @@ __all__ = ["run_compare"]
 
 def run_compare(out_dir: str | Path = "results/compare", cfg: DemoConfig = DemoConfig(),
                 demo_metrics: str | Path | None = None) -> pd.DataFrame:
-    from .adversarial import PGDConfig
-    from .eraser import Eraser
-    from .fit import FitConfig, fit_eraser
-    from .nullspace import FixedRatio
+    from .fit import fit_eraser
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -47,9 +44,7 @@ def run_compare(out_dir: str | Path = "results/compare", cfg: DemoConfig = DemoC
     # Time the eraser's fit for the chosen layer alone: what a user pays once the setting is known.
     with PeakMemory() as meter:
         start = time.time()
-        fit = fit_eraser(model, bench, FitConfig(layers=(layer,), forget_ratio=r, rank_policy=FixedRatio(cfg.rho),
-                                                 gamma=cfg.gamma, retain_weight=cfg.retain_weight, lam=lam, n_contrast=cfg.n_contrast,
-                                                 pgd=PGDConfig(steps=cfg.pgd_steps)))
+        fit = fit_eraser(model, bench, cfg.fit_config((layer,), lam))
         fit_seconds = time.time() - start
     costs = {"MLLMEraser": (fit_seconds, meter.added_mb)}
     frames = [_evaluate(model, bench, cfg, None, "vanilla"), _evaluate(model, bench, cfg, fit.eraser, "MLLMEraser")]

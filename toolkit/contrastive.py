@@ -24,7 +24,7 @@ from .data.mllmu import Profile
 from .data.synthetic import HARMFUL_REQUESTS, PRIVACY_INSTRUCTIONS
 from .models.loading import LoadedModel, Sample
 
-__all__ = ["ContrastiveSets", "privacy_sets", "safety_sets"]
+__all__ = ["refused_privacy_questions", "ContrastiveSets", "privacy_sets", "safety_sets"]
 
 
 @dataclass
@@ -58,10 +58,17 @@ def _image_side(model: LoadedModel, refused: list[Sample], targets: list[str], p
     return [a for a, ok in zip(attacked, result.success) if ok], attacked, result
 
 
-def privacy_sets(model: LoadedModel, profiles: Sequence[Profile], *, n: int = 40,
-                 instructions: Sequence[str] = PRIVACY_INSTRUCTIONS[:4], pgd: PGDConfig | None = PGDConfig(),
-                 progress: bool = False) -> ContrastiveSets:
-    """The privacy recipe over the image questions of ``profiles`` (use people you are *not* forgetting)."""
+def refused_privacy_questions(model: LoadedModel, profiles: Sequence[Profile], *, n: int = 40,
+                              instructions: Sequence[str] = PRIVACY_INSTRUCTIONS[:4]
+                              ) -> tuple[list[Sample], list[str], list[Sample], int]:
+    """Privacy-instructed image questions the model refuses.
+
+    Returns ``(refused, targets, plain, n_asked)``: the refused instructed samples,
+    their ground-truth answers (PGD targets), the same questions without the
+    instruction, and how many were asked (``n`` spread over ``profiles``).
+    """
+    from . import metrics, tracing
+
     questions = [(p, q) for p in profiles for q in p.generation if q.modality == "image"]
     if not questions:
         raise ValueError("No image generation questions in these profiles: the privacy recipe needs them.")
@@ -70,22 +77,28 @@ def privacy_sets(model: LoadedModel, profiles: Sequence[Profile], *, n: int = 40
                   for i, (p, q) in enumerate(questions)]
     plain = [Sample(q.question, p.image_bytes[0]) for p, q in questions]
     targets = [q.ground_truth for _, q in questions]
-    from . import metrics, tracing
-
     refused_mask = [metrics.is_refusal(o) for o in tracing.generate(model, instructed, max_new_tokens=16)]
     refused = [s for s, r in zip(instructed, refused_mask) if r]
     if not refused:
         raise ValueError("The model refuses none of the privacy-instructed questions: there is no refusal "
                          "behaviour to steer toward, so no erasure direction. Check the instructions, or give "
                          "your own ContrastiveSets.")
-    refused_targets = [t for t, r in zip(targets, refused_mask) if r]
+    return (refused, [t for t, r in zip(targets, refused_mask) if r], [s for s, r in zip(plain, refused_mask) if r],
+            len(questions))
+
+
+def privacy_sets(model: LoadedModel, profiles: Sequence[Profile], *, n: int = 40,
+                 instructions: Sequence[str] = PRIVACY_INSTRUCTIONS[:4], pgd: PGDConfig | None = PGDConfig(),
+                 progress: bool = False) -> ContrastiveSets:
+    """The privacy recipe over the image questions of ``profiles`` (use people you are *not* forgetting)."""
+    refused, refused_targets, plain_kept, n_questions = refused_privacy_questions(model, profiles, n=n,
+                                                                                  instructions=instructions)
     adversarial, attacked, result = _image_side(model, refused, refused_targets, pgd, progress)
-    plain_kept = [s for s, r in zip(plain, refused_mask) if r]
     # D-: every way the model recalls. The image-only view pairs each clean image with its
     # attacked twin (same text), whether or not the attack flipped the answer.
     recall = adversarial + plain_kept
-    info = {"recipe": "privacy", "questions": len(questions), "refused_clean": len(refused),
-            "pgd_success": len(adversarial), "refusal_rate_D+": len(refused) / len(questions)}
+    info = {"recipe": "privacy", "questions": n_questions, "refused_clean": len(refused),
+            "pgd_success": len(adversarial), "refusal_rate_D+": len(refused) / n_questions}
     return ContrastiveSets(
         refusal=refused, recall=recall,
         image_pairs=(refused, attacked) if attacked else None,

@@ -34,7 +34,7 @@ from .models.loading import LoadedModel, Sample
 
 __all__ = ["Item", "items_from_profiles", "benchmark_items", "run_items", "summarize", "MAX_NEW_TOKENS"]
 
-FORGET_SPLITS = ("Forget", "Test")
+FORGET_SPLITS = ("Forget", "Test", "Paraphrase")
 MAX_NEW_TOKENS = {"classification": 4, "generation": 32, "cloze": 32, "refusal": 32}
 
 
@@ -48,7 +48,7 @@ class Item:
     modality: str  # image | text
     prompt: str  # the user message (before the chat template)
     reference: str  # correct letter, or ground-truth text
-    image: Any = None  # bytes or PIL image
+    image: Any = field(default=None, repr=False)  # bytes or PIL image
     answer_key: str | None = None  # the fact, for leakage
     options: dict | None = field(default=None, compare=False)
     question: str = ""
@@ -85,15 +85,24 @@ def items_from_profiles(profiles: Sequence[Profile], split: str,
 
 def benchmark_items(bench: Any, forget_ratio: int, *, retain_people: int | None = None,
                     real_people: int | None = None) -> list[Item]:
-    """The protocol's four splits for one forget ratio: Forget, Test (every image), Retain, Real.
+    """The protocol's four splits for one forget ratio: Forget, Test (every image), Retain, Real; plus
+    Paraphrase (the forget people's generation questions in held-out phrasings) where the benchmark
+    has a ``Paraphrase_Set`` (the synthetic one does; MLLMU-Bench does not).
 
     ``retain_people`` / ``real_people`` evaluate only the first that many people (all by default).
     """
+    from pathlib import Path
+
     r = forget_ratio
-    return (items_from_profiles(bench.forget(r), "Forget")
-            + items_from_profiles(bench.test(r), "Test", all_images=True)
-            + items_from_profiles(bench.retain(r)[:retain_people], "Retain")
-            + items_from_profiles(bench.real()[:real_people], "Real"))
+    items = (items_from_profiles(bench.forget(r), "Forget")
+             + items_from_profiles(bench.test(r), "Test", all_images=True)
+             + items_from_profiles(bench.retain(r)[:retain_people], "Retain")
+             + items_from_profiles(bench.real()[:real_people], "Real"))
+    if (Path(bench.root) / "Paraphrase_Set").is_dir():
+        ids = {p.id for p in bench.forget(r)}
+        items += items_from_profiles([p for p in bench.split("Paraphrase_Set") if p.id in ids], "Paraphrase",
+                                     ("generation",))
+    return items
 
 
 def run_items(model: LoadedModel, items: Sequence[Item], *, steers: Any = None, batch_size: int = 32,

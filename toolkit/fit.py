@@ -10,6 +10,19 @@ real-person set (``include_real=False`` holds it out, so the Real utility
 numbers are measured on people the null space never saw). Forget activations:
 every forget-split question of every task type. All at the last prompt token,
 in the prompt formats the evaluation uses.
+
+Answer tokens (our extension, ``answer_weight > 0``; 0 is the reference). A
+fact often surfaces only after the first generated words: "What is the name
+of the person in the image?" is answered "This is <name>.", so at the last
+prompt token a forget face and a retain face look alike (both say "This"),
+and a gate read there cannot tell them apart (measured on the default: mean
+gate 0.1 on forget name questions against 0.35-0.5 on the other forget
+questions). With ``answer_weight`` the fit also reads the teacher-forced states
+that predict each answer token of every generation question: forget ones join
+the least squares with target 1 (each row weighted ``answer_weight``), retain
+ones join the null space and the retain penalty. Steer with
+``positions="all"`` so the gate is recomputed at every generated token; that is
+where those rows pay off.
 """
 
 from __future__ import annotations
@@ -29,7 +42,7 @@ from .eraser import Eraser, EraserLayer, solve_map
 from .evaluate import items_from_profiles
 from .models.loading import LoadedModel, Sample
 from .nullspace import FixedRatio, NullSpace, RankPolicy, SecondMoment, null_space
-from .tracing import iter_capture
+from .tracing import Trailing, iter_capture
 
 __all__ = ["FitConfig", "FitResult", "fit_eraser", "question_samples", "fit_from_activations"]
 
@@ -46,7 +59,11 @@ class FitConfig:
     # the forget rows (alpha; the solver gets alpha * n_f / n_r). 0 is the reference method.
     retain_weight: float = 0.0
     lam: float = 1.0
-    positions: str = "prompt"
+    # Weight of teacher-forced answer-token rows (see the module docstring); 0 = the reference.
+    answer_weight: float = 0.0
+    # Where the eraser steers; None: "all" when answer_weight > 0 (the answer gate acts on generated
+    # tokens), else "prompt" (the reference).
+    positions: str | None = None
     include_real: bool = True
     # "last": retain activations at the last prompt token (the reference); "prompt": at every
     # prompt token, so the null space also avoids what retain prompts use anywhere.
@@ -70,14 +87,34 @@ def question_samples(profiles: Sequence[Profile], split: str) -> list[Sample]:
     return [Sample(it.prompt, it.image) for it in items_from_profiles(profiles, split)]
 
 
+def answer_samples(model: LoadedModel, profiles: Sequence[Profile], split: str) -> tuple[list[Sample], Trailing]:
+    """Teacher-forced generation answers: formatted "prompt + ground truth" texts, and the
+    positions that predict each answer token (capture with ``formatted=True``)."""
+    tok = model.tokenizer
+    samples, counts = [], []
+    for it in items_from_profiles(profiles, split, tasks=("generation",)):
+        prompt = model.format_prompt(it.prompt, image=it.image is not None)
+        full = f"{prompt} {it.reference}"
+        p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        f_ids = tok(full, add_special_tokens=False)["input_ids"]
+        if f_ids[: len(p_ids)] != p_ids or len(f_ids) == len(p_ids):
+            raise ValueError(f"The tokenizer merges the prompt's end with the answer {it.reference!r}; "
+                             "answer tokens cannot be located. Use answer_weight=0 for this model.")
+        samples.append(Sample(full, it.image))
+        counts.append(len(f_ids) - len(p_ids))
+    return samples, Trailing(tuple(counts))
+
+
 def _moments(model: LoadedModel, samples: Sequence[Sample], layers: list[int], batch_size: int,
-             label: str | bool, positions: str = "last") -> dict[int, SecondMoment]:
+             label: str | bool, positions: Any = "last", *, into: dict[int, SecondMoment] | None = None,
+             weight: float = 1.0, formatted: bool = False) -> dict[int, SecondMoment]:
     if not samples:
         raise ValueError(f"The {label or 'activation'} set is empty.")
-    moments = {l: SecondMoment(model.hidden_size) for l in layers}
-    for _, acts in iter_capture(model, samples, layers, positions, batch_size=batch_size, progress=label):
+    moments = into if into is not None else {l: SecondMoment(model.hidden_size) for l in layers}
+    for _, acts in iter_capture(model, samples, layers, positions, batch_size=batch_size, progress=label,
+                                formatted=formatted):
         for l, rows in acts.items():
-            moments[l].update(rows)
+            moments[l].update(rows, weight)
     return moments
 
 
@@ -132,6 +169,16 @@ def fit_eraser(model: LoadedModel, bench: MLLMUBench | Any, config: FitConfig = 
                         config.retain_positions)
     forget_m = _moments(model, question_samples(forget, "forget"), layers, config.batch_size,
                         progress and "forget activations")
+    if config.answer_weight < 0:
+        raise ValueError(f"answer_weight must be >= 0, got {config.answer_weight}.")
+    if config.answer_weight:
+        people = list(retain) + (list(bench.real()) if config.include_real else [])
+        samples, where = answer_samples(model, people, "retain")
+        _moments(model, samples, layers, config.batch_size, progress and "retain answers", where, into=retain_m,
+                 formatted=True)
+        samples, where = answer_samples(model, forget, "forget")
+        _moments(model, samples, layers, config.batch_size, progress and "forget answers", where, into=forget_m,
+                 weight=config.answer_weight, formatted=True)
     maps, spaces, stats = fit_from_activations(direction, retain_m, forget_m, config.rank_policy, config.gamma,
                                                config.retain_weight)
     settings = {k: (asdict(v) if hasattr(v, "__dataclass_fields__") else v) for k, v in asdict(config).items()}
@@ -142,5 +189,6 @@ def fit_eraser(model: LoadedModel, bench: MLLMUBench | Any, config: FitConfig = 
     if contrast.pgd is not None:
         report["pgd_success_rate"] = contrast.pgd.success_rate
     settings["report"] = report
-    eraser = Eraser(tuple(maps[l] for l in layers), config.lam, config.positions, model.fingerprint(), settings)
+    positions = config.positions or ("all" if config.answer_weight else "prompt")
+    eraser = Eraser(tuple(maps[l] for l in layers), config.lam, positions, model.fingerprint(), settings)
     return FitResult(eraser, direction, spaces, contrast, report)

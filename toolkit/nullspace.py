@@ -28,7 +28,8 @@ __all__ = ["SecondMoment", "RankPolicy", "FixedRatio", "EnergyBudget", "Relative
 
 
 class SecondMoment:
-    """Streaming uncentred second moment ``sum_i h_i h_i^T`` and row sum. Memory: 8 d^2 bytes."""
+    """Streaming uncentred second moment ``sum_i c_i h_i h_i^T``, row sum ``sum_i c_i h_i`` and
+    ``count = sum_i c_i`` (row weights ``c_i``, 1 unless given). Memory: 8 d^2 bytes."""
 
     def __init__(self, dim: int) -> None:
         self.dim = dim
@@ -36,17 +37,19 @@ class SecondMoment:
         self.total = torch.zeros(dim, dtype=torch.float64)
         self.count = 0
 
-    def update(self, rows: torch.Tensor) -> "SecondMoment":
-        """Add activations ``rows`` of shape ``(n, d)``."""
+    def update(self, rows: torch.Tensor, weight: float = 1.0) -> "SecondMoment":
+        """Add activations ``rows`` of shape ``(n, d)``, each counted ``weight`` times."""
         if rows.ndim != 2 or rows.shape[1] != self.dim:
             raise ValueError(f"Expected activations of shape (n, {self.dim}), got {tuple(rows.shape)}.")
         if not torch.isfinite(rows).all():
             raise FloatingPointError("Activations contain NaN/inf; refusing to accumulate them. "
                                      "Check the model's dtype (float16 overflow?) and its inputs.")
+        if weight < 0:
+            raise ValueError(f"Row weights must be >= 0, got {weight}.")
         x = rows.detach().to("cpu", torch.float64)
-        self.gram += x.T @ x
-        self.total += x.sum(0)
-        self.count += x.shape[0]
+        self.gram += weight * (x.T @ x)
+        self.total += weight * x.sum(0)
+        self.count += weight * x.shape[0]
         return self
 
     @property

@@ -9,7 +9,8 @@ every row is at index ``-1``.
 Two halves:
 
 * capture: :func:`capture` / :func:`iter_capture` read layer outputs at the last
-  prompt token, at every prompt token, or at a mask you supply, over many inputs
+  prompt token, at every prompt token, at each sample's trailing tokens
+  (:class:`Trailing`: teacher-forced answers), or at a mask you supply, over many inputs
   in batches, returning CPU float32 tensors keyed by layer.
 * edit: a :class:`Steer` adds ``fn(h_source)`` to a layer's output. Positions:
   ``"last"`` (the last prompt token, prefill only), ``"prompt"`` (every prompt
@@ -35,12 +36,39 @@ from tqdm.auto import tqdm
 
 from .models.loading import LoadedModel, Sample, as_sample
 
-__all__ = ["Steer", "Capture", "capture", "iter_capture", "forward", "generate", "steering", "active_steers",
+__all__ = ["Steer", "Trailing", "Capture", "capture", "iter_capture", "forward", "generate", "steering", "active_steers",
            "POSITIONS"]
 
 Positions = Literal["prompt", "last", "all"]
 POSITIONS = ("prompt", "last", "all")
-CapturePositions = Literal["last", "prompt"] | Callable[[dict], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Trailing:
+    """Capture positions: for sample ``i``, the ``counts[i]`` tokens that end ``offset`` tokens before its end.
+
+    For texts "prompt + answer" with an answer of ``n_i`` tokens, ``Trailing(n, offset=1)``
+    selects the states that *predict* each answer token (teacher forcing): the
+    last prompt token and every answer token but the last.
+    """
+
+    counts: tuple[int, ...]
+    offset: int = 1
+
+    def mask(self, enc: dict, idx: Sequence[int]) -> torch.Tensor:
+        attn = enc["attention_mask"].bool()
+        width = attn.shape[1]
+        mask = torch.zeros_like(attn)
+        for row, i in enumerate(idx):
+            n = int(self.counts[i])
+            if n < 0 or n + self.offset > int(attn[row].sum()):
+                raise ValueError(f"Sample {i}: {n} trailing tokens (offset {self.offset}) do not fit in its "
+                                 f"{int(attn[row].sum())} tokens.")
+            mask[row, width - self.offset - n: width - self.offset] = True
+        return mask
+
+
+CapturePositions = Literal["last", "prompt"] | Trailing | Callable[[dict], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -154,7 +182,8 @@ def iter_capture(
 
     Use it to accumulate statistics over more inputs than fit in memory.
     ``positions``: ``"last"`` (one row per sample), ``"prompt"`` (every non-pad
-    prompt token), or a callable ``encoding -> (B, T) bool mask``. With
+    prompt token), a :class:`Trailing` window per sample, or a callable
+    ``encoding -> (B, T) bool mask``. With
     ``steers`` (or active ones), captures see the steered stream; a steered
     layer's capture is its output after the steer.
     """
@@ -163,11 +192,15 @@ def iter_capture(
     groups = _group(model, _steers_for(model, steers))
     if not samples:
         raise ValueError("No samples to capture.")
+    if isinstance(positions, Trailing) and len(positions.counts) != len(samples):
+        raise ValueError(f"Trailing has {len(positions.counts)} counts for {len(samples)} samples.")
     bar = tqdm(total=len(samples), desc=progress if isinstance(progress, str) else "capture",
                disable=not progress, leave=False)
     for idx in _batches(samples, batch_size):
         enc = model.encode([samples[i] for i in idx], formatted=formatted)
-        if callable(positions):
+        if isinstance(positions, Trailing):
+            mask = positions.mask(enc, idx)
+        elif callable(positions):
             mask = torch.as_tensor(positions(enc), dtype=torch.bool)
             if mask.shape != enc["input_ids"].shape:
                 raise ValueError(f"The positions mask has shape {tuple(mask.shape)}; the batch's tokens are "
@@ -177,7 +210,7 @@ def iter_capture(
         elif positions == "last":
             mask = None
         else:
-            raise ValueError(f"positions must be 'last', 'prompt' or a mask function, got {positions!r}.")
+            raise ValueError(f"positions must be 'last', 'prompt', a Trailing or a mask function, got {positions!r}.")
         saved = []
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -86,51 +86,66 @@ report.fit.report["contrast"], report.fit.report.get("pgd_success_rate")"""),
     new_code_cell("report.figures['grid']"),
     new_code_cell("report.window.drop(columns=['ok_lams'])"),
     new_code_cell("print('recommended (layer, lambda):', report.recommended)"),
+    new_markdown_cell("## How large must an image perturbation be? PGD across epsilons\n\n"
+                      "The image-only direction rests on adversarial images that make the model answer a question "
+                      "it refused. Attack a few refused privacy-instructed questions at each budget."),
+    new_code_cell("""from toolkit.contrastive import refused_privacy_questions
+from probes.pgd_sweep import epsilon_sweep
+from probes.plots import plot_epsilon_sweep
+
+refused, targets, _, asked = refused_privacy_questions(model, bench.retain(10), n=6)
+sweep = epsilon_sweep(model, refused, targets, (8 / 255, 32 / 255, 128 / 255), steps=10)
+print(f"{len(refused)} of {asked} asked were refused")
+sweep.round(3)"""),
+    new_code_cell("plot_epsilon_sweep(sweep)"),
 ]
 
 SENSITIVITY = [
     new_markdown_cell("# Layer-sensitivity study\n\nSteer one layer at a time, then cumulatively, across a lambda "
-                      "grid; find each layer's operating window on validation questions (other phrasings of the same "
-                      "facts, never the evaluation questions); recommend a setting; run the full erasure with it."),
+                      "grid, on validation questions (other phrasings of the same facts, never the evaluation "
+                      "questions). The next-token grid (seconds) shortlists layers; generating answers at each "
+                      "shortlisted (layer, lambda) shows where forget stops leaking while retain recall holds; the "
+                      "chosen setting then runs the full erasure on the benchmark's own questions."),
     new_code_cell(SETUP),
     new_code_cell("""from toolkit import load_model
 from toolkit.data.mllmu import MLLMUBench
-from toolkit.data.synthetic import validation_samples
+from toolkit.data.synthetic import validation_items, validation_samples
 from toolkit.models.default import default_benchmark
-from toolkit.adversarial import PGDConfig
-from toolkit.fit import FitConfig, fit_eraser
+from toolkit.demo import DemoConfig
+from toolkit.fit import fit_eraser
 from probes import steering_effects, plots
 
 model = load_model("default")
 bench = MLLMUBench(default_benchmark())
 layers = list(range(model.num_layers))
-from toolkit.nullspace import FixedRatio
-fit = fit_eraser(model, bench, FitConfig(layers=tuple(layers), n_contrast=16, pgd=PGDConfig(steps=20),
-                                         rank_policy=FixedRatio(0.5), retain_weight=20.0))
+cfg = DemoConfig()  # rank ratio 0.9, retain weight 40, answer weight 0.3 (chosen on validation questions)
+fit = fit_eraser(model, bench, cfg.fit_config(tuple(layers)))
 fv, fa = validation_samples(bench.forget(10))
 rv, ra = validation_samples(bench.retain(10)[:30])
 sets, answers = {"forget": fv, "retain": rv}, {"forget": fa, "retain": ra}
-lams = [1.0, 2.0, 3.0, 4.0, 6.0]"""),
-    new_markdown_cell("## One layer at a time"),
-    new_code_cell("""single = steering_effects.steering_grid(model, lambda ls, lam: fit.eraser.with_options(layers=ls, lam=lam),
-                                       sets, layers, lams, answers=answers)
+lams = list(cfg.lams)
+steer = lambda ls, lam: fit.eraser.with_options(layers=ls, lam=lam)"""),
+    new_markdown_cell("## One layer at a time (next token)"),
+    new_code_cell("""single = steering_effects.steering_grid(model, steer, sets, layers, lams, answers=answers)
 plots.plot_grid(single)"""),
     new_markdown_cell("## Cumulatively (layers 0..l together): layers compound"),
-    new_code_cell("""cumulative = steering_effects.steering_grid(model, lambda ls, lam: fit.eraser.with_options(layers=ls, lam=lam),
-                                           sets, layers, lams, cumulative=True)
+    new_code_cell("""cumulative = steering_effects.steering_grid(model, steer, sets, layers, lams, cumulative=True)
 plots.plot_grid(cumulative)"""),
-    new_markdown_cell("## Operating windows and the recommendation"),
-    new_code_cell("""window = steering_effects.operating_window(single, forget_min=0.9, retain_max=0.03)
-layer, lam = steering_effects.recommend(window)
-print(f"recommended: layer {layer}, lambda {lam}")
-window.drop(columns=['ok_lams'])"""),
-    new_markdown_cell("## The full erasure with the recommended setting, on the benchmark's own questions"),
+    new_markdown_cell("## Shortlist, then generate: leakage and recall per (layer, lambda)"),
+    new_code_cell("""shortlist = steering_effects.shortlist_layers(single, 3)
+leak = steering_effects.leakage_grid(model, steer, {"forget": validation_items(bench.forget(10), "forget"),
+                                                    "retain": validation_items(bench.retain(10)[:30], "retain")},
+                                     shortlist, lams)
+layer, lam = steering_effects.choose_setting(leak, retain_max=0.03)
+print(f"shortlisted layers {shortlist}; chosen: layer {layer}, lambda {lam}")
+plots.plot_leakage_grid(leak)"""),
+    new_markdown_cell("## The full erasure with the chosen setting, on the benchmark's own questions"),
     new_code_cell("""from toolkit.evaluate import items_from_profiles, run_items, summarize
 eraser = fit.eraser.with_options(layers=[layer], lam=lam)
 items = (items_from_profiles(bench.forget(10), "Forget") + items_from_profiles(bench.test(10), "Test", all_images=True)
          + items_from_profiles(bench.retain(10)[:20], "Retain"))
-vanilla = run_items(model, items)
-erased = run_items(model, items, steers=eraser)
+vanilla = run_items(model, items, batch_size=48)
+erased = run_items(model, items, steers=eraser, batch_size=48)
 import pandas as pd
 table = pd.concat([summarize(vanilla).assign(method="vanilla"), summarize(erased).assign(method="MLLMEraser")])
 table.round(3)"""),
@@ -139,11 +154,12 @@ table.round(3)"""),
     s = s[s.modality == modality] if modality else s
     return float(s[col].mean())
 
-leak = share(erased, "Forget", "generation", "leaked", "image")
+leak_img = share(erased, "Forget", "generation", "leaked", "image")
+leak_txt = share(erased, "Forget", "generation", "leaked", "text")
 retain_drop = share(vanilla, "Retain", "classification", "accuracy") - share(erased, "Retain", "classification", "accuracy")
-print(f"forget image+text leakage: {leak:.3f} (bar: <= 0.05)")
-print(f"retain MCQ accuracy drop:   {retain_drop:.3f} (bar: <= 0.05)")
-print("meets the bar" if leak <= 0.05 and retain_drop <= 0.05 else "misses the bar: see the operating windows above")
+print(f"forget leakage, image+text questions: {leak_img:.3f} (bar: <= 0.05); text-only questions: {leak_txt:.3f}")
+print(f"retain MCQ accuracy drop:              {retain_drop:.3f} (bar: <= 0.05)")
+print("meets the bar" if leak_img <= 0.05 and retain_drop <= 0.05 else "misses the bar: see the grids above")
 """),
 ]
 

@@ -418,26 +418,40 @@ def training_examples(cfg: SyntheticConfig = SyntheticConfig()) -> list[TrainExa
 
 
 
-def validation_samples(profiles, phrasing: int = 1):
-    """Questions for choosing layers and strengths without touching the evaluation questions.
+def validation_items(profiles, split: str = "validation", phrasing: int = 1):
+    """Generation questions for choosing layers and strengths without touching the evaluation questions.
 
     The benchmark asks with phrasing 0 and the Paraphrase_Set with the held-out
-    last phrasing; this asks the same facts with another trained phrasing, in the
-    evaluation's generation format. Returns ``(samples, first answer words)``.
+    last phrasing; these ask the same facts with another trained phrasing, in the
+    evaluation's generation format, as :class:`toolkit.evaluate.Item`s (with the
+    fact as ``answer_key``, so leakage can be scored).
     """
-    from ..models.loading import Sample
+    from ..evaluate import Item
+    from .prompts import generation_prompt
 
-    samples, answers = [], []
+    items = []
     for prof in profiles:
         name = prof.fields.get("name")
         if name is None:
-            raise ValueError("validation_samples needs the synthetic benchmark (a 'name' column).")
+            raise ValueError("Validation questions need the synthetic benchmark (a 'name' column).")
+        facts = {f: prof.fields.get(f.capitalize()) for f in FACTS}
         for fact in ["name", *FACTS]:
             for image in (True, False):
                 if fact == "name" and not image:
                     continue
                 who = IMAGE_SUBJECT if image else name
-                question = generation_prompt(_Q[fact][phrasing].format(who=who), image)  # the evaluation's format
-                samples.append(Sample(question, prof.image_bytes[0] if image else None))
-                answers.append("This" if fact == "name" else name.split()[0])
-    return samples, answers
+                value = name if fact == "name" else facts[fact]
+                reference = _A[fact].format(name=name, value=value)
+                items.append(Item(split, prof.id, "generation", "image" if image else "text",
+                                  generation_prompt(_Q[fact][phrasing].format(who=who), image), reference,
+                                  prof.image_bytes[0] if image else None, value, None,
+                                  _Q[fact][phrasing].format(who=who)))
+    return items
+
+
+def validation_samples(profiles, phrasing: int = 1):
+    """:func:`validation_items` as ``(samples, first answer words)`` for the next-token steering grid."""
+    from ..models.loading import Sample
+
+    items = validation_items(profiles, phrasing=phrasing)
+    return [Sample(it.prompt, it.image) for it in items], [it.reference.split()[0] for it in items]

@@ -1,0 +1,60 @@
+"""How the demo's fit settings were chosen: validation questions only.
+
+For each candidate (rank ratio, retain weight, answer weight), fit at one layer
+and generate answers to the validation questions (another phrasing of the same
+facts, never the evaluation questions) across lambdas; report the setting
+:func:`probes.steering_effects.choose_setting` would take (lowest forget leakage
+with retain recall within 3 points) and its numbers. PGD is skipped (it does not
+flip this model's refusals; see the README), which makes each fit ~25 s.
+
+    .venv/bin/python tools/settings_study.py        # about 5 minutes on 2 CPU cores
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import pandas as pd
+
+from probes.steering_effects import choose_setting, leakage_grid
+from toolkit.data.mllmu import MLLMUBench
+from toolkit.data.synthetic import validation_items
+from toolkit.fit import FitConfig, fit_eraser
+from toolkit.models.default import default_benchmark
+from toolkit.models.loading import load_model
+from toolkit.nullspace import FixedRatio
+
+# (rank ratio, retain weight, answer weight); the first is the previous demo's (last prompt token only).
+CANDIDATES = [(0.5, 20.0, 0.0), (0.5, 20.0, 1.0), (0.7, 20.0, 0.3), (0.8, 20.0, 0.3), (0.8, 40.0, 0.3),
+              (0.9, 40.0, 0.3)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--layer", type=int, default=7)
+    ap.add_argument("--lams", default="2,3,4,6")
+    args = ap.parse_args()
+    lams = [float(x) for x in args.lams.split(",")]
+    model, bench = load_model("default"), MLLMUBench(default_benchmark())
+    sets = {"forget": validation_items(bench.forget(10), "forget"),
+            "retain": validation_items(bench.retain(10)[:30], "retain")}
+    rows = []
+    for rho, rw, aw in CANDIDATES:
+        fit = fit_eraser(model, bench, FitConfig(layers=(args.layer,), rank_policy=FixedRatio(rho), gamma=0.1,
+                                                 retain_weight=rw, answer_weight=aw, n_contrast=16, pgd=None))
+        grid = leakage_grid(model, lambda ls, lam: fit.eraser.with_options(layers=ls, lam=lam), sets,
+                            [args.layer], lams)
+        layer, lam = choose_setting(grid, retain_max=0.03)
+        at = grid[(grid.layer == layer) & (grid.lam == lam)].set_index("set")
+        rows.append({"rank ratio": rho, "retain weight": rw, "answer weight": aw,
+                     "positions": fit.eraser.positions, "chosen lambda": lam,
+                     "forget leak img": 100 * at.loc["forget"].answer_rate_image,
+                     "forget leak txt": 100 * at.loc["forget"].answer_rate_text,
+                     "retain recall": 100 * at.loc["retain"].answer_rate})
+        print(rows[-1], flush=True)
+    print(f"layer {args.layer}, lambdas {lams}; validation questions; percent")
+    print(pd.DataFrame(rows).round(1).to_markdown(index=False))
+
+
+if __name__ == "__main__":
+    main()
