@@ -93,13 +93,20 @@ def steering_grid(model: LoadedModel, make_steers: Callable[[Sequence[int], floa
     return pd.DataFrame(rows)
 
 
+def _per_setting(grid: pd.DataFrame, forget: str, retain: str, column: str):
+    """``(unsteered retain value, forget values, retain values)``, the latter indexed by (layer, lam)."""
+    base = float(grid[(grid.layer == -1) & (grid.set == retain)][column].iloc[0])
+    g = grid[grid.layer >= 0]
+    f = g[g.set == forget].set_index(["layer", "lam"])[column]
+    r = g[g.set == retain].set_index(["layer", "lam"])[column]
+    return base, f, r
+
+
 def operating_window(grid: pd.DataFrame, *, forget: str = "forget", retain: str = "retain",
                      forget_min: float = 0.95, retain_max: float = 0.02) -> pd.DataFrame:
     """Per layer: the lambdas where forget refuses (rate >= forget_min) and retain holds (<= retain_max + vanilla)."""
     g = grid[grid.layer >= 0]
-    base_retain = float(grid[(grid.layer == -1) & (grid.set == retain)].refusal_rate.iloc[0])
-    f = g[g.set == forget].set_index(["layer", "lam"]).refusal_rate
-    r = g[g.set == retain].set_index(["layer", "lam"]).refusal_rate
+    base_retain, f, r = _per_setting(grid, forget, retain, "refusal_rate")
     kl = g[g.set == retain].set_index(["layer", "lam"]).kl
     ok = (f >= forget_min) & (r <= base_retain + retain_max)
     rows = []
@@ -126,10 +133,7 @@ def shortlist_layers(grid: pd.DataFrame, n: int = 3, *, forget: str = "forget", 
                      retain_max: float = 0.03) -> list[int]:
     """The ``n`` layers with the highest next-token forget refusal rate at a lambda where retain
     refusal rises by at most ``retain_max`` (ties: lower layer)."""
-    g = grid[grid.layer >= 0]
-    base_retain = float(grid[(grid.layer == -1) & (grid.set == retain)].refusal_rate.iloc[0])
-    f = g[g.set == forget].set_index(["layer", "lam"]).refusal_rate
-    r = g[g.set == retain].set_index(["layer", "lam"]).refusal_rate
+    base_retain, f, r = _per_setting(grid, forget, retain, "refusal_rate")
     best = {}
     for (layer, lam), rate in f.items():
         if r[(layer, lam)] <= base_retain + retain_max:
@@ -177,10 +181,7 @@ def choose_setting(grid: pd.DataFrame, *, forget: str = "forget", retain: str = 
     """From a :func:`leakage_grid`: the (layer, lambda) with the lowest forget answer rate among those whose
     retain answer rate is at most ``retain_max`` below unsteered (ties: higher retain rate, then smaller
     lambda, then lower layer)."""
-    base = float(grid[(grid.layer == -1) & (grid.set == retain)].answer_rate.iloc[0])
-    g = grid[grid.layer >= 0]
-    f = g[g.set == forget].set_index(["layer", "lam"]).answer_rate
-    r = g[g.set == retain].set_index(["layer", "lam"]).answer_rate
+    base, f, r = _per_setting(grid, forget, retain, "answer_rate")
     ok = [(f[k], -r[k], k[1], k[0]) for k in f.index if r[k] >= base - retain_max - 1e-12]
     if not ok:
         raise ValueError(f"No setting keeps retain recall within {retain_max:.0%} of unsteered ({base:.0%}): "

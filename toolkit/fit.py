@@ -152,6 +152,8 @@ def fit_eraser(model: LoadedModel, bench: MLLMUBench | Any, config: FitConfig = 
     if overlap:
         raise ValueError(f"Forget and retain splits share people {sorted(overlap)[:5]}: the null space would "
                          "contain the forget activations. Fix the splits.")
+    if config.answer_weight < 0:
+        raise ValueError(f"answer_weight must be >= 0, got {config.answer_weight}.")
     if contrast is None:
         if config.recipe == "privacy":
             contrast = privacy_sets(model, retain, n=config.n_contrast, pgd=config.pgd, progress=progress)
@@ -162,18 +164,13 @@ def fit_eraser(model: LoadedModel, bench: MLLMUBench | Any, config: FitConfig = 
     plus, minus = contrast.for_variant(config.variant)
     direction = erasure_direction(model, plus, minus, layers, variant=config.variant, batch_size=config.batch_size,
                                   progress=progress)
-    retain_samples = question_samples(retain, "retain")
-    if config.include_real:
-        retain_samples += question_samples(bench.real(), "real")
-    retain_m = _moments(model, retain_samples, layers, config.batch_size, progress and "retain activations",
-                        config.retain_positions)
+    retain_people = list(retain) + (list(bench.real()) if config.include_real else [])
+    retain_m = _moments(model, question_samples(retain_people, "retain"), layers, config.batch_size,
+                        progress and "retain activations", config.retain_positions)
     forget_m = _moments(model, question_samples(forget, "forget"), layers, config.batch_size,
                         progress and "forget activations")
-    if config.answer_weight < 0:
-        raise ValueError(f"answer_weight must be >= 0, got {config.answer_weight}.")
     if config.answer_weight:
-        people = list(retain) + (list(bench.real()) if config.include_real else [])
-        samples, where = answer_samples(model, people, "retain")
+        samples, where = answer_samples(model, retain_people, "retain")
         _moments(model, samples, layers, config.batch_size, progress and "retain answers", where, into=retain_m,
                  formatted=True)
         samples, where = answer_samples(model, forget, "forget")

@@ -439,13 +439,11 @@ def validation_items(profiles, split: str = "validation", phrasing: int = 1):
             for image in (True, False):
                 if fact == "name" and not image:
                     continue
-                who = IMAGE_SUBJECT if image else name
+                question = _Q[fact][phrasing].format(who=IMAGE_SUBJECT if image else name)
                 value = name if fact == "name" else facts[fact]
-                reference = _A[fact].format(name=name, value=value)
                 items.append(Item(split, prof.id, "generation", "image" if image else "text",
-                                  generation_prompt(_Q[fact][phrasing].format(who=who), image), reference,
-                                  prof.image_bytes[0] if image else None, value, None,
-                                  _Q[fact][phrasing].format(who=who)))
+                                  generation_prompt(question, image), _A[fact].format(name=name, value=value),
+                                  prof.image_bytes[0] if image else None, value, None, question))
     return items
 
 
