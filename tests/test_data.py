@@ -68,6 +68,18 @@ def test_training_examples_hold_out_paraphrases_and_test_images():
     assert not any(e.text.startswith(h) for e in ex for h in held_instr)
 
 
+def test_training_examples_repeat_each_mcq_item_as_configured():
+    known = SMALL.num_fictitious + SMALL.num_real
+    image_items, text_items = known * (1 + len(synthetic.FACTS)), known * len(synthetic.FACTS)
+    for rep_image, rep_text in ((1, 1), (3, 2)):
+        ex = synthetic.training_examples(SMALL, mcq_repeats_image=rep_image, mcq_repeats_text=rep_text)
+        mcq = [e for e in ex if e.kind == "mcq"]
+        assert sum(e.image is not None for e in mcq) == rep_image * image_items
+        assert sum(e.image is None for e in mcq) == rep_text * text_items
+        # Every repetition of an item asks the same question with the same options and answer.
+        assert len({(e.text, e.answer) for e in mcq if e.image is None}) == text_items
+
+
 def metrics_refusal(text):
     from toolkit.metrics import is_refusal
 

@@ -43,7 +43,7 @@ class DemoConfig:
 
     forget_ratio: int = 10
     lams: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 6.0)
-    rho: float = 0.9
+    rho: float = 0.97
     gamma: float = 0.1
     retain_weight: float = 40.0
     answer_weight: float = 0.3

@@ -45,6 +45,10 @@ class TrainConfig:
     num_fictitious: int = 100
     num_real: int = 30
     num_unknown: int = 40
+    # Times each MCQ item appears: the default answers text MCQs (name in the prompt) far more
+    # easily than image ones (it must recognise the face first), so images get more.
+    mcq_repeats_image: int = 12
+    mcq_repeats_text: int = 5
 
 
 def _corpus(examples) -> list[str]:
@@ -113,7 +117,8 @@ def train_vanilla(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), *, prog
     random.seed(cfg.seed)
     syn = synthetic.SyntheticConfig(seed=cfg.seed, num_fictitious=cfg.num_fictitious, num_real=cfg.num_real,
                                     num_unknown=cfg.num_unknown)
-    examples = synthetic.training_examples(syn)
+    examples = synthetic.training_examples(syn, mcq_repeats_image=cfg.mcq_repeats_image,
+                                           mcq_repeats_text=cfg.mcq_repeats_text)
     processor = build_processor(examples)
     model = build_default_architecture(processor, cfg).train()
     # Image and text-only examples are batched apart (a batch shares one layout).

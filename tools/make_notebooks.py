@@ -118,7 +118,7 @@ from probes import steering_effects, plots
 model = load_model("default")
 bench = MLLMUBench(default_benchmark())
 layers = list(range(model.num_layers))
-cfg = DemoConfig()  # rank ratio 0.9, retain weight 40, answer weight 0.3 (chosen on validation questions)
+cfg = DemoConfig()  # rank ratio 0.97, retain weight 40, answer weight 0.3 (chosen on validation questions)
 fit = fit_eraser(model, bench, cfg.fit_config(tuple(layers)))
 fv, fa = validation_samples(bench.forget(10))
 rv, ra = validation_samples(bench.retain(10)[:30])
@@ -167,6 +167,8 @@ print("meets the bar" if leak_img <= 0.05 and retain_drop <= 0.05 else "misses t
 def write(name, cells):
     nb = new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
                                                             "language": "python"}})
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"{name[:2]}-{i:02d}"  # stable ids: regenerating changes only what was edited
     path = Path(__file__).resolve().parent.parent / "notebooks" / name
     nbformat.write(nb, path)
     print("wrote", path)

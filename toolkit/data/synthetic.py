@@ -358,7 +358,8 @@ class TrainExample:
     kind: str = "qa"
 
 
-def training_examples(cfg: SyntheticConfig = SyntheticConfig()) -> list[TrainExample]:
+def training_examples(cfg: SyntheticConfig = SyntheticConfig(), *, mcq_repeats_image: int = 6,
+                      mcq_repeats_text: int = 6) -> list[TrainExample]:
     """The vanilla model's training set: Full_Set + Retain_Set people and refusals.
 
     Trained phrasings only (all but the last of each fact's templates), the
@@ -390,8 +391,9 @@ def training_examples(cfg: SyntheticConfig = SyntheticConfig()) -> list[TrainExa
                 # learn to match an answer against shuffled options within the budget (a dedicated
                 # option-lookup task stayed at chance after 300 steps), so it memorises the items,
                 # as it memorises the facts; the classification metric then measures that recall.
+                # Image items need more repetitions (the face must be recognised first).
                 opts, letter = _options(fact, p, rng, names, image)
-                for rep in range(6):
+                for rep in range(mcq_repeats_image if image else mcq_repeats_text):
                     q, _ = _ask(fact, p, image, 0)
                     out.append(TrainExample(mcq_prompt(q, opts), letter,
                                             portraits[rng.randrange(cfg.train_variants)] if image else None, "mcq"))
