@@ -11,7 +11,9 @@ from toolkit.demo import DemoConfig, run_demo
 def test_demo_is_deterministic_and_shows_the_contrast(tmp_path):
     a = run_demo(tmp_path / "a", DemoConfig())
     b = run_demo(tmp_path / "b", DemoConfig())
-    assert a["headline"] == b["headline"] and a["summary"] == b["summary"]
+    # Compared as JSON: metric columns hold NaN where a task has no such metric, and NaN != NaN.
+    for key in ("headline", "summary"):
+        assert json.dumps(a[key], sort_keys=True, default=str) == json.dumps(b[key], sort_keys=True, default=str), key
     rows = {r["method"]: r for r in a["headline"]}
     eraser, vanilla, direction = rows["MLLMEraser"], rows["vanilla"], rows["direction only"]
     # The eraser core issue's bar: image+text forget leakage <= 5%, retain MCQ within 5 points.

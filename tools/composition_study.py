@@ -95,7 +95,7 @@ def main() -> None:
     check = leakage_grid(model, lambda ls, scale: pair(scale),
                          {"forget": val_sets["A"] + val_sets["B"], "retain": retain_val}, [layer], scales,
                          batch_size=cfg.batch_size)
-    _, scale = choose_setting(check, retain_max=cfg.retain_max)
+    scale = choose_setting(check, retain_max=cfg.retain_max)[1] if args.lam is None else 1.0
     rates = check[check.layer == layer].set_index(["lam", "set"]).answer_rate
     for x in scales:
         print(f"A+B x{x} on validation: forget leakage {rates[(x, 'forget')]:.3f}, retain recall "

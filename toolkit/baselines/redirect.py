@@ -77,7 +77,7 @@ def redirect(model: LoadedModel, forget: Sequence[Sample], retain: Sequence[Samp
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
                         opt.step()
-                        losses.append(float(loss))
+                        losses.append(float(loss.detach()))
         finally:
             hook.remove()
         seconds = time.time() - start

@@ -95,7 +95,7 @@ def unlearn(model: LoadedModel, forget: Sequence[TrainExample], retain: Sequence
             loss.backward()
             torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         seconds = time.time() - start
     unlearned = load_model(student.eval(), model.processor)
     return BaselineResult(unlearned, seconds, meter.added_mb, losses, config)
