@@ -15,7 +15,7 @@ Answer tokens (our extension, ``answer_weight > 0``; 0 is the reference). A
 fact often surfaces only after the first generated words: "What is the name
 of the person in the image?" is answered "This is <name>.", so at the last
 prompt token a forget face and a retain face look alike (both say "This"),
-and a gate read there cannot tell them apart (measured on the default: mean
+and a gate read there cannot tell them apart (measured on the first default: mean
 gate 0.1 on forget name questions against 0.35-0.5 on the other forget
 questions). With ``answer_weight`` the fit also reads the teacher-forced states
 that predict each answer token of every generation question: forget ones join

@@ -45,10 +45,8 @@ class TrainConfig:
     num_fictitious: int = 100
     num_real: int = 30
     num_unknown: int = 40
-    # Times each MCQ item appears: the default answers text MCQs (name in the prompt) far more
-    # easily than image ones (it must recognise the face first), so images get more.
-    mcq_repeats_image: int = 12
-    mcq_repeats_text: int = 5
+    mcq_repeats_image: int = synthetic.MCQ_REPEATS_IMAGE
+    mcq_repeats_text: int = synthetic.MCQ_REPEATS_TEXT
 
 
 def _corpus(examples) -> list[str]:

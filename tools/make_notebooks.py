@@ -120,8 +120,8 @@ bench = MLLMUBench(default_benchmark())
 layers = list(range(model.num_layers))
 cfg = DemoConfig()  # rank ratio 0.97, retain weight 40, answer weight 0.3 (chosen on validation questions)
 fit = fit_eraser(model, bench, cfg.fit_config(tuple(layers)))
-fv, fa = validation_samples(bench.forget(10))
-rv, ra = validation_samples(bench.retain(10)[:30])
+fv, fa = validation_samples(bench.forget(cfg.forget_ratio))
+rv, ra = validation_samples(bench.retain(cfg.forget_ratio)[: cfg.validation_retain_people])
 sets, answers = {"forget": fv, "retain": rv}, {"forget": fa, "retain": ra}
 lams = list(cfg.lams)
 steer = lambda ls, lam: fit.eraser.with_options(layers=ls, lam=lam)"""),
@@ -132,11 +132,11 @@ plots.plot_grid(single)"""),
     new_code_cell("""cumulative = steering_effects.steering_grid(model, steer, sets, layers, lams, cumulative=True)
 plots.plot_grid(cumulative)"""),
     new_markdown_cell("## Shortlist, then generate: leakage and recall per (layer, lambda)"),
-    new_code_cell("""shortlist = steering_effects.shortlist_layers(single, 3)
-leak = steering_effects.leakage_grid(model, steer, {"forget": validation_items(bench.forget(10), "forget"),
-                                                    "retain": validation_items(bench.retain(10)[:30], "retain")},
-                                     shortlist, lams)
-layer, lam = steering_effects.choose_setting(leak, retain_max=0.03)
+    new_code_cell("""shortlist = steering_effects.shortlist_layers(single, cfg.shortlist, retain_max=cfg.retain_max)
+validation = {"forget": validation_items(bench.forget(cfg.forget_ratio), "forget"),
+              "retain": validation_items(bench.retain(cfg.forget_ratio)[: cfg.validation_retain_people], "retain")}
+leak = steering_effects.leakage_grid(model, steer, validation, shortlist, lams)
+layer, lam = steering_effects.choose_setting(leak, retain_max=cfg.retain_max)
 print(f"shortlisted layers {shortlist}; chosen: layer {layer}, lambda {lam}")
 plots.plot_leakage_grid(leak)"""),
     new_markdown_cell("## The full erasure with the chosen setting, on the benchmark's own questions"),

@@ -13,13 +13,15 @@ flip this model's refusals; see the README), which makes each fit ~25 s.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 import pandas as pd
 
 from probes.steering_effects import choose_setting, leakage_grid
 from toolkit.data.mllmu import MLLMUBench
 from toolkit.data.synthetic import validation_items
-from toolkit.fit import FitConfig, fit_eraser
+from toolkit.demo import DemoConfig
+from toolkit.fit import fit_eraser
 from toolkit.models.default import default_benchmark
 from toolkit.models.loading import load_model
 from toolkit.nullspace import FixedRatio
@@ -40,17 +42,19 @@ def main() -> None:
     args = ap.parse_args()
     lams = [float(x) for x in args.lams.split(",")]
     model, bench = load_model("default"), MLLMUBench(default_benchmark())
-    sets = {"forget": validation_items(bench.forget(10), "forget"),
-            "retain": validation_items(bench.retain(10)[:30], "retain")}
+    cfg = DemoConfig()  # everything but the three candidate settings, as the demo has it
+    r = cfg.forget_ratio
+    sets = {"forget": validation_items(bench.forget(r), "forget"),
+            "retain": validation_items(bench.retain(r)[: cfg.validation_retain_people], "retain")}
     rows = []
     candidates = CANDIDATES if args.candidates is None else [
         tuple(float(x) for x in c.split(":")) for c in args.candidates.split(",")]
     for rho, rw, aw in candidates:
-        fit = fit_eraser(model, bench, FitConfig(layers=(args.layer,), rank_policy=FixedRatio(rho), gamma=0.1,
-                                                 retain_weight=rw, answer_weight=aw, n_contrast=16, pgd=None))
+        fit = fit_eraser(model, bench, replace(cfg.fit_config((args.layer,)), rank_policy=FixedRatio(rho),
+                                               retain_weight=rw, answer_weight=aw, pgd=None))
         grid = leakage_grid(model, lambda ls, lam: fit.eraser.with_options(layers=ls, lam=lam), sets,
                             [args.layer], lams)
-        layer, lam = choose_setting(grid, retain_max=0.03)
+        layer, lam = choose_setting(grid, retain_max=cfg.retain_max)
         at = grid[(grid.layer == layer) & (grid.lam == lam)].set_index("set")
         rows.append({"rank ratio": rho, "retain weight": rw, "answer weight": aw,
                      "positions": fit.eraser.positions, "chosen lambda": lam,

@@ -358,8 +358,14 @@ class TrainExample:
     kind: str = "qa"
 
 
-def training_examples(cfg: SyntheticConfig = SyntheticConfig(), *, mcq_repeats_image: int = 6,
-                      mcq_repeats_text: int = 6) -> list[TrainExample]:
+# Times each MCQ item appears in the training set. Image items need more: the face must be
+# recognised before the memorised letter can be recalled (README, the default model's table).
+MCQ_REPEATS_IMAGE = 12
+MCQ_REPEATS_TEXT = 5
+
+
+def training_examples(cfg: SyntheticConfig = SyntheticConfig(), *, mcq_repeats_image: int = MCQ_REPEATS_IMAGE,
+                      mcq_repeats_text: int = MCQ_REPEATS_TEXT) -> list[TrainExample]:
     """The vanilla model's training set: Full_Set + Retain_Set people and refusals.
 
     Trained phrasings only (all but the last of each fact's templates), the
@@ -391,7 +397,6 @@ def training_examples(cfg: SyntheticConfig = SyntheticConfig(), *, mcq_repeats_i
                 # learn to match an answer against shuffled options within the budget (a dedicated
                 # option-lookup task stayed at chance after 300 steps), so it memorises the items,
                 # as it memorises the facts; the classification metric then measures that recall.
-                # Image items need more repetitions (the face must be recognised first).
                 opts, letter = _options(fact, p, rng, names, image)
                 for rep in range(mcq_repeats_image if image else mcq_repeats_text):
                     q, _ = _ask(fact, p, image, 0)
