@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv test test-slow demo compare probe bench notebooks clean
+.PHONY: venv test test-slow test-gpu demo compare probe bench notebooks clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# On a CUDA machine: every family in bf16 on the GPU against plain hooks, a fit on the default.
+test-gpu: $(STAMP)
+	$(PY) -m pytest -q -m gpu tests/test_gpu.py
 
 demo: $(STAMP)
 	$(PY) -m toolkit.cli demo

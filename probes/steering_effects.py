@@ -33,11 +33,13 @@ REFUSAL_STARTS = ("I cannot", "I can't", "I do not", "I am unable", "Sorry", "I'
 
 
 def refusal_token_ids(model: LoadedModel, starts: Sequence[str] = REFUSAL_STARTS) -> list[int]:
-    """First tokens of typical refusals (``"I"``, ``"Sorry"``...) in this model's vocabulary."""
+    """First tokens of typical refusals (``"I"``, ``"Sorry"``...) as the model would emit them
+    right after its generation prompt (``ĠI`` after ``ASSISTANT:``, ``I`` after Qwen's ``assistant\n``)."""
     tok = model.tokenizer
+    prompt = model.format_prompt("Who is this?", image=False) if model.adapter.chat else "Who is this?"
     ids = set()
     for s in starts:
-        enc = tok(" " + s, add_special_tokens=False)["input_ids"]
+        enc = model.continuation_ids(prompt, s)
         if enc and enc[0] != tok.unk_token_id:
             ids.add(enc[0])
     if not ids:
@@ -76,8 +78,9 @@ def steering_grid(model: LoadedModel, make_steers: Callable[[Sequence[int], floa
     base = {name: next_token_logprobs(model, s, batch_size=batch_size) for name, s in sets.items()}
     answer_ids = {}
     for name, ans in (answers or {}).items():
-        answer_ids[name] = torch.tensor([model.tokenizer(" " + a, add_special_tokens=False)["input_ids"][0]
-                                         for a in ans])
+        answer_ids[name] = torch.tensor([
+            model.continuation_ids(model.format_prompt(s.text, image=s.image is not None), a)[0]
+            for s, a in zip(sets[name], ans)])
     rows = []
     combos = [(i, l, lam) for i, l in enumerate(layers) for lam in lams]
     for i, layer, lam in tqdm(combos, desc="steering grid", disable=not progress, leave=False):

@@ -164,7 +164,7 @@ def test_trailing_positions_select_the_states_that_predict_each_answer_token(tin
     prompts = [m.format_prompt("who is the person", image=True), m.format_prompt("what is this image", image=True)]
     answers = ["this is a person", "you he"]
     samples = [Sample(f"{p} {a}", random_image(i)) for i, (p, a) in enumerate(zip(prompts, answers))]
-    counts = tuple(len(m.tokenizer(" " + a, add_special_tokens=False)["input_ids"]) for a in answers)
+    counts = tuple(len(m.continuation_ids(p, a)) for p, a in zip(prompts, answers))
     got = tracing.capture(m, samples, [1], tracing.Trailing(counts), formatted=True, batch_size=2)
     every = tracing.capture(m, samples, [1], "prompt", formatted=True, batch_size=2)
     expected = []
@@ -177,3 +177,16 @@ def test_trailing_positions_select_the_states_that_predict_each_answer_token(tin
         tracing.capture(m, samples, [1], tracing.Trailing((500, 1)), formatted=True)
     with pytest.raises(ValueError, match="2 counts for 1 samples"):
         tracing.capture(m, samples[:1], [1], tracing.Trailing((1, 1)), formatted=True)
+
+
+def test_qwen3_vl_deepstack_layers_refuse_image_position_captures(tiny_models):
+    m = tiny_models("qwen3_vl")
+    assert m.adapter.deepstack_layers(m.config) == {0}
+    samples = samples_for(m)
+    with pytest.raises(ValueError, match=r"layers \[0\] are followed by deepstack visual features"):
+        tracing.capture(m, samples, [0, 1], "prompt")
+    # The last prompt token is text: no deepstack feature is added there, so hooks and hidden states agree.
+    cap = tracing.capture(m, samples, [0], "last")
+    enc, store, ref = hook_capture(m, samples, [0])
+    torch.testing.assert_close(cap[0], ref.hidden_states[1][:, -1].float(), rtol=0, atol=1e-6)
+    tracing.capture(m, samples, [1], "prompt")  # later layers are fine

@@ -1,17 +1,17 @@
 """PGD on images: make the model give a target answer instead of refusing.
 
 The attack works in pixel space, before the processor's normalisation: the
-image is resized by the processor (no normalisation) to ``x`` in [0, 1], the
-model sees ``(x - mean) / std``, and ``x' = x + delta`` with
+image is resized by the processor (no normalisation) to a canvas ``x`` in
+[0, 1], the model sees ``pixel_values(x)`` (normalised, and patchified for
+Qwen-VL: :mod:`toolkit.models.pixels`), and ``x' = x + delta`` with
 ``||delta||_inf <= eps`` maximises ``log p(target | x', prompt)`` (teacher
 forced, target tokens only) by signed-gradient steps. The returned images are
 quantised to 8 bits at the processor's resolution, and success is measured on
 those, i.e. on what a user would actually feed the model.
 
-Supported where the adapter says ``pixel_space_attack`` (LLaVA-1.5, Gemma3,
-PaliGemma: ``pixel_values`` is one normalised ``3 x H x W`` image per prompt).
-Families whose processors tile or patchify pixels before the model (LLaVA-NeXT,
-Qwen-VL, Idefics3) are refused with a message that says so.
+Supported where the adapter names a pixel layout (LLaVA-1.5, Gemma3, PaliGemma,
+Qwen2/2.5/3-VL). LLaVA-NeXT (any-resolution tiles) and Idefics3 (image
+splitting) are refused with a message that says what to do instead.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from . import metrics, tracing
 from .models.adapters import ADAPTERS
 from .models.loading import LoadedModel, Sample, load_image
+from .models.pixels import attack_canvas
 
 __all__ = ["PGDConfig", "PGDResult", "pgd_attack"]
 
@@ -66,12 +67,13 @@ class PGDResult:
 
 
 def _check_supported(model: LoadedModel) -> None:
-    if not model.adapter.pixel_space_attack:
-        ok = ", ".join(a.family for a in ADAPTERS if a.pixel_space_attack)
+    if model.adapter.pixel_layout is None:
+        ok = ", ".join(a.family for a in ADAPTERS if a.pixel_layout)
         raise NotImplementedError(
-            f"PGD in pixel space is not implemented for {model.adapter.family}: its processor tiles or patchifies "
-            f"pixels before the model, so there is no single normalised image to perturb. Supported: {ok}. "
-            "Use the text-only direction variant for this family.")
+            f"PGD in pixel space is not implemented for {model.adapter.family}: its processor tiles or crops the "
+            f"image into several views, and no differentiable re-implementation of that exists here yet. "
+            f"Supported: {ok}. Fit without adversarial images instead (pgd=None; `mllmeraser fit --pgd-steps 0`): "
+            "the direction then contrasts refusals with recalls on clean images.")
 
 
 @contextlib.contextmanager
@@ -86,27 +88,10 @@ def _frozen(module: torch.nn.Module):
             p.requires_grad_(f)
 
 
-def _pixel_space(model: LoadedModel, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    ip = model.processor.image_processor
-    x = ip(images=[image], do_normalize=False, return_tensors="pt")["pixel_values"]
-    mean = torch.tensor(ip.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(ip.image_std, dtype=torch.float32).view(1, 3, 1, 1)
-    return x.float(), mean, std
-
-
-def _target_loss(model: LoadedModel, enc: dict, target_ids: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
-    ids = torch.cat([enc["input_ids"], target_ids[None]], 1)
-    mask = torch.ones_like(ids)
-    labels = torch.full_like(ids, -100)
-    labels[0, -target_ids.numel():] = target_ids
-    extra = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask", "pixel_values")}
-    if "token_type_ids" in extra:  # PaliGemma: the target is suffix text
-        extra["token_type_ids"] = torch.cat([extra["token_type_ids"], torch.ones_like(target_ids)[None]], 1)
-    dtype = next(model.module.parameters()).dtype
-    out = model.module(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
-                       pixel_values=pixels.to(model.device, dtype), labels=labels.to(model.device),
-                       **{k: v.to(model.device) for k, v in extra.items()})
-    return out.loss
+def _target_loss(model: LoadedModel, batch: dict, pixels: torch.Tensor) -> torch.Tensor:
+    """Mean NLL of the target tokens given the prompt, with ``pixels`` as the image."""
+    inputs = dict(batch, pixel_values=pixels.to(model.device, model.dtype))
+    return model.module(**inputs).loss.float()
 
 
 def pgd_attack(model: LoadedModel, samples: Sequence[Sample], targets: Sequence[str], config: PGDConfig = PGDConfig(),
@@ -124,31 +109,36 @@ def pgd_attack(model: LoadedModel, samples: Sequence[Sample], targets: Sequence[
     if not 0 < config.eps <= 1 or config.step <= 0 or config.steps < 1:
         raise ValueError(f"Bad PGD settings {config}: need 0 < eps <= 1, step > 0, steps >= 1.")
     gen = torch.Generator().manual_seed(config.seed)
+    layout, ip = model.adapter.pixel_layout, model.processor.image_processor
     adv_images, lin, loss0, loss1 = [], [], [], []
-    tok = model.tokenizer
     with _frozen(model.module), torch.enable_grad():
         for sample, target in tqdm(list(zip(samples, targets)), desc="PGD", disable=not progress, leave=False):
             image = load_image(sample.image)
-            x, mean, std = _pixel_space(model, image)
-            enc = model.encode([Sample(sample.text, image)])
-            target_ids = torch.tensor(tok(" " + target, add_special_tokens=False)["input_ids"])
+            x, _, to_pixels = attack_canvas(layout, ip, image)
+            # The family's own teacher-forcing batch (grids, token types...), target tokens labelled.
+            batch = model.adapter.training_batch(model.processor, [model.format_prompt(sample.text, image=True)],
+                                                 [target], [image], eos=False)
+            batch = {k: v.to(model.device) for k, v in batch.items() if k != "pixel_values"}
             delta = torch.zeros_like(x)
             if config.random_start:
                 delta.uniform_(-config.eps, config.eps, generator=gen)
             with torch.no_grad():
-                loss0.append(float(_target_loss(model, enc, target_ids, (x - mean) / std)))
+                loss0.append(float(_target_loss(model, batch, to_pixels(x))))
             for _ in range(config.steps):
                 delta.requires_grad_(True)
-                loss = _target_loss(model, enc, target_ids, ((x + delta).clamp(0, 1) - mean) / std)
+                loss = _target_loss(model, batch, to_pixels((x + delta).clamp(0, 1)))
                 (grad,) = torch.autograd.grad(loss, delta)
                 with torch.no_grad():
                     delta = (delta - config.step * grad.sign()).clamp(-config.eps, config.eps)
                     delta = (x + delta).clamp(0, 1) - x
-            adv = ((x + delta.detach()).clamp(0, 1)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            adv = ((x + delta.detach()).clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
             adv_img = Image.fromarray(adv)
-            x_q, _, _ = _pixel_space(model, adv_img)
+            x_q, _, _ = attack_canvas(layout, ip, adv_img)
+            if x_q.shape != x.shape:
+                raise RuntimeError(f"The processor resizes its own {tuple(x.shape[1:])} output to "
+                                   f"{tuple(x_q.shape[1:])}: the attack's image would not be the one measured.")
             with torch.no_grad():
-                loss1.append(float(_target_loss(model, enc, target_ids, (x_q - mean) / std)))
+                loss1.append(float(_target_loss(model, batch, to_pixels(x_q))))
             lin.append(float((x_q - x).abs().max()))
             adv_images.append(adv_img)
     clean = tracing.generate(model, list(samples), max_new_tokens=max_new_tokens)

@@ -12,17 +12,52 @@ from pathlib import Path
 
 
 def _quiet() -> None:
+    # Hub access stays as the user set it (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE); the Makefile sets
+    # offline mode for its own targets.
     warnings.filterwarnings("ignore")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import transformers
 
     transformers.logging.set_verbosity_error()
 
 
 def _threads(n: int | None) -> None:
-    import torch
+    """Torch threads from ``--threads``; otherwise torch's own choice, which follows OMP_NUM_THREADS."""
+    if n is not None:
+        if n < 1:
+            raise ValueError(f"--threads must be >= 1, got {n}.")
+        import torch
 
-    torch.set_num_threads(n or min(2, os.cpu_count() or 1))
+        torch.set_num_threads(n)
+
+
+DTYPES = {"auto": "auto", "float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+          "float16": "float16", "fp16": "float16"}
+
+
+def _model_parent() -> argparse.ArgumentParser:
+    """The options of every command that loads a model."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--model", default="default",
+                        help="'default', 'tiny-<family>', a checkpoint directory or a hub id")
+    parent.add_argument("--dtype", default=None, choices=sorted(DTYPES),
+                        help="weights dtype (default: the checkpoint's; bf16 on GPUs is usual)")
+    parent.add_argument("--device-map", default=None,
+                        help="'auto', 'cuda', 'cuda:0', 'cpu' ... (passed to from_pretrained)")
+    parent.add_argument("--remote", default=None, choices=["ndif", "local"],
+                        help="run traces through nnsight's remote execution (NDIF), or 'local' to test "
+                             "serialisation")
+    parent.add_argument("--batch-size", type=int, default=16, help="inputs per forward/generate batch")
+    return parent
+
+
+def _load(args: argparse.Namespace):
+    from .models.loading import load_model
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}.")
+    remote = {"ndif": True, "local": "local", None: False}[args.remote]
+    dtype = DTYPES[args.dtype] if args.dtype else None
+    return load_model(args.model, dtype=dtype, device_map=args.device_map, remote=remote)
 
 
 def cmd_make_benchmark(args: argparse.Namespace) -> int:
@@ -36,8 +71,12 @@ def cmd_make_benchmark(args: argparse.Namespace) -> int:
 def cmd_train_vanilla(args: argparse.Namespace) -> int:
     from .train import TrainConfig, train_vanilla
 
-    cfg = TrainConfig(seed=args.seed, steps=args.steps, threads=args.threads or 2)
-    info = train_vanilla(args.out, cfg)
+    cfg = TrainConfig(family=args.family, seed=args.seed, steps=args.steps,
+                      **({"threads": args.threads} if args.threads else {}))
+    from .models.default import DEFAULTS
+
+    out = args.out or next(str(path) for path, family in DEFAULTS.values() if family == args.family)
+    info = train_vanilla(out, cfg)
     print(json.dumps(info, indent=1))
     return 0
 
@@ -49,9 +88,9 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     from . import tracing
     from .data.mllmu import MLLMUBench
     from .models.default import default_benchmark
-    from .models.loading import Sample, load_model
+    from .models.loading import Sample
 
-    model = load_model(args.model)
+    model = _load(args)
     bench = MLLMUBench(default_benchmark())
     person = bench.forget(10)[0]
     q = next(g for g in person.generation if g.modality == "image")
@@ -64,7 +103,9 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
           f"norm {acts[layer].norm():.2f}")
     plain = tracing.generate(model, [sample])[0]
     direction = acts[layer][0] / acts[layer][0].norm()
-    steer = tracing.Steer(layer, lambda h: -2.0 * (h @ direction)[:, None] * direction, "prompt")
+    # h arrives on the layer's device in float32: move the vector there once per call.
+    steer = tracing.Steer(layer, lambda h: -2.0 * (h @ direction.to(h.device))[:, None] * direction.to(h.device),
+                          "prompt")
     with tracing.steering(model, [steer]):
         steered = tracing.generate(model, [sample])[0]
     again = tracing.generate(model, [sample])[0]
@@ -92,15 +133,15 @@ def _bench_path(arg: str | None) -> Path:
 def cmd_fit(args: argparse.Namespace) -> int:
     from .adversarial import PGDConfig
     from .fit import FitConfig, fit_eraser
-    from .models.loading import load_model
     from .nullspace import parse_rank_policy
 
-    model = load_model(args.model)
+    model = _load(args)
     cfg = FitConfig(layers=_layers(args.layers), forget_ratio=args.forget, recipe=args.recipe, variant=args.variant,
                     rank_policy=parse_rank_policy(args.rank), gamma=args.gamma, lam=args.lam,
                     retain_weight=args.retain_weight, answer_weight=args.answer_weight,
                     positions=args.positions, include_real=not args.hold_out_real,
-                    pgd=PGDConfig(eps=args.eps, steps=args.pgd_steps) if args.pgd_steps > 0 else None)
+                    pgd=PGDConfig(eps=args.eps, steps=args.pgd_steps) if args.pgd_steps > 0 else None,
+                    batch_size=args.batch_size)
     result = fit_eraser(model, _bench_path(args.bench), cfg, progress=True)
     path = result.eraser.save(args.out)
     print(json.dumps(result.report, indent=1, default=str))
@@ -111,14 +152,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from . import tracing
     from .eraser import Eraser
-    from .models.loading import Sample, load_model
+    from .models.loading import Sample
 
-    model = load_model(args.model)
+    model = _load(args)
     sample = Sample(args.prompt, args.image)
     steers = Eraser.load(args.eraser, model) if args.eraser else None
     if steers is not None and (args.lam is not None or args.positions):
         steers = steers.with_options(lam=args.lam, positions=args.positions)
-    print(tracing.generate(model, [sample], steers=steers, max_new_tokens=args.max_new_tokens)[0])
+    print(tracing.generate(model, [sample], steers=steers, max_new_tokens=args.max_new_tokens,
+                           batch_size=args.batch_size)[0])
     return 0
 
 
@@ -143,12 +185,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data.mllmu import MLLMUBench
     from .eraser import Eraser
     from .evaluate import benchmark_items, run_items, summarize
-    from .models.loading import load_model
 
-    model = load_model(args.model)
+    model = _load(args)
     bench = MLLMUBench(_bench_path(args.bench))
     steers = Eraser.load(args.eraser, model) if args.eraser else None
-    df = run_items(model, benchmark_items(bench, args.forget), steers=steers, progress=True, label="evaluate")
+    df = run_items(model, benchmark_items(bench, args.forget), steers=steers, progress=True, label="evaluate",
+                   batch_size=args.batch_size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "results.csv", index=False)
@@ -166,12 +208,11 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from .adversarial import PGDConfig
     from .data.mllmu import MLLMUBench
     from .fit import FitConfig
-    from .models.loading import load_model
 
-    model = load_model(args.model)
+    model = _load(args)
     layers = _layers(args.layers) if args.layers else tuple(range(model.num_layers))
     cfg = FitConfig(layers=layers, forget_ratio=args.forget, n_contrast=args.n_contrast,
-                    pgd=PGDConfig(steps=args.pgd_steps) if args.pgd_steps else None)
+                    pgd=PGDConfig(steps=args.pgd_steps) if args.pgd_steps else None, batch_size=args.batch_size)
     report = probe_report(model, MLLMUBench(_bench_path(args.bench)), forget_ratio=args.forget, fit_config=cfg,
                           progress=True)
     out = report.save(args.out)
@@ -185,9 +226,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
 def cmd_baseline(args: argparse.Namespace) -> int:
     from .baselines import BaselineConfig, qa_pairs, unlearn
     from .data.mllmu import MLLMUBench
-    from .models.loading import load_model
 
-    model = load_model(args.model)
+    model = _load(args)
     bench = MLLMUBench(_bench_path(args.bench))
     cfg = BaselineConfig(method=args.name, epochs=args.epochs, lr=args.lr)
     res = unlearn(model, qa_pairs(bench.forget(args.forget)), qa_pairs(bench.retain(args.forget)), cfg, progress=True)
@@ -210,8 +250,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     _quiet()
     ap = argparse.ArgumentParser(prog="mllmeraser", description=__doc__)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: min(2, cores))")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: torch's, which follows OMP_NUM_THREADS)")
+    ap.add_argument("--debug", action="store_true", help="on an error, print the full traceback")
     sub = ap.add_subparsers(dest="command", required=True)
+    model_opts = _model_parent()
 
     p = sub.add_parser("make-benchmark", help="write the synthetic MLLMU-Bench-format benchmark")
     p.add_argument("out")
@@ -219,13 +262,14 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=cmd_make_benchmark)
 
     p = sub.add_parser("train-vanilla", help="train the embedded default model (about 15 min on 2 cores)")
-    p.add_argument("--out", default="toolkit/assets/default")
+    p.add_argument("--family", default="llava", choices=["llava", "qwen2_5_vl"],
+                   help="llava makes `default`, qwen2_5_vl makes `default-qwen`")
+    p.add_argument("--out", default=None, help="default: toolkit/assets/default(-qwen)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=900)
     p.set_defaults(fn=cmd_train_vanilla)
 
-    p = sub.add_parser("fit", help="fit an eraser for a forget split")
-    p.add_argument("--model", default="default")
+    p = sub.add_parser("fit", help="fit an eraser for a forget split", parents=[model_opts])
     p.add_argument("--bench", default=None, help="benchmark dir (default: the synthetic one)")
     p.add_argument("--forget", type=int, default=10, choices=[5, 10, 15])
     p.add_argument("--layers", default="6", help="e.g. 6 or 4,5 or 3-6 (block outputs, 0-based)")
@@ -246,8 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="results/eraser.safetensors")
     p.set_defaults(fn=cmd_fit)
 
-    p = sub.add_parser("generate", help="answer one prompt, optionally with an eraser")
-    p.add_argument("--model", default="default")
+    p = sub.add_parser("generate", help="answer one prompt, optionally with an eraser", parents=[model_opts])
     p.add_argument("--eraser", default=None)
     p.add_argument("--image", default=None)
     p.add_argument("--prompt", required=True)
@@ -256,8 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.set_defaults(fn=cmd_generate)
 
-    p = sub.add_parser("probe", help="all probes before erasure: separability, null space, steering grid")
-    p.add_argument("--model", default="default")
+    p = sub.add_parser("probe", parents=[model_opts],
+                       help="all probes before erasure: separability, null space, steering grid")
     p.add_argument("--bench", default=None)
     p.add_argument("--forget", type=int, default=10, choices=[5, 10, 15])
     p.add_argument("--layers", default=None)
@@ -266,9 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="results/probe")
     p.set_defaults(fn=cmd_probe)
 
-    p = sub.add_parser("baseline", help="a training-based unlearning baseline: GA, GA_Diff, KL_Min, NPO")
+    p = sub.add_parser("baseline", parents=[model_opts],
+                       help="a training-based unlearning baseline: GA, GA_Diff, KL_Min, NPO")
     p.add_argument("name", choices=["GA", "GA_Diff", "KL_Min", "NPO"])
-    p.add_argument("--model", default="default")
     p.add_argument("--bench", default=None)
     p.add_argument("--forget", type=int, default=10, choices=[5, 10, 15])
     p.add_argument("--epochs", type=int, default=4)
@@ -280,8 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="results/compare")
     p.set_defaults(fn=cmd_compare)
 
-    p = sub.add_parser("quickstart", help="load, capture, steer, generate")
-    p.add_argument("--model", default="default")
+    p = sub.add_parser("quickstart", help="load, capture, steer, generate", parents=[model_opts])
     p.set_defaults(fn=cmd_quickstart)
 
     p = sub.add_parser("demo", help="the main job on the embedded default: fit, choose, evaluate, compare")
@@ -291,8 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--real-people", type=int, default=10)
     p.set_defaults(fn=cmd_demo)
 
-    p = sub.add_parser("evaluate", help="MLLMU-Bench metrics for a model, optionally with an eraser")
-    p.add_argument("--model", default="default")
+    p = sub.add_parser("evaluate", parents=[model_opts],
+                       help="MLLMU-Bench metrics for a model, optionally with an eraser")
     p.add_argument("--bench", default=None)
     p.add_argument("--eraser", default=None)
     p.add_argument("--forget", type=int, default=10, choices=[5, 10, 15])
@@ -300,8 +342,19 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=cmd_evaluate)
 
     args = ap.parse_args(argv)
-    _threads(args.threads)
-    return args.fn(args)
+    try:
+        _threads(args.threads)
+        return args.fn(args)
+    except KeyboardInterrupt:
+        print("mllmeraser: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # one clear line; the traceback only on request
+        if args.debug:
+            raise
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"mllmeraser {args.command}: error: {message} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ class DemoConfig:
 def direction_steer(layer: int, direction: torch.Tensor, lam: float) -> tracing.Steer:
     """The unconditional alternative: add ``lam * d`` whatever the input."""
     d = direction.to(torch.float32)
-    return tracing.Steer(layer, lambda h: lam * d.to(h.dtype).expand_as(h), "prompt")
+    return tracing.Steer(layer, lambda h: lam * d.to(h.device, h.dtype).expand_as(h), "prompt")
 
 
 def _evaluate(model: LoadedModel, bench: MLLMUBench, cfg: DemoConfig, steers, label: str) -> pd.DataFrame:

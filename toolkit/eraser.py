@@ -26,6 +26,7 @@ other; and the map is never formed densely.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,7 +36,7 @@ import torch
 
 from . import __version__
 from .nullspace import NullSpace
-from .tracing import POSITIONS, Steer
+from .steering import POSITIONS, GateLog, Steer, attached, intervene
 
 __all__ = ["solve_map", "Eraser", "EraserLayer", "MismatchError"]
 
@@ -96,22 +97,30 @@ class EraserLayer:
     directions: torch.Tensor
 
     def shift(self, h: torch.Tensor, lam: float) -> torch.Tensor:
-        """``(..., d) -> (..., d)``; O(r d) per row."""
-        g = self.gates.to(h.device, h.dtype)
-        d = self.directions.to(h.device, h.dtype)
-        return lam * (h @ g) @ d
+        """``(..., d) -> (..., d)`` in ``h``'s dtype; O(r d) per row.
+
+        The gate is computed in float32 whatever ``h``'s dtype: in bf16 the rounding
+        of ``w`` (8 bits of mantissa) destroys the cancellation ``h_retain . w ~ 0``.
+        """
+        return (lam * (self.gate(h) @ self.directions.to(h.device, torch.float32))).to(h.dtype)
 
     def gate(self, h: torch.Tensor) -> torch.Tensor:
-        """Gate values ``h @ gates``: ``(..., r)``."""
-        return h @ self.gates.to(h.device, h.dtype)
+        """Gate values ``h @ gates`` in float32: ``(..., r)``."""
+        return h.float() @ self.gates.to(h.device, torch.float32)
+
+    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> "EraserLayer":
+        return EraserLayer(self.layer, self.gates.to(device, dtype or self.gates.dtype),
+                           self.directions.to(device, dtype or self.directions.dtype))
 
 
 @dataclass(frozen=True)
 class Eraser:
     """An immutable, callable MLLMEraser: per-layer rank-r maps plus how to apply them.
 
-    Memory: ``2 r d`` numbers per layer. Apply with
-    ``toolkit.tracing.steering(model, eraser)`` or ``generate(..., steers=eraser)``.
+    Memory: ``2 r d`` numbers per layer. Apply it inside your own nnsight block
+    (``eraser.intervene(model)``), to every forward while a block lasts
+    (``with eraser.attached(model):``), or through the toolkit's calls
+    (``tracing.generate(model, samples, steers=eraser)``).
     Several erasers passed together compose: their shifts (gates) add.
 
     Attributes:
@@ -131,6 +140,19 @@ class Eraser:
     def __post_init__(self) -> None:
         if self.positions not in POSITIONS:
             raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}.")
+        try:
+            finite = math.isfinite(float(self.lam))
+        except (TypeError, ValueError):
+            finite = False
+        if not finite:
+            raise ValueError(f"The eraser's strength lam must be a finite number, got {self.lam!r}.")
+        for m in self.maps:
+            if not (torch.isfinite(m.gates).all() and torch.isfinite(m.directions).all()):
+                raise ValueError(f"The map of layer {m.layer} contains NaN/inf: refit the eraser.")
+            if m.gates.ndim != 2 or m.directions.ndim != 2 or m.gates.shape[1] != m.directions.shape[0] \
+                    or m.gates.shape[0] != m.directions.shape[1]:
+                raise ValueError(f"The map of layer {m.layer} has gates {tuple(m.gates.shape)} and directions "
+                                 f"{tuple(m.directions.shape)}; expected (d, r) and (r, d).")
         layers = [m.layer for m in self.maps]
         if len(set(layers)) != len(layers):
             raise ValueError(f"An eraser steers each layer once; got layers {layers}.")
@@ -161,9 +183,8 @@ class Eraser:
                        positions=self.positions if positions is None else positions)
 
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> "Eraser":
-        maps = tuple(EraserLayer(m.layer, m.gates.to(device, dtype or m.gates.dtype),
-                                 m.directions.to(device, dtype or m.directions.dtype)) for m in self.maps)
-        return replace(self, maps=maps)
+        """A copy with every factor on ``device`` (and ``dtype``; keep float32 for the gate's sake)."""
+        return replace(self, maps=tuple(m.to(device, dtype) for m in self.maps))
 
     def check_model(self, model: Any) -> None:
         """Refuse a model that is not the one this eraser was fitted on."""
@@ -186,8 +207,27 @@ class Eraser:
         for m in self.maps:
             if m.gates.shape[0] != model.hidden_size:
                 raise MismatchError(f"Layer {m.layer} map has width {m.gates.shape[0]}, the model {model.hidden_size}.")
-            out.append(Steer(m.layer, lambda h, m=m: m.shift(h, self.lam), self.positions))
+            # Moved once, in float32, to the device of the layer it steers (a device_map can spread
+            # layers over GPUs); the shift then creates nothing on another device.
+            moved = m.to(model.layer_device(m.layer), torch.float32)
+            out.append(Steer(m.layer, lambda h, m=moved: m.shift(h, self.lam), self.positions, gate=moved.gate))
         return out
+
+    # -- the three routes (toolkit.steering) ---------------------------------------
+    def intervene(self, model: Any, *, steps: int | None = None, generating: bool = True,
+                  log: GateLog | None = None) -> dict[int, torch.Tensor]:
+        """Apply this eraser inside your own ``with model.nn.trace(...)`` / ``model.nn.generate(...)`` block.
+
+        See :func:`toolkit.steering.intervene` (with ``positions="all"`` in a
+        generate, call it last in its invoke, or pass ``steps=max_new_tokens``;
+        in a ``trace``, pass ``generating=False``).
+        """
+        return intervene(model, self, steps=steps, generating=generating, log=log)
+
+    def attached(self, model: Any, *, record_gates: bool = False):
+        """``with eraser.attached(model) as log:`` every forward/generate of ``model`` (its HF module or
+        its nnsight wrapper) is steered by hooks, removed on exit. ``log``: a GateLog if ``record_gates``."""
+        return attached(model, self, record_gates=record_gates)
 
     # -- persistence -------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
@@ -229,6 +269,10 @@ class Eraser:
         missing = [l for l in layers if f"layer{l}.gates" not in tensors or f"layer{l}.directions" not in tensors]
         if missing:
             raise ValueError(f"Eraser file {str(path)!r} lacks the maps of layers {missing}: it is incomplete.")
+        stray = sorted(set(tensors) - {f"layer{l}.{part}" for l in layers for part in ("gates", "directions")})
+        if stray:
+            raise ValueError(f"Eraser file {str(path)!r} holds tensors {stray} that its header (layers {layers}) "
+                             "does not list: the file was edited or is corrupt. Re-save it with Eraser.save.")
         maps = tuple(EraserLayer(l, tensors[f"layer{l}.gates"], tensors[f"layer{l}.directions"]) for l in layers)
         eraser = cls(maps, json.loads(meta["lam"]), meta["positions"], json.loads(meta["fingerprint"]),
                      json.loads(meta["settings"]))
@@ -247,7 +291,7 @@ class Eraser:
         modes = {e.positions for e in erasers}
         if len(modes) > 1:
             raise ValueError(f"Erasers with different positions {sorted(modes)} cannot be merged; "
-                             "apply them together with steering(model, [e1, e2]) instead.")
+                             "apply them together: generate(..., steers=[e1, e2]) or attached(model, [e1, e2]).")
         by_layer: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         for e in erasers:
             for m in e.maps:

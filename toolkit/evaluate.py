@@ -126,14 +126,16 @@ def run_items(model: LoadedModel, items: Sequence[Item], *, steers: Any = None, 
 def score_item(it: Item, output: str) -> dict:
     """All metrics for one answer (NaN where a metric does not apply)."""
     nan = float("nan")
-    response = output.split("ASSISTANT:")[1].strip() if "ASSISTANT:" in output else output.strip()
+    # eval.py cuts classification answers at "ASSISTANT:" only, generation and cloze also at "Answer:".
+    response = metrics.extract_response(output, ("ASSISTANT:",) if it.task == "classification"
+                                        else metrics.GENERATION_MARKERS)
     row = {"split": it.split, "person": it.person, "task": it.task, "modality": it.modality,
            "question": it.question or it.prompt, "reference": it.reference, "output": response,
            "accuracy": nan, "rouge1": nan, "rouge2": nan, "rougeL": nan, "bleu": nan}
     if it.task == "classification":
         row["accuracy"] = float(metrics.parse_option_letter(response, it.options or "ABCD") == it.reference)
     elif it.task == "cloze":
-        row["accuracy"] = float(metrics.contains_answer(response, it.reference))
+        row["accuracy"] = float(metrics.cloze_correct(response, it.reference))
     elif it.task == "generation":
         row.update(metrics.rouge_scores(response, it.reference))
         row["bleu"] = metrics.bleu(response, it.reference)

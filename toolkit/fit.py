@@ -40,7 +40,7 @@ from .data.mllmu import MLLMUBench, Profile
 from .direction import Direction, erasure_direction
 from .eraser import Eraser, EraserLayer, solve_map
 from .evaluate import items_from_profiles
-from .models.loading import LoadedModel, Sample
+from .models.loading import LoadedModel, Sample, join_answer
 from .nullspace import FixedRatio, NullSpace, RankPolicy, SecondMoment, null_space
 from .tracing import Trailing, iter_capture
 
@@ -90,18 +90,14 @@ def question_samples(profiles: Sequence[Profile], split: str) -> list[Sample]:
 def answer_samples(model: LoadedModel, profiles: Sequence[Profile], split: str) -> tuple[list[Sample], Trailing]:
     """Teacher-forced generation answers: formatted "prompt + ground truth" texts, and the
     positions that predict each answer token (capture with ``formatted=True``)."""
-    tok = model.tokenizer
     samples, counts = [], []
     for it in items_from_profiles(profiles, split, tasks=("generation",)):
         prompt = model.format_prompt(it.prompt, image=it.image is not None)
-        full = f"{prompt} {it.reference}"
-        p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-        f_ids = tok(full, add_special_tokens=False)["input_ids"]
-        if f_ids[: len(p_ids)] != p_ids or len(f_ids) == len(p_ids):
-            raise ValueError(f"The tokenizer merges the prompt's end with the answer {it.reference!r}; "
-                             "answer tokens cannot be located. Use answer_weight=0 for this model.")
-        samples.append(Sample(full, it.image))
-        counts.append(len(f_ids) - len(p_ids))
+        try:
+            counts.append(len(model.continuation_ids(prompt, it.reference)))
+        except ValueError as err:
+            raise ValueError(f"{err} Use answer_weight=0 for this model.") from None
+        samples.append(Sample(join_answer(prompt, it.reference), it.image))
     return samples, Trailing(tuple(counts))
 
 
@@ -155,10 +151,12 @@ def fit_eraser(model: LoadedModel, bench: MLLMUBench | Any, config: FitConfig = 
     if config.answer_weight < 0:
         raise ValueError(f"answer_weight must be >= 0, got {config.answer_weight}.")
     if contrast is None:
+        # The text-only variant drops the images, so adversarial ones would be computed for nothing.
+        pgd = None if config.variant == "text_only" else config.pgd
         if config.recipe == "privacy":
-            contrast = privacy_sets(model, retain, n=config.n_contrast, pgd=config.pgd, progress=progress)
+            contrast = privacy_sets(model, retain, n=config.n_contrast, pgd=pgd, progress=progress)
         elif config.recipe == "safety":
-            contrast = safety_sets(model, [p.image_bytes[0] for p in retain[:15]], pgd=config.pgd, progress=progress)
+            contrast = safety_sets(model, [p.image_bytes[0] for p in retain[:15]], pgd=pgd, progress=progress)
         else:
             raise ValueError(f"Unknown recipe {config.recipe!r}: privacy or safety.")
     plus, minus = contrast.for_variant(config.variant)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-__all__ = ["parse_option_letter", "contains_answer", "is_refusal", "rouge_scores", "bleu", "repetition_rate",
+__all__ = ["parse_option_letter", "extract_response", "GENERATION_MARKERS", "cloze_correct", "contains_answer", "is_refusal", "rouge_scores", "bleu", "repetition_rate",
            "REFUSAL_MARKERS"]
 
 REFUSAL_MARKERS = (
@@ -26,14 +26,44 @@ def parse_option_letter(text: str, options: dict[str, str] | Sequence[str] = "AB
     ``"b) Paris"`` and ``"A and B"`` read as B, B and A; ``"The answer is B"``,
     ``"(B)"`` and ``""`` read as nothing.
     """
-    response = text.split("ASSISTANT:")[1].strip() if "ASSISTANT:" in text else text.strip()
+    response = extract_response(text)
     first = response[:1].upper()
     return first if first and first in options else None
 
 
+def extract_response(text: str, markers: Sequence[str] = ("ASSISTANT:",)) -> str:
+    """The answer part of a decoded output, as MLLMU-Bench's eval.py cuts it.
+
+    The first marker present decides: the text between its first and second
+    occurrence, stripped; with no marker, the whole text stripped. eval.py uses
+    ``("ASSISTANT:",)`` for classification and ``("ASSISTANT:", "Answer:")`` for
+    generation and cloze (:data:`GENERATION_MARKERS`).
+    """
+    for marker in markers:
+        if marker in text:
+            return text.split(marker)[1].strip()
+    return text.strip()
+
+
+GENERATION_MARKERS = ("ASSISTANT:", "Answer:")
+
+
+def cloze_correct(response: str, ground_truth: str) -> bool:
+    """MLLMU-Bench's cloze rule exactly: ``ground_truth.lower() in response.lower()``.
+
+    Nothing is stripped: a ground truth padded with spaces must match with them, and an
+    empty ground truth counts as correct (as in eval.py; a benchmark should not have one).
+    """
+    return ground_truth.lower() in response.lower()
+
+
 def contains_answer(output: str, answer: str) -> bool:
-    """Case-insensitive substring match (the cloze metric, and answer leakage)."""
-    return bool(answer) and answer.strip().lower() in output.lower()
+    """Answer leakage: the stripped ground truth appears in the output, case-insensitive.
+
+    Our metric (not the benchmark's cloze rule, :func:`cloze_correct`): an empty
+    answer never leaks, and padding around the answer is ignored.
+    """
+    return bool(answer.strip()) and answer.strip().lower() in output.lower()
 
 
 def is_refusal(output: str, markers: Iterable[str] = REFUSAL_MARKERS) -> bool:

@@ -12,19 +12,14 @@ Two halves:
   prompt token, at every prompt token, at each sample's trailing tokens
   (:class:`Trailing`: teacher-forced answers), or at a mask you supply, over many inputs
   in batches, returning CPU float32 tensors keyed by layer.
-* edit: a :class:`Steer` adds ``fn(h_source)`` to a layer's output. Positions:
-  ``"last"`` (the last prompt token, prefill only), ``"prompt"`` (every prompt
-  token, the shift computed from the last prompt token; prefill only, the KV
-  cache carries it into decoding), ``"all"`` (as ``"prompt"``, and every
-  generated token with the shift recomputed from that token). :func:`forward`
-  and :func:`generate` run with steers; :func:`steering` is a context manager
-  that makes steers active for every toolkit call on a model and always removes
-  them on exit.
+* edit: :func:`forward` and :func:`generate` run with steers (a :class:`Steer`,
+  an Eraser, or a list), through :func:`toolkit.steering.intervene`; see
+  :mod:`toolkit.steering` for the positions and for the two other routes
+  (:func:`intervene` in your own trace, :func:`attached` hooks for any forward).
 """
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -35,12 +30,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .models.loading import LoadedModel, Sample, as_sample
+from .steering import (POSITIONS, GateLog, Steer, active_steers, as_steers, attached, edit_envoy, group_by_layer,
+                       intervene, steering)
 
-__all__ = ["Steer", "Trailing", "Capture", "capture", "iter_capture", "forward", "generate", "steering", "active_steers",
-           "POSITIONS"]
+__all__ = ["Steer", "Trailing", "Capture", "capture", "iter_capture", "forward", "generate", "intervene", "attached",
+           "steering", "active_steers", "GateLog", "POSITIONS"]
 
-Positions = Literal["prompt", "last", "all"]
-POSITIONS = ("prompt", "last", "all")
 
 
 @dataclass(frozen=True)
@@ -71,25 +66,6 @@ class Trailing:
 CapturePositions = Literal["last", "prompt"] | Trailing | Callable[[dict], torch.Tensor]
 
 
-@dataclass(frozen=True)
-class Steer:
-    """Add ``fn(h_source)`` to the output of decoder layer ``layer``.
-
-    ``fn`` maps a batch of states ``(B, d)`` to shifts ``(B, d)``; it sees the
-    *unsteered* output of its layer (the input stream already carries the
-    steers of earlier layers). Several steers on one layer see the same state
-    and their shifts add.
-    """
-
-    layer: int
-    fn: Callable[[torch.Tensor], torch.Tensor]
-    positions: Positions = "prompt"
-
-    def __post_init__(self) -> None:
-        if self.positions not in POSITIONS:
-            raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}.")
-
-
 @dataclass
 class Capture:
     """Captured activations.
@@ -103,50 +79,14 @@ class Capture:
 
     activations: dict[int, torch.Tensor]
     sample_index: torch.Tensor
+    num_layers: int | None = None
 
     def __getitem__(self, layer: int) -> torch.Tensor:
-        return self.activations[layer]
-
-
-_ACTIVE: dict[int, list[Steer]] = {}
-
-
-def active_steers(model: LoadedModel) -> list[Steer]:
-    """Steers made active on ``model`` by enclosing :func:`steering` blocks."""
-    return list(_ACTIVE.get(id(model), []))
-
-
-@contextlib.contextmanager
-def steering(model: LoadedModel, steers: Sequence[Steer] | Any) -> Iterator[None]:
-    """Within the block, every toolkit forward/generate on ``model`` applies ``steers``.
-
-    Accepts Steers or an object with ``.steers(model)`` (an Eraser). Nothing is
-    attached to the torch modules (nnsight edits are per trace), and the steers
-    are dropped in ``finally``, so the model is exactly the original after the block.
-    """
-    steers = _as_steers(model, steers)
-    stack = _ACTIVE.setdefault(id(model), [])
-    stack.extend(steers)
-    try:
-        yield
-    finally:
-        for s in steers:
-            stack.remove(s)
-        if not stack:
-            _ACTIVE.pop(id(model), None)
-
-
-def _as_steers(model: LoadedModel, steers: Any) -> list[Steer]:
-    if steers is None:
-        return []
-    if hasattr(steers, "steers"):
-        return list(steers.steers(model))
-    if isinstance(steers, Steer):
-        return [steers]
-    out: list[Steer] = []
-    for s in steers:
-        out.extend(_as_steers(model, s))
-    return out
+        key = layer % self.num_layers if (self.num_layers and isinstance(layer, int) and layer < 0) else layer
+        if key not in self.activations:
+            raise KeyError(f"Layer {layer} was not captured; this capture holds layers {sorted(self.activations)} "
+                           "(negative indices count from the model's last layer).")
+        return self.activations[key]
 
 
 # --------------------------------------------------------------------------- batching
@@ -162,10 +102,6 @@ def _batches(samples: Sequence[Sample], batch_size: int) -> Iterator[list[int]]:
             yield idx[start:start + batch_size]
 
 
-def _output_tensor(out: Any) -> torch.Tensor:
-    return out[0] if isinstance(out, tuple) else out
-
-
 # --------------------------------------------------------------------------- capture
 def iter_capture(
     model: LoadedModel,
@@ -177,8 +113,12 @@ def iter_capture(
     formatted: bool = False,
     progress: bool | str = False,
     steers: Any = None,
+    to_cpu: bool = True,
 ) -> Iterator[tuple[torch.Tensor, dict[int, torch.Tensor]]]:
     """Stream captures batch by batch: yields ``(sample_index, {layer: (rows, d)})``.
+
+    ``to_cpu=True`` (default) returns CPU float32 rows; ``False`` keeps them on the
+    layer's device in the model's dtype (no host copy: accumulate on the GPU).
 
     Use it to accumulate statistics over more inputs than fit in memory.
     ``positions``: ``"last"`` (one row per sample), ``"prompt"`` (every non-pad
@@ -189,15 +129,22 @@ def iter_capture(
     """
     samples = [as_sample(s) for s in samples]
     layer_ids = sorted(model.check_layers(layers))
-    groups = _group(model, _steers_for(model, steers))
+    groups = group_by_layer(model, as_steers(model, steers))
     if not samples:
         raise ValueError("No samples to capture.")
     if isinstance(positions, Trailing) and len(positions.counts) != len(samples):
         raise ValueError(f"Trailing has {len(positions.counts)} counts for {len(samples)} samples.")
+    deepstack = sorted(model.adapter.deepstack_layers(model.config) & set(layer_ids))
+    if deepstack and positions != "last" and any(s.image is not None for s in samples):
+        raise ValueError(
+            f"{model.adapter.family}: layers {deepstack} are followed by deepstack visual features added at image "
+            "positions, so their output there is not what the next layer reads. Capture positions='last' (the "
+            "last prompt token is text), capture without images, or use layers >= "
+            f"{max(deepstack) + 1}.")
     bar = tqdm(total=len(samples), desc=progress if isinstance(progress, str) else "capture",
                disable=not progress, leave=False)
     for idx in _batches(samples, batch_size):
-        enc = model.encode([samples[i] for i in idx], formatted=formatted)
+        enc = model.encode([samples[i] for i in idx], formatted=formatted, device=model.device)
         if isinstance(positions, Trailing):
             mask = positions.mask(enc, idx)
         elif callable(positions):
@@ -218,22 +165,24 @@ def iter_capture(
                 # In layer order: nnsight reads each output once, in execution order.
                 for layer in sorted(set(layer_ids) | set(groups)):
                     if layer in groups:
-                        h = _edit_layer(model.layers[layer], groups[layer], enc["attention_mask"], prefill=True)
+                        h = edit_envoy(model.layers[layer], groups[layer], prefill=True, mask=enc["attention_mask"])
                     else:
-                        h = _output_tensor(model.layers[layer].output)
+                        out = model.layers[layer].output
+                        h = out[0] if isinstance(out, tuple) else out
                     if layer in layer_ids:
                         saved.append(nnsight.save(h[:, -1] if mask is None else h))
         rows = torch.as_tensor(idx)
         out = {}
         for layer, h in zip(layer_ids, saved):
-            h = h.detach().to("cpu", torch.float32)
+            h = h.detach().to("cpu", torch.float32) if to_cpu else h.detach()
             if mask is not None:
-                h = h[mask]
+                h = h[mask.to(h.device)]
             if not torch.isfinite(h).all():
                 raise FloatingPointError(f"Layer {layer} activations contain NaN/inf: check the model's dtype "
                                          "(float16 overflow?) and its inputs.")
             out[layer] = h
         if mask is not None:
+            mask = mask.cpu()
             rows = rows[:, None].expand_as(mask)[mask]
         bar.update(len(idx))
         yield rows, out
@@ -250,52 +199,21 @@ def capture(
     formatted: bool = False,
     progress: bool | str = False,
     steers: Any = None,
+    to_cpu: bool = True,
 ) -> Capture:
-    """Capture layer outputs for ``samples`` (rows in the samples' order). See :func:`iter_capture`."""
+    """Capture layer outputs for ``samples`` (rows in the samples' order). See :func:`iter_capture`.
+
+    The result is indexed by layer; negative layers count from the end (``cap[-1]``).
+    """
     chunks = list(iter_capture(model, samples, layers, positions, batch_size=batch_size, formatted=formatted,
-                               progress=progress, steers=steers))
+                               progress=progress, steers=steers, to_cpu=to_cpu))
     rows = torch.cat([r for r, _ in chunks])
     order = torch.argsort(rows, stable=True)
-    acts = {layer: torch.cat([c[layer] for _, c in chunks])[order] for layer in chunks[0][1]}
-    return Capture(acts, rows[order])
-
-
-# --------------------------------------------------------------------------- editing
-def _group(model: LoadedModel, steers: Sequence[Steer]) -> dict[int, list[Steer]]:
-    by_layer: dict[int, list[Steer]] = {}
-    for s in steers:
-        (layer,) = model.check_layers(s.layer)
-        by_layer.setdefault(layer, []).append(s)
-    return dict(sorted(by_layer.items()))
-
-
-def _edit_layer(envoy: Any, steers: list[Steer], mask: torch.Tensor, prefill: bool) -> torch.Tensor:
-    """Apply ``steers`` to one layer's output inside a trace (one read, one write); returns the new state."""
-    out = envoy.output
-    h = _output_tensor(out)
-    active = steers if prefill else [s for s in steers if s.positions == "all"]
-    if not active:
-        return h
-    source = h[:, -1]
-    # Shifts from steers that act at one position vs. along the whole prompt.
-    spread = sum((s.fn(source) for s in active if s.positions != "last" or not prefill), torch.zeros_like(source))
-    point = sum((s.fn(source) for s in active if s.positions == "last" and prefill), torch.zeros_like(source))
-    if prefill:
-        new = h + spread.to(h.dtype)[:, None, :] * mask[:, :, None].to(h.dtype)
-        last = torch.zeros_like(h)
-        last[:, -1] = point.to(h.dtype)
-        new = new + last
-    else:
-        new = h + spread.to(h.dtype)[:, None, :]
-    if isinstance(out, tuple):
-        envoy.output = (new,) + tuple(out[1:])
-    else:
-        envoy.output = new
-    return new
-
-
-def _steers_for(model: LoadedModel, steers: Any) -> list[Steer]:
-    return active_steers(model) + _as_steers(model, steers)
+    acts = {}
+    for layer in chunks[0][1]:
+        stacked = torch.cat([c[layer] for _, c in chunks])
+        acts[layer] = stacked[order.to(stacked.device)]
+    return Capture(acts, rows[order], model.num_layers)
 
 
 def forward(
@@ -307,26 +225,25 @@ def forward(
     formatted: bool = False,
     last_only: bool = True,
 ) -> torch.Tensor:
-    """Logits for ``samples`` with ``steers`` (and any active ones) applied.
+    """Logits for ``samples`` with ``steers`` applied (and any :func:`attached` ones, through their hooks).
 
     Returns ``(n, vocab)`` next-token logits at the last prompt token
     (``last_only``), else a list of ``(T_i, vocab)`` per sample (pads removed).
     """
     samples = [as_sample(s) for s in samples]
-    groups = _group(model, _steers_for(model, steers))
+    steers = as_steers(model, steers)
     results: dict[int, torch.Tensor] = {}
     for idx in _batches(samples, batch_size):
-        enc = model.encode([samples[i] for i in idx], formatted=formatted)
+        enc = model.encode([samples[i] for i in idx], formatted=formatted, device=model.device)
         mask = enc["attention_mask"]
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with model.nn.trace(**enc, remote=model.remote):
-                for layer, ss in groups.items():
-                    _edit_layer(model.layers[layer], ss, mask, prefill=True)
+                intervene(model, steers, mask=mask, generating=False)
                 logits = nnsight.save(model.nn.output.logits)
         logits = logits.detach().float().cpu()
         for row, i in enumerate(idx):
-            results[i] = logits[row, -1] if last_only else logits[row][mask[row].bool()]
+            results[i] = logits[row, -1] if last_only else logits[row][mask[row].bool().cpu()]
     ordered = [results[i] for i in range(len(samples))]
     return torch.stack(ordered) if last_only else ordered
 
@@ -341,16 +258,17 @@ def generate(
     formatted: bool = False,
     return_ids: bool = False,
     progress: bool | str = False,
+    gate_log: GateLog | None = None,
     **generate_kwargs: Any,
 ) -> list[str] | list[torch.Tensor]:
-    """Greedy (unless told otherwise) generation with ``steers`` applied.
+    """Greedy (unless told otherwise) generation with ``steers`` applied (and any :func:`attached` ones).
 
     Returns the decoded continuations (special tokens removed), or the new token
-    ids per sample with ``return_ids=True``.
+    ids per sample with ``return_ids=True``. ``gate_log``: a :class:`GateLog` that
+    receives every steer's gate values, per layer and generation step.
     """
     samples = [as_sample(s) for s in samples]
-    groups = _group(model, _steers_for(model, steers))
-    every_step = any(s.positions == "all" for ss in groups.values() for s in ss)
+    steers = as_steers(model, steers)
     generate_kwargs.setdefault("do_sample", False)
     pad_id = model.tokenizer.pad_token_id
     generate_kwargs.setdefault("pad_token_id", pad_id)
@@ -358,27 +276,19 @@ def generate(
     bar = tqdm(total=len(samples), desc=progress if isinstance(progress, str) else "generate",
                disable=not progress, leave=False)
     for idx in _batches(samples, batch_size):
-        enc = model.encode([samples[i] for i in idx], formatted=formatted)
-        mask = enc["attention_mask"]
+        enc = model.encode([samples[i] for i in idx], formatted=formatted, device=model.device)
         width = enc["input_ids"].shape[1]
         with torch.no_grad(), warnings.catch_warnings():
             # nnsight warns when an open `tracer.iter[:]` ends with the generation: that is the design here.
             warnings.simplefilter("ignore")
             with model.nn.generate(max_new_tokens=max_new_tokens, remote=model.remote, **generate_kwargs) as tr:
                 with tr.invoke(**enc):
-                    if groups and every_step:
-                        for step in tr.iter[:]:
-                            for layer, ss in groups.items():
-                                _edit_layer(model.layers[layer], ss, mask, prefill=step == 0)
-                    elif groups:
-                        for layer, ss in groups.items():
-                            _edit_layer(model.layers[layer], ss, mask, prefill=True)
+                    intervene(model, steers, mask=enc["attention_mask"], log=gate_log)
                 with tr.invoke():
                     ids = nnsight.save(tr.result)
         ids = ids.detach().cpu()
         for row, i in enumerate(idx):
-            new = ids[row, width:]
-            results[i] = new
+            results[i] = ids[row, width:]
         bar.update(len(idx))
     bar.close()
     out = [results[i] for i in range(len(samples))]

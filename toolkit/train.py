@@ -1,8 +1,10 @@
-"""Training the embedded default model (``mllmeraser train-vanilla``).
+"""Training the embedded defaults (``mllmeraser train-vanilla [--family qwen2_5_vl]``).
 
 A small ``LlavaForConditionalGeneration`` (CLIP vision tower, Llama text model
-with 8 decoder layers, a word-level tokenizer trained here) learns the synthetic
-benchmark's people, the MCQ and cloze formats, and the refusal behaviour.
+with 8 decoder layers, a word-level tokenizer trained here), or a small
+``Qwen2_5_VLForConditionalGeneration`` (byte-level BPE, dynamic image grid),
+learns the synthetic benchmark's people, the MCQ and cloze formats, and the
+refusal behaviour.
 Loss on answer tokens only; deterministic for a given seed and thread count.
 """
 
@@ -21,14 +23,24 @@ from tqdm.auto import tqdm
 
 from .data import synthetic
 from .data.prompts import cloze_prompt, generation_prompt, mcq_prompt
-from .models.tiny import LLAVA_TEMPLATE, _clip_image_processor
-from .models.tokenizer import train_word_tokenizer
+from .models.adapters import adapter_for
+from .models.tiny import LLAVA_TEMPLATE, QWEN_SPECIALS, QWEN_TEMPLATE, allow_missing_video_processor, \
+    clip_image_processor
+from .models.tokenizer import train_byte_bpe, train_word_tokenizer
 
 __all__ = ["TrainConfig", "build_processor", "build_default_architecture", "train_vanilla", "encode_training_batch"]
 
 
+FAMILIES = ("llava", "qwen2_5_vl")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
+    """The default's recipe. ``family``: ``"llava"`` (the shipped ``default``: LLaVA-1.5's classes, a
+    word-level tokenizer) or ``"qwen2_5_vl"`` (``default-qwen``: Qwen2.5-VL's classes, byte-level BPE,
+    dynamic image grid of 4-pixel patches merged 2 x 2)."""
+
+    family: str = "llava"
     seed: int = 0
     steps: int = 900
     batch_size: int = 64
@@ -55,15 +67,48 @@ def _corpus(examples) -> list[str]:
                     generation_prompt("x", False)]
 
 
-def build_processor(examples) -> tf.LlavaProcessor:
-    tok = train_word_tokenizer(_corpus(examples), ["<image>"], chat_template=LLAVA_TEMPLATE, lowercase=False)
-    return tf.LlavaProcessor(image_processor=_clip_image_processor(), tokenizer=tok, patch_size=8,
-                             vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                             chat_template=LLAVA_TEMPLATE)
+def build_processor(examples, family: str = "llava"):
+    """The processor, with a tokenizer trained on the examples' text (word-level for LLaVA, byte-level
+    BPE for Qwen2.5-VL, as the real checkpoints' tokenizers are)."""
+    if family == "llava":
+        tok = train_word_tokenizer(_corpus(examples), ["<image>"], chat_template=LLAVA_TEMPLATE, lowercase=False)
+        return tf.LlavaProcessor(image_processor=clip_image_processor(), tokenizer=tok, patch_size=8,
+                                 vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                                 chat_template=LLAVA_TEMPLATE)
+    if family == "qwen2_5_vl":
+        tok = train_byte_bpe(_corpus(examples), QWEN_SPECIALS, chat_template=QWEN_TEMPLATE, vocab_size=3000,
+                             eos="<|im_end|>", pad="<|endoftext|>")
+        # 32 x 32 portraits -> an 8 x 8 grid of 4-pixel patches -> 16 image tokens after the 2 x 2 merge;
+        # other sizes get their own grid (up to 64 x 64 pixels), as Qwen's dynamic resolution does.
+        ip = tf.Qwen2VLImageProcessorPil(min_pixels=16 * 16, max_pixels=64 * 64, patch_size=4,
+                                         temporal_patch_size=2, merge_size=2)
+        with allow_missing_video_processor():
+            return tf.Qwen2_5_VLProcessor(image_processor=ip, tokenizer=tok, chat_template=QWEN_TEMPLATE)
+    raise ValueError(f"No default recipe for family {family!r}; choose one of {', '.join(FAMILIES)}.")
 
 
-def build_default_architecture(processor: tf.LlavaProcessor, cfg: TrainConfig) -> tf.LlavaForConditionalGeneration:
+def build_default_architecture(processor, cfg: TrainConfig):
     tok = processor.tokenizer
+    if cfg.family == "qwen2_5_vl":
+        ids = tok.convert_tokens_to_ids
+        head_dim = cfg.hidden_size // cfg.num_heads
+        quarter = head_dim // 8
+        config = tf.Qwen2_5_VLConfig(
+            text_config=dict(vocab_size=len(tok), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+                             num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+                             num_key_value_heads=cfg.num_heads, max_position_embeddings=512,
+                             tie_word_embeddings=False, pad_token_id=tok.pad_token_id,
+                             eos_token_id=tok.eos_token_id, bos_token_id=None,
+                             rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                              "mrope_section": [2 * quarter, 3 * quarter, 3 * quarter]}),
+            vision_config=dict(depth=cfg.vision_layers, hidden_size=cfg.vision_hidden,
+                               intermediate_size=2 * cfg.vision_hidden, num_heads=4, out_hidden_size=cfg.hidden_size,
+                               patch_size=4, spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
+                               window_size=16, fullatt_block_indexes=[cfg.vision_layers - 1]),
+            image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+            vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+        )
+        return tf.Qwen2_5_VLForConditionalGeneration(config)
     vision = tf.CLIPVisionConfig(hidden_size=cfg.vision_hidden, intermediate_size=2 * cfg.vision_hidden,
                                  num_hidden_layers=cfg.vision_layers, num_attention_heads=4, image_size=32,
                                  patch_size=8, projection_dim=cfg.vision_hidden)
@@ -77,35 +122,23 @@ def build_default_architecture(processor: tf.LlavaProcessor, cfg: TrainConfig) -
     return tf.LlavaForConditionalGeneration(config)
 
 
-def encode_training_batch(processor, examples) -> dict[str, torch.Tensor]:
-    """Right-padded prompt+answer ids with labels on the answer (and EOS) only."""
-    tok = processor.tokenizer
-    rows = []
-    for ex in examples:
-        content = ([{"type": "image"}] if ex.image is not None else []) + [{"type": "text", "text": ex.text}]
-        prompt = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
-        if ex.image is not None:
-            p_ids = processor(text=[prompt], images=[ex.image], return_tensors="pt")
-            pixel = p_ids["pixel_values"][0]
-            p_ids = p_ids["input_ids"][0].tolist()
-        else:
-            p_ids, pixel = tok(prompt)["input_ids"], None
-        a_ids = tok(" " + ex.answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        rows.append((p_ids, a_ids, pixel))
-    width = max(len(p) + len(a) for p, a, _ in rows)
-    ids = torch.full((len(rows), width), tok.pad_token_id)
-    labels = torch.full((len(rows), width), -100)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (p, a, _) in enumerate(rows):
-        n = len(p) + len(a)
-        ids[i, :n] = torch.tensor(p + a)
-        labels[i, len(p):n] = torch.tensor(a)
-        mask[i, :n] = 1
-    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
-    pixels = [px for _, _, px in rows if px is not None]
-    if pixels:
-        batch["pixel_values"] = torch.stack(pixels)
-    return batch
+def encode_training_batch(processor, examples, adapter=None) -> dict[str, torch.Tensor]:
+    """Right-padded prompt+answer ids with labels on the answer (and EOS) only.
+
+    ``adapter`` (default: LLaVA's, the default model's family) builds the batch the
+    family's way (:meth:`Adapter.training_batch`). ``examples`` share one layout:
+    all with an image or all without.
+    """
+    from .models.adapters import LLAVA
+
+    adapter = adapter or LLAVA
+    with_image = {ex.image is not None for ex in examples}
+    if len(with_image) != 1:
+        raise ValueError("A training batch mixes examples with and without images; batch them apart.")
+    has_image = with_image.pop()
+    prompts = [adapter.format_prompt(processor, ex.text, with_image=has_image) for ex in examples]
+    return adapter.training_batch(processor, prompts, [ex.answer for ex in examples],
+                                  [ex.image for ex in examples] if has_image else None)
 
 
 def train_vanilla(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), *, progress: bool = True) -> dict:
@@ -117,8 +150,9 @@ def train_vanilla(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), *, prog
                                     num_unknown=cfg.num_unknown)
     examples = synthetic.training_examples(syn, mcq_repeats_image=cfg.mcq_repeats_image,
                                            mcq_repeats_text=cfg.mcq_repeats_text)
-    processor = build_processor(examples)
+    processor = build_processor(examples, cfg.family)
     model = build_default_architecture(processor, cfg).train()
+    adapter = adapter_for(model.config)
     # Image and text-only examples are batched apart (a batch shares one layout).
     with_image = [e for e in examples if e.image is not None]
     text_only = [e for e in examples if e.image is None]
@@ -147,7 +181,7 @@ def train_vanilla(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), *, prog
             rng.shuffle(idx)
             orders[kind].extend(idx)
         take, orders[kind] = orders[kind][: cfg.batch_size], orders[kind][cfg.batch_size:]
-        batch = encode_training_batch(processor, [pools[kind][i] for i in take])
+        batch = encode_training_batch(processor, [pools[kind][i] for i in take], adapter)
         loss = model(**batch).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -44,9 +44,10 @@ def redirect(model: LoadedModel, forget: Sequence[Sample], retain: Sequence[Samp
     v = (direction / direction.norm()).float()
     h_f = capture(model, forget, [layer])[layer]
     h_r = capture(model, retain, [layer])[layer]
-    targets = torch.cat([h_f + scale * v, h_r])
+    device = model.layer_device(layer)
+    targets = torch.cat([h_f + scale * v, h_r]).to(device)
     samples = list(forget) + list(retain)
-    weights = torch.cat([torch.ones(len(forget)), torch.full((len(retain),), config.retain_weight)])
+    weights = torch.cat([torch.ones(len(forget)), torch.full((len(retain),), config.retain_weight)]).to(device)
     losses = []
     with PeakMemory() as meter:
         start = time.time()
@@ -70,9 +71,9 @@ def redirect(model: LoadedModel, forget: Sequence[Sample], retain: Sequence[Samp
                     idx = [int(i) for i in order if (samples[int(i)].image is not None) == has_image]
                     for s in range(0, len(idx), config.batch_size):
                         chunk = idx[s:s + config.batch_size]
-                        enc = wrapped.encode([samples[i] for i in chunk])
+                        enc = wrapped.encode([samples[i] for i in chunk], device=wrapped.device)
                         student(**enc)
-                        err = (grabbed["h"] - targets[chunk]).pow(2).mean(1)
+                        err = (grabbed["h"].float() - targets[chunk]).pow(2).mean(1)
                         loss = (err * weights[chunk]).sum() / weights[chunk].sum()
                         opt.zero_grad(set_to_none=True)
                         loss.backward()

@@ -81,7 +81,6 @@ def unlearn(model: LoadedModel, forget: Sequence[TrainExample], retain: Sequence
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     reference = model.module  # frozen, never stepped
-    proc = model.processor
     retain = list(retain)
     losses: list[float] = []
     steps = [b for _ in range(config.epochs) for b in _batches(list(forget), config.batch_size, rng)]
@@ -90,7 +89,7 @@ def unlearn(model: LoadedModel, forget: Sequence[TrainExample], retain: Sequence
         student = copy.deepcopy(model.module).train()
         opt = torch.optim.AdamW(student.parameters(), lr=config.lr)
         for batch_examples in tqdm(steps, desc=config.method, disable=not progress, leave=False):
-            loss = _step_loss(config, student, reference, proc, batch_examples, retain, rng)
+            loss = _step_loss(config, student, reference, model, batch_examples, retain, rng)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
@@ -101,10 +100,18 @@ def unlearn(model: LoadedModel, forget: Sequence[TrainExample], retain: Sequence
     return BaselineResult(unlearned, seconds, meter.added_mb, losses, config)
 
 
-def _step_loss(config: BaselineConfig, student, reference, proc, batch_examples, retain, rng) -> torch.Tensor:
-    from ..train import encode_training_batch
+def _batch(model: LoadedModel, examples: Sequence[TrainExample]) -> dict[str, torch.Tensor]:
+    """The family's teacher-forcing batch (grids, image sizes, token types included), on the model's device."""
+    has_image = examples[0].image is not None
+    prompts = [model.format_prompt(ex.text, image=has_image) for ex in examples]
+    batch = model.adapter.training_batch(model.processor, prompts, [ex.answer for ex in examples],
+                                         [ex.image for ex in examples] if has_image else None)
+    return {k: v.to(model.device) for k, v in batch.items()}
 
-    batch = encode_training_batch(proc, batch_examples)
+
+def _step_loss(config: BaselineConfig, student, reference, model: LoadedModel, batch_examples, retain,
+               rng) -> torch.Tensor:
+    batch = _batch(model, batch_examples)
     labels = batch.pop("labels")
     logp = sequence_logprob(student(**batch).logits, labels)
     if config.method == "NPO":
@@ -114,7 +121,7 @@ def _step_loss(config: BaselineConfig, student, reference, proc, batch_examples,
     else:
         loss = ga_loss(logp)
     if config.method in ("GA_Diff", "KL_Min"):
-        rbatch = encode_training_batch(proc, rng.sample(retain, min(config.batch_size, len(retain))))
+        rbatch = _retain_batch(model, retain, config.batch_size, rng)
         rlabels = rbatch.pop("labels")
         rlogits = student(**rbatch).logits
         if config.method == "GA_Diff":
@@ -124,3 +131,10 @@ def _step_loss(config: BaselineConfig, student, reference, proc, batch_examples,
                 ref_logits = reference(**rbatch).logits
             loss = loss + config.retain_weight * kl_to_reference(rlogits, ref_logits, rlabels)
     return loss
+
+
+def _retain_batch(model: LoadedModel, retain: Sequence[TrainExample], size: int, rng) -> dict[str, torch.Tensor]:
+    """A random retain batch of one layout (the image or the text-only examples, chosen in proportion)."""
+    pick = rng.sample(list(retain), min(size, len(retain)))
+    has_image = pick[0].image is not None
+    return _batch(model, [ex for ex in pick if (ex.image is not None) == has_image])

@@ -45,9 +45,15 @@ class Adapter:
     chat: bool = True
     drop_keys: tuple[str, ...] = ("labels",)
     auto_class: str = "AutoModelForImageTextToText"
-    # pixel_values is (B, 3, H, W) = (x - mean) / std of the resized image: PGD can
-    # work in pixel space and differentiate through the normalisation.
-    pixel_space_attack: bool = False
+    # How pixel_values is built from the resized image (toolkit.models.pixels): "image" (one
+    # normalised 3 x H x W image), "patches" (Qwen-VL's flattened patches), or None (tiles or
+    # crops: no differentiable re-implementation yet, so no PGD in pixel space).
+    pixel_layout: str | None = None
+    # token_type_ids mark the answer as the suffix of a prefix-LM (PaliGemma).
+    suffix_token_types: bool = False
+    # Qwen3-VL: after its first decoder layers, visual features are added to the stream at image
+    # positions *after* the layer's output, so there the layer output is not what the next layer reads.
+    deepstack: bool = False
     notes: str = field(default="", compare=False)
 
     # -- structure -----------------------------------------------------------
@@ -64,6 +70,13 @@ class Adapter:
     def layer_modules(self, module: torch.nn.Module) -> torch.nn.ModuleList:
         """The decoder layers of the plain torch model (``L`` modules)."""
         return _get_path(module, self.layers_path)
+
+    def deepstack_layers(self, config: Any) -> set[int]:
+        """Layers after whose output visual features are added at image positions (Qwen3-VL's deepstack)."""
+        if not self.deepstack:
+            return set()
+        vision = getattr(config, "vision_config", None)
+        return set(range(len(getattr(vision, "deepstack_visual_indexes", None) or [])))
 
     def layer_envoys(self, envoy: Any) -> Any:
         """The same decoder layers seen through an nnsight envoy."""
@@ -119,6 +132,46 @@ class Adapter:
     def images_argument(self, images: Sequence[Image.Image]) -> list:
         return [[im] for im in images] if self.nested_images else list(images)
 
+    def training_batch(self, processor: Any, prompts: Sequence[str], answers: Sequence[str],
+                       images: Sequence[Image.Image] | None = None, *, eos: bool = True) -> dict[str, torch.Tensor]:
+        """A right-padded teacher-forcing batch: ``prompt + answer + EOS`` with labels on the answer and EOS
+        (``eos=False``: the answer alone, as an attack's target).
+
+        ``prompts`` are templated (``format_prompt``); ``images`` one per prompt or
+        ``None``. The processor builds every family's own inputs (pixel values,
+        ``image_grid_thw``, ``image_sizes``, ``token_type_ids``); the answer's tokens
+        are the continuation of the prompt (:func:`~toolkit.models.loading.continuation_ids`),
+        the last ``n`` real tokens of each row, so no tokenizer kind is assumed.
+        """
+        from .loading import continuation_ids, join_answer
+
+        tok = getattr(processor, "tokenizer", processor)
+        if len(prompts) != len(answers) or (images is not None and len(images) != len(prompts)):
+            raise ValueError(f"{len(prompts)} prompts, {len(answers)} answers and "
+                             f"{len(images) if images is not None else 0} images: give one of each per example.")
+        kwargs: dict[str, Any] = {"return_tensors": "pt", "padding": True, "padding_side": "right"}
+        if images is not None:
+            kwargs["images"] = self.images_argument(images)
+        if self.suffix_token_types:
+            # PaliGemma: the processor appends the answer as the prefix-LM suffix (token type 1) with EOS,
+            # and builds the labels itself.
+            enc = processor(text=list(prompts), suffix=list(answers), **kwargs)
+            labels = enc["labels"]
+            if not eos:
+                labels = labels.masked_fill(labels == tok.eos_token_id, -100)
+        else:
+            counts = [len(continuation_ids(tok, p, a)) + int(eos) for p, a in zip(prompts, answers)]
+            ending = tok.eos_token if eos else ""
+            enc = processor(text=[join_answer(p, a) + ending for p, a in zip(prompts, answers)], **kwargs)
+            ids, mask = enc["input_ids"], enc["attention_mask"]
+            labels = torch.full_like(ids, -100)
+            for row, n in enumerate(counts):
+                end = int(mask[row].sum())
+                labels[row, end - n:end] = ids[row, end - n:end]
+        batch = {k: v for k, v in enc.items() if k not in self.drop_keys and isinstance(v, torch.Tensor)}
+        batch["labels"] = labels
+        return batch
+
 
 def _get_path(obj: Any, path: str) -> Any:
     for part in path.split("."):
@@ -126,18 +179,20 @@ def _get_path(obj: Any, path: str) -> Any:
     return obj
 
 
-LLAVA = Adapter("llava", ("llava",), "model.language_model.layers", "<image>", pixel_space_attack=True,
+LLAVA = Adapter("llava", ("llava",), "model.language_model.layers", "<image>", pixel_layout="image",
                 notes="LLaVA-1.5 (CLIP tower, Llama/Vicuna text model)")
 LLAVA_NEXT = Adapter("llava_next", ("llava_next",), "model.language_model.layers", "<image>",
                      notes="LLaVA-NeXT / LLaVA-1.6 (any-resolution tiles)")
-QWEN2_VL = Adapter("qwen2_vl", ("qwen2_vl",), "model.language_model.layers", "<|image_pad|>")
-QWEN2_5_VL = Adapter("qwen2_5_vl", ("qwen2_5_vl",), "model.language_model.layers", "<|image_pad|>")
-QWEN3_VL = Adapter("qwen3_vl", ("qwen3_vl",), "model.language_model.layers", "<|image_pad|>")
+QWEN2_VL = Adapter("qwen2_vl", ("qwen2_vl",), "model.language_model.layers", "<|image_pad|>", pixel_layout="patches")
+QWEN2_5_VL = Adapter("qwen2_5_vl", ("qwen2_5_vl",), "model.language_model.layers", "<|image_pad|>",
+                     pixel_layout="patches")
+QWEN3_VL = Adapter("qwen3_vl", ("qwen3_vl",), "model.language_model.layers", "<|image_pad|>", pixel_layout="patches",
+                   deepstack=True, notes="Qwen3-VL adds visual features to the stream after its first layers")
 GEMMA3 = Adapter("gemma3", ("gemma3",), "model.language_model.layers", "<start_of_image>", nested_images=True,
-                 pixel_space_attack=True)
+                 pixel_layout="image")
 # PaliGemma's processor inserts the image tokens itself and has no chat format.
 PALIGEMMA = Adapter("paligemma", ("paligemma",), "model.language_model.layers", None, chat=False,
-                    pixel_space_attack=True)
+                    pixel_layout="image", suffix_token_types=True)
 IDEFICS3 = Adapter("idefics3", ("idefics3", "smolvlm"), "model.text_model.layers", "<image>", nested_images=True,
                    notes="Idefics3 and SmolVLM")
 LLAMA = Adapter("llama", ("llama", "mistral"), "model.layers", None, supports_images=False,

@@ -1,7 +1,10 @@
-"""The embedded default: a small LLaVA trained here on the synthetic benchmark.
+"""The embedded defaults: small models trained here on the synthetic benchmark.
 
-The checkpoint ships in ``toolkit/assets/default`` (float16 safetensors, loaded
-as float32). Reproduce it with ``mllmeraser train-vanilla --out toolkit/assets/default``.
+``default``: a LLaVA (``toolkit/assets/default``); ``default-qwen``: a Qwen2.5-VL,
+the paper's second family (``toolkit/assets/default-qwen``). Each checkpoint
+ships as float16 safetensors and loads as float32. Reproduce them with
+``mllmeraser train-vanilla --out toolkit/assets/default`` and
+``mllmeraser train-vanilla --family qwen2_5_vl --out toolkit/assets/default-qwen``.
 """
 
 from __future__ import annotations
@@ -12,24 +15,36 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["DEFAULT_DIR", "load_default", "default_benchmark"]
+__all__ = ["DEFAULT_DIR", "DEFAULTS", "load_default", "default_benchmark"]
 
-DEFAULT_DIR = Path(__file__).resolve().parent.parent / "assets" / "default"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+DEFAULT_DIR = ASSETS / "default"
+# name -> (checkpoint folder, the train-vanilla family that makes it)
+DEFAULTS = {"default": (DEFAULT_DIR, "llava"), "default-qwen": (ASSETS / "default-qwen", "qwen2_5_vl")}
 
 
-def load_default(path: str | Path | None = None):
-    """``(model, processor)`` of the embedded default (float32, eval mode)."""
+def load_default(path: str | Path | None = None, name: str = "default"):
+    """``(model, processor)`` of an embedded default (float32, eval mode)."""
     import transformers as tf
 
-    path = Path(path or DEFAULT_DIR)
+    from .adapters import adapter_for
+    from .tiny import allow_missing_video_processor
+
+    if name not in DEFAULTS:
+        raise ValueError(f"No embedded model {name!r}; the defaults are {', '.join(DEFAULTS)}.")
+    folder, family = DEFAULTS[name]
+    path = Path(path or folder)
     if not (path / "config.json").exists():
+        extra = "" if family == "llava" else f" --family {family}"
         raise FileNotFoundError(
-            f"The default checkpoint is missing at {str(path)!r}. Rebuild it with "
-            f"`mllmeraser train-vanilla --out {path}` (about 15 minutes on 2 CPU cores).")
+            f"The {name} checkpoint is missing at {str(path)!r}. Rebuild it with "
+            f"`mllmeraser train-vanilla{extra} --out {path}` (about 15 minutes on 2 CPU cores).")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = tf.LlavaForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
-        processor = tf.LlavaProcessor.from_pretrained(path)
+        adapter = adapter_for(tf.AutoConfig.from_pretrained(path))
+        model = getattr(tf, adapter.auto_class).from_pretrained(path, dtype=torch.float32).eval()
+        with allow_missing_video_processor():
+            processor = tf.AutoProcessor.from_pretrained(path)
     processor.tokenizer.padding_side = "left"
     return model, processor
 

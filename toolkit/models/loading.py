@@ -15,7 +15,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .adapters import Adapter, adapter_for
 
-__all__ = ["Sample", "LoadedModel", "load_model", "load_image"]
+__all__ = ["Sample", "LoadedModel", "load_model", "load_image", "continuation_ids", "join_answer"]
 
 ImageLike = Image.Image | str | os.PathLike | bytes | None
 
@@ -71,6 +71,14 @@ class LoadedModel:
         if getattr(self.tokenizer, "padding_side", "left") != "left":
             # Left padding puts every row's last prompt token at index -1.
             self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            # Llama-style checkpoints ship no pad token; batching needs one. Pads are masked out
+            # (attention mask 0, left of every prompt), so the end-of-sequence token serves.
+            if self.tokenizer.eos_token is None:
+                raise ValueError(f"The tokenizer of {name or type(module).__name__} has neither a pad nor an "
+                                 "end-of-sequence token; set tokenizer.pad_token before loading.")
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self._fingerprint: dict[str, Any] | None = None
         self.adapter = adapter
         self.remote = remote
         self.name = name or type(module).__name__
@@ -97,7 +105,17 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.module.parameters()).device
+        """Where inputs go: the device of the input embeddings (the first shard under a ``device_map``)."""
+        return _module_device(self.module.get_input_embeddings())
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.module.parameters()).dtype
+
+    def layer_device(self, layer: int) -> torch.device:
+        """The device decoder layer ``layer`` computes on (its shard under a ``device_map``)."""
+        (layer,) = self.check_layers(layer)
+        return _module_device(self.layer_modules[layer])
 
     @property
     def layers(self) -> Any:
@@ -133,13 +151,20 @@ class LoadedModel:
         """The templated prompt for a user message (with the generation prompt)."""
         return self.adapter.format_prompt(self.processor, text, with_image=image)
 
-    def encode(self, samples: Sequence[Sample | tuple], *, formatted: bool = False) -> dict[str, torch.Tensor]:
+    def encode(self, samples: Sequence[Sample | tuple], *, formatted: bool = False,
+               device: str | torch.device | None = None) -> dict[str, torch.Tensor]:
         """Tokenise a batch (left padded). ``samples``: ``Sample``s or ``(image, text)`` pairs.
 
         With ``formatted=True`` the texts are full prompts, used as given
-        (checked for exactly one image placeholder per image).
+        (checked for exactly one image placeholder per image). Tensors are on the
+        CPU unless ``device`` is given (the toolkit's traces pass ``self.device``).
+        Refuses empty messages and prompts longer than the model's context.
         """
         samples = [as_sample(s) for s in samples]
+        for s in samples:
+            if not isinstance(s.text, str) or not s.text.strip():
+                raise ValueError("An empty prompt was given: every sample needs a non-empty text "
+                                 "(a question or instruction).")
         has_image = [s.image is not None for s in samples]
         if any(has_image) and not all(has_image):
             raise ValueError("A batch mixes samples with and without images; encode them separately "
@@ -155,29 +180,145 @@ class LoadedModel:
                                  return_tensors="pt", padding=True, padding_side="left")
         else:
             enc = self.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
-        return {k: v for k, v in enc.items() if k not in self.adapter.drop_keys and isinstance(v, torch.Tensor)}
+        limit = self.context_length
+        if limit is not None and enc["input_ids"].shape[1] > limit:
+            lengths = enc["attention_mask"].sum(1)
+            raise ValueError(f"A prompt is {int(lengths.max())} tokens long; this model's context is {limit} "
+                             "tokens (max_position_embeddings). Shorten the prompt: it is not truncated "
+                             "silently, since the answer would then be to another question.")
+        out = {k: v for k, v in enc.items() if k not in self.adapter.drop_keys and isinstance(v, torch.Tensor)}
+        return out if device is None else {k: v.to(device) for k, v in out.items()}
+
+    @property
+    def context_length(self) -> int | None:
+        """The text model's context (``max_position_embeddings``), if the config states one."""
+        value = getattr(self.adapter.text_config(self.config), "max_position_embeddings", None)
+        return int(value) if value else None
+
+    def continuation_ids(self, prompt: str, answer: str) -> list[int]:
+        """The token ids ``answer`` gets when it follows the templated ``prompt``. See :func:`continuation_ids`."""
+        return continuation_ids(self.tokenizer, prompt, answer)
 
     def decode(self, ids: torch.Tensor) -> list[str]:
         return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
-    def fingerprint(self) -> dict[str, Any]:
-        """Identity of the weights an eraser was fitted on (architecture, shape, weight hash)."""
-        import hashlib
+    def fingerprint(self, *, refresh: bool = False) -> dict[str, Any]:
+        """Identity of the weights an eraser was fitted on (architecture, shape, weight hash).
 
-        h = hashlib.sha256()
-        for module in (self.layer_modules[0], self.layer_modules[-1]):
-            for name, p in sorted(module.named_parameters()):
-                if p.device.type == "meta":
-                    continue
-                flat = p.detach().float().flatten()
-                h.update(name.encode())
-                h.update(flat[:: max(1, flat.numel() // 256)][:256].cpu().numpy().tobytes())
-        return {"architecture": type(self.module).__name__, "family": self.adapter.family,
-                "num_layers": self.num_layers, "hidden_size": self.hidden_size, "weights_sha256": h.hexdigest()[:16]}
+        Computed once per model (it reads a sample of two layers' weights) and cached;
+        pass ``refresh=True`` after changing the weights in place. Offloaded weights
+        (on the meta device under an accelerate ``device_map``) are read from their
+        offload store, so two offloaded models do not hash alike.
+        """
+        if self._fingerprint is None or refresh:
+            import hashlib
+
+            h = hashlib.sha256()
+            for module in (self.layer_modules[0], self.layer_modules[-1]):
+                for name, value in _named_weights(module):
+                    flat = value.detach().flatten()
+                    h.update(name.encode())
+                    h.update(flat[:: max(1, flat.numel() // 256)][:256].float().cpu().numpy().tobytes())
+            self._fingerprint = {"architecture": type(self.module).__name__, "family": self.adapter.family,
+                                 "num_layers": self.num_layers, "hidden_size": self.hidden_size,
+                                 "weights_sha256": h.hexdigest()[:16]}
+        return dict(self._fingerprint)
 
     def __repr__(self) -> str:
         return (f"LoadedModel({self.name}: family={self.adapter.family}, layers={self.num_layers}, "
                 f"hidden={self.hidden_size})")
+
+
+def _module_device(module: torch.nn.Module) -> torch.device:
+    """The device a module computes on: accelerate's execution device, else its first real parameter's."""
+    hook = getattr(module, "_hf_hook", None)
+    if getattr(hook, "execution_device", None) is not None:
+        return torch.device(hook.execution_device)
+    for p in module.parameters():
+        if p.device.type != "meta":
+            return p.device
+    return torch.device("cpu")
+
+
+def _named_weights(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """``(name, tensor)`` for every parameter, offloaded (meta) ones read from accelerate's weights map."""
+    out = []
+    for name, p in sorted(module.named_parameters()):
+        if p.device.type == "meta":
+            owner_name, _, leaf = name.rpartition(".")
+            owner = module.get_submodule(owner_name) if owner_name else module
+            store = getattr(getattr(owner, "_hf_hook", None), "weights_map", None)
+            if store is None:
+                raise ValueError(f"Weight {name!r} is on the meta device and no offload store holds it: the model "
+                                 "was not fully loaded, so it cannot be identified or steered.")
+            p = store[leaf]
+        out.append((name, p))
+    return out
+
+
+def join_answer(prompt: str, answer: str) -> str:
+    """``prompt`` followed by ``answer`` as the model would write it: one space after a prompt
+    that ends in a non-space (``ASSISTANT:``), none after one that ends in whitespace (``assistant\n``)."""
+    sep = "" if (not prompt or prompt[-1].isspace()) else " "
+    return prompt + sep + answer.lstrip()
+
+
+def continuation_ids(tokenizer: Any, prompt: str, answer: str) -> list[int]:
+    """The ids ``answer`` gets as the continuation of ``prompt``.
+
+    Tokenises ``prompt`` and ``prompt + sep + answer`` (``sep`` a space unless the
+    prompt already ends in whitespace, as Qwen's ``assistant\n`` does) and returns
+    the tokens after the prompt's. This is what the model sees and emits: a word
+    tokenised on its own gets other ids under byte-level BPE (``ĠI`` vs ``I``) and
+    SentencePiece (a bare ``▁`` first). Raises if the tokenizer merges the prompt's
+    end with the answer (no clean boundary to cut at).
+    """
+    if not answer or not answer.strip():
+        raise ValueError("The answer is empty: there are no tokens to find.")
+    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    f_ids = tokenizer(join_answer(prompt, answer), add_special_tokens=False)["input_ids"]
+    if f_ids[: len(p_ids)] != p_ids or len(f_ids) == len(p_ids):
+        raise ValueError(f"The tokenizer merges the prompt's end with the answer {answer!r}; the answer's tokens "
+                         "cannot be separated from the prompt's.")
+    return list(f_ids[len(p_ids):])
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _load_config(name: str, trust_remote_code: bool) -> Any:
+    """The checkpoint's config, or one clear error: no hub retries when offline, no deep traceback."""
+    import transformers
+
+    local = Path(name).expanduser()
+    if local.is_dir() and not (local / "config.json").exists():
+        raise ValueError(f"{name!r} is a directory without a config.json: not a transformers checkpoint.")
+    if not local.exists() and _offline():
+        raise ValueError(f"Model {name!r} is neither 'default', 'default-qwen', 'tiny-<family>' nor a local "
+                         "directory, and hub "
+                         "access is off (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE). Give the checkpoint's directory, "
+                         "or unset offline mode to download it.")
+    try:
+        return transformers.AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"Could not load model {name!r}: {first} Give a checkpoint directory, a hub id you can "
+                         "reach, 'default' or 'tiny-<family>'.") from None
+
+
+def _place(module: torch.nn.Module, device_map: Any, dtype: Any) -> torch.nn.Module:
+    """``dtype`` / a single-device ``device_map`` for models built here (the default, tiny ones)."""
+    if dtype not in (None, "auto"):
+        module = module.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+    if device_map is not None:
+        if isinstance(device_map, dict):
+            raise ValueError("A per-module device_map needs a checkpoint directory; for the built-in models "
+                             "give one device ('cuda', 'cpu') or 'auto'.")
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if device_map == "auto" else device_map
+        module = module.to(device)
+    return module
 
 
 def as_sample(s: Sample | tuple | str) -> Sample:
@@ -206,8 +347,8 @@ def load_model(
     """Load a model for tracing.
 
     Args:
-        name_or_path_or_model: ``"default"`` (the embedded model trained on the
-            synthetic benchmark), ``"tiny-<family>"`` (a tiny random model, e.g.
+        name_or_path_or_model: ``"default"`` (the embedded LLaVA trained on the
+            synthetic benchmark), ``"default-qwen"`` (its Qwen2.5-VL twin), ``"tiny-<family>"`` (a tiny random model, e.g.
             ``"tiny-llava"``), a local directory or hub id, or an already built
             ``transformers`` model (then pass ``processor``).
         device_map, dtype: passed to ``from_pretrained`` untouched.
@@ -223,18 +364,19 @@ def load_model(
         module = name_or_path_or_model
         return LoadedModel(module.eval(), processor, adapter_for(module.config), remote=remote)
     name = str(name_or_path_or_model)
-    if name == "default":
-        from .default import load_default
+    if name in ("default", "default-qwen") or name.startswith("tiny-"):
+        if not name.startswith("tiny-"):
+            from .default import load_default
 
-        module, processor = load_default()
-        return LoadedModel(module, processor, adapter_for(module.config), remote=remote, name="default")
-    if name.startswith("tiny-"):
-        module, processor = tiny.build_tiny(name[len("tiny-"):], seed=kwargs.pop("seed", 0))
+            module, processor = load_default(name=name)
+        else:
+            module, processor = tiny.build_tiny(name[len("tiny-"):], seed=kwargs.pop("seed", 0))
+        module = _place(module, device_map, dtype)
         return LoadedModel(module, processor, adapter_for(module.config), remote=remote, name=name)
 
     import transformers
 
-    config = transformers.AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    config = _load_config(name, trust_remote_code)
     adapter = adapter_for(config)
     auto = getattr(transformers, adapter.auto_class)
     load_kwargs = {k: v for k, v in {"device_map": device_map, "dtype": dtype}.items() if v is not None}

@@ -3,7 +3,9 @@
 Each builder returns ``(torch_model, processor)`` of the *same architecture
 classes* as the real checkpoint (LlavaForConditionalGeneration, Qwen2VL..., a
 processor of the family's own class), but with a few hundred thousand
-parameters, a word-level tokenizer trained here, and image processors given
+parameters, a tokenizer of the family's kind trained here (byte-level BPE for
+Qwen2/2.5/3-VL, Qwen2 and Llama-3-style Llama; SentencePiece-style BPE with byte
+fallback and ``▁`` for LLaVA-1.5/NeXT, Gemma3, PaliGemma and Idefics3), and image processors given
 explicit parameters (the PIL back-ends: torchvision is not available beside the
 CPU torch). Tests and examples use them; nothing is downloaded.
 
@@ -19,12 +21,12 @@ import torch
 import transformers as tf
 from transformers.processing_utils import ProcessorMixin
 
-from .tokenizer import train_word_tokenizer
+from .tokenizer import train_byte_bpe, train_sentencepiece_bpe
 
 IMAGE_SIZE = 32
 
 # Chat templates: structurally like the families' own (role markers, where the
-# image placeholder goes, the generation prompt), simplified for a word tokenizer.
+# image placeholder goes, the generation prompt), without system prompts.
 LLAVA_TEMPLATE = (
     "{% for m in messages %}{{ m['role'].upper() }}: "
     "{% if m['content'] is string %}{{ m['content'] }} {% else %}"
@@ -51,17 +53,34 @@ IDEFICS3_TEMPLATE = (
     "{% endif %}<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
 )
 
+LLAMA3_TEMPLATE = (
+    "<|begin_of_text|>{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}{{ c['text'] }}{% endfor %}"
+    "{% endif %}<|eot_id|>{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n"
+    "{% endif %}"
+)
+
 QWEN_SPECIALS = [
     "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
     "<|image_pad|>", "<|video_pad|>", "<|endoftext|>",
 ]
 
 
-def _llama_text(vocab: int, **kw) -> dict:
+def _special_ids(tok) -> dict:
+    """pad/bos/eos ids for a text config, read from the tokenizer (they differ between kinds)."""
+    return dict(pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+
+
+def _sp_tokenizer(specials=(), template=None, **kw):
+    """LLaVA-1.5 / Llama-2 kind: SentencePiece-style BPE, ``▁`` pieces, byte fallback, ``<s>`` prepended."""
+    return train_sentencepiece_bpe([], specials, chat_template=template, **kw)
+
+
+def _llama_text(tok, **kw) -> dict:
     base = dict(
-        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        pad_token_id=0, bos_token_id=2, eos_token_id=3, tie_word_embeddings=False,
+        tie_word_embeddings=False, **_special_ids(tok),
     )
     base.update(kw)
     return base
@@ -81,7 +100,7 @@ def _siglip_vision(**kw) -> tf.SiglipVisionConfig:
     return tf.SiglipVisionConfig(**base)
 
 
-def _clip_image_processor(cls=None):
+def clip_image_processor(cls=None):
     cls = cls or tf.CLIPImageProcessorPil
     return cls(
         size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
@@ -96,15 +115,15 @@ def _seed(seed: int) -> None:
 
 def tiny_llava(seed: int = 0, num_layers: int = 3, hidden_size: int = 64, corpus=()):
     _seed(seed)
-    tok = train_word_tokenizer(list(corpus), ["<image>"], chat_template=LLAVA_TEMPLATE)
+    tok = train_sentencepiece_bpe(list(corpus), ["<image>"], chat_template=LLAVA_TEMPLATE)
     proc = tf.LlavaProcessor(
-        image_processor=_clip_image_processor(), tokenizer=tok, patch_size=8,
+        image_processor=clip_image_processor(), tokenizer=tok, patch_size=8,
         vision_feature_select_strategy="default", num_additional_image_tokens=1,
         chat_template=LLAVA_TEMPLATE,
     )
     cfg = tf.LlavaConfig(
         vision_config=_clip_vision(),
-        text_config=tf.LlamaConfig(**_llama_text(len(tok), num_hidden_layers=num_layers, hidden_size=hidden_size,
+        text_config=tf.LlamaConfig(**_llama_text(tok, num_hidden_layers=num_layers, hidden_size=hidden_size,
                                                  intermediate_size=2 * hidden_size)),
         image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_select_strategy="default",
         vision_feature_layer=-2, projector_hidden_act="gelu",
@@ -114,7 +133,7 @@ def tiny_llava(seed: int = 0, num_layers: int = 3, hidden_size: int = 64, corpus
 
 def tiny_llava_next(seed: int = 0):
     _seed(seed)
-    tok = train_word_tokenizer([], ["<image>"], chat_template=LLAVA_TEMPLATE)
+    tok = _sp_tokenizer(["<image>"], LLAVA_TEMPLATE)
     grid = [[IMAGE_SIZE, IMAGE_SIZE]]
     ip = tf.LlavaNextImageProcessorPil(
         size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
@@ -126,7 +145,7 @@ def tiny_llava_next(seed: int = 0):
         num_additional_image_tokens=1, chat_template=LLAVA_TEMPLATE,
     )
     cfg = tf.LlavaNextConfig(
-        vision_config=_clip_vision(), text_config=tf.LlamaConfig(**_llama_text(len(tok))),
+        vision_config=_clip_vision(), text_config=tf.LlamaConfig(**_llama_text(tok)),
         image_token_index=tok.convert_tokens_to_ids("<image>"), image_grid_pinpoints=grid,
         vision_feature_select_strategy="default", vision_feature_layer=-2,
     )
@@ -134,8 +153,8 @@ def tiny_llava_next(seed: int = 0):
 
 
 def _qwen_tokenizer():
-    tok = train_word_tokenizer([], QWEN_SPECIALS, chat_template=QWEN_TEMPLATE)
-    return tok
+    """Qwen2 kind: byte-level BPE, ``<|im_end|>`` ends a turn, ``<|endoftext|>`` pads, no BOS."""
+    return train_byte_bpe([], QWEN_SPECIALS, chat_template=QWEN_TEMPLATE, eos="<|im_end|>", pad="<|endoftext|>")
 
 
 @contextlib.contextmanager
@@ -184,11 +203,11 @@ def _qwen_ids(tok) -> dict:
     )
 
 
-def _qwen_text(vocab: int, **kw) -> dict:
+def _qwen_text(tok, **kw) -> dict:
     base = dict(
-        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        pad_token_id=0, bos_token_id=2, eos_token_id=3, tie_word_embeddings=False,
+        tie_word_embeddings=False, **_special_ids(tok),
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
     )
     base.update(kw)
@@ -199,7 +218,7 @@ def tiny_qwen2_vl(seed: int = 0):
     _seed(seed)
     tok, proc = _qwen_processor(tf.Qwen2VLProcessor)
     cfg = tf.Qwen2VLConfig(
-        text_config=_qwen_text(len(tok)),
+        text_config=_qwen_text(tok),
         vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=8,
                            spatial_merge_size=2, temporal_patch_size=2, in_chans=3),
         **_qwen_ids(tok),
@@ -211,7 +230,7 @@ def tiny_qwen2_5_vl(seed: int = 0):
     _seed(seed)
     tok, proc = _qwen_processor(tf.Qwen2_5_VLProcessor)
     cfg = tf.Qwen2_5_VLConfig(
-        text_config=_qwen_text(len(tok)),
+        text_config=_qwen_text(tok),
         vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
                            patch_size=8, spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
                            window_size=16, fullatt_block_indexes=[1]),
@@ -223,7 +242,7 @@ def tiny_qwen2_5_vl(seed: int = 0):
 def tiny_qwen3_vl(seed: int = 0):
     _seed(seed)
     tok, proc = _qwen_processor(tf.Qwen3VLProcessor)
-    text = _qwen_text(len(tok), head_dim=16)
+    text = _qwen_text(tok, head_dim=16)
     text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3],
                                "mrope_interleaved": True}
     cfg = tf.Qwen3VLConfig(
@@ -239,7 +258,8 @@ def tiny_qwen3_vl(seed: int = 0):
 def tiny_gemma3(seed: int = 0):
     _seed(seed)
     specials = ["<start_of_image>", "<image_soft_token>", "<end_of_image>", "<start_of_turn>", "<end_of_turn>"]
-    tok = train_word_tokenizer([], specials, chat_template=GEMMA3_TEMPLATE)
+    # Gemma: SentencePiece kind without the dummy prefix; the template writes <bos> itself.
+    tok = _sp_tokenizer(specials, GEMMA3_TEMPLATE, add_prefix_space=False, add_bos=False)
     tok.boi_token, tok.image_token, tok.eoi_token = specials[:3]
     tok.boi_token_id, tok.image_token_id, tok.eoi_token_id = tok.convert_tokens_to_ids(specials[:3])
     ip = tf.Gemma3ImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, do_pan_and_scan=False,
@@ -249,17 +269,23 @@ def tiny_gemma3(seed: int = 0):
     cfg = tf.Gemma3Config(
         text_config=dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
                          num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
-                         sliding_window=64, pad_token_id=0, bos_token_id=2, eos_token_id=3),
+                         sliding_window=64, **_special_ids(tok)),
         vision_config=_siglip_vision().to_dict(), mm_tokens_per_image=4,
         boi_token_index=ids("<start_of_image>"), eoi_token_index=ids("<end_of_image>"),
         image_token_index=ids("<image_soft_token>"),
     )
-    return tf.Gemma3ForConditionalGeneration(cfg).eval(), proc
+    model = tf.Gemma3ForConditionalGeneration(cfg).eval()
+    # transformers initialises Gemma3's image projection to zeros (a real checkpoint overwrites it):
+    # left so, the tiny model would ignore every image. Give it random weights like the rest.
+    with torch.no_grad():
+        model.model.multi_modal_projector.mm_input_projection_weight.normal_(0.0, 0.2)
+    return model, proc
 
 
 def tiny_paligemma(seed: int = 0):
     _seed(seed)
-    tok = train_word_tokenizer([], ["<image>"], padding_side="left")
+    # The processor writes <image>... <bos> prompt "\n" itself.
+    tok = _sp_tokenizer(["<image>"], add_prefix_space=False, add_bos=False)
     tok.image_token, tok.image_token_id = "<image>", tok.convert_tokens_to_ids("<image>")
     ip = tf.SiglipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
                                     image_mean=[0.5] * 3, image_std=[0.5] * 3)
@@ -269,7 +295,7 @@ def tiny_paligemma(seed: int = 0):
         vision_config=_siglip_vision().to_dict(),
         text_config=dict(model_type="gemma", vocab_size=len(tok), hidden_size=64, intermediate_size=128,
                          num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                         pad_token_id=0, bos_token_id=2, eos_token_id=3),
+                         **_special_ids(tok)),
         image_token_index=tok.convert_tokens_to_ids("<image>"), projection_dim=64,
     )
     cfg.text_config.vocab_size = len(tok)
@@ -280,7 +306,7 @@ def tiny_idefics3(seed: int = 0):
     _seed(seed)
     specials = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>", "<|im_start|>"]
     specials += [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
-    tok = train_word_tokenizer([], specials, chat_template=IDEFICS3_TEMPLATE)
+    tok = _sp_tokenizer(specials, IDEFICS3_TEMPLATE, add_bos=False)
     ip = tf.Idefics3ImageProcessorPil(
         do_image_splitting=False, size={"longest_edge": IMAGE_SIZE},
         max_image_size={"longest_edge": IMAGE_SIZE}, image_mean=[0.5] * 3, image_std=[0.5] * 3,
@@ -290,24 +316,29 @@ def tiny_idefics3(seed: int = 0):
     cfg = tf.Idefics3Config(
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                            image_size=IMAGE_SIZE, patch_size=8),
-        text_config=_llama_text(len(tok)), scale_factor=2,
-        image_token_id=tok.convert_tokens_to_ids("<image>"), pad_token_id=0,
+        text_config=_llama_text(tok), scale_factor=2,
+        image_token_id=tok.convert_tokens_to_ids("<image>"), pad_token_id=tok.pad_token_id,
     )
     return tf.Idefics3ForConditionalGeneration(cfg).eval(), proc
 
 
 def tiny_llama(seed: int = 0):
     _seed(seed)
-    tok = train_word_tokenizer([], [], chat_template=LLAVA_TEMPLATE)
-    return tf.LlamaForCausalLM(tf.LlamaConfig(**_llama_text(len(tok)))).eval(), tok
+    # Llama-3 kind: byte-level BPE, <|begin_of_text|> prepended by the template, and no pad token
+    # (as the real checkpoints ship; LoadedModel supplies one).
+    tok = train_byte_bpe([], ["<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"], chat_template=LLAMA3_TEMPLATE,
+                         eos="<|eot_id|>", bos="<|begin_of_text|>")
+    tok.pad_token = None
+    config = tf.LlamaConfig(**_llama_text(tok))
+    return tf.LlamaForCausalLM(config).eval(), tok
 
 
 def tiny_qwen2(seed: int = 0):
     _seed(seed)
-    tok = train_word_tokenizer([], QWEN_SPECIALS, chat_template=QWEN_TEMPLATE)
+    tok = _qwen_tokenizer()
     cfg = tf.Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         pad_token_id=0, bos_token_id=2, eos_token_id=3, tie_word_embeddings=False)
+                         tie_word_embeddings=False, **_special_ids(tok))
     return tf.Qwen2ForCausalLM(cfg).eval(), tok
 
 

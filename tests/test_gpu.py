@@ -1,0 +1,77 @@
+"""CUDA + bf16: every family's tiny model steers through the toolkit exactly as through plain forward hooks.
+
+Marked ``gpu`` and skipped without CUDA (CI has none); run with ``make test-gpu`` on a GPU machine.
+"""
+
+import pytest
+import torch
+
+from conftest import FAMILIES, random_image
+from toolkit import tracing
+from toolkit.eraser import Eraser, EraserLayer
+from toolkit.models.loading import Sample, load_model
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+def hook_generate(model, samples, layer, m, lam, max_new_tokens):
+    """Reference: a plain forward hook adding lam * (h_last . w) d (float32 gate) at every prompt token
+    (gate from the last prompt token) and at every generated token (gate from that token)."""
+    enc = model.encode(samples, device=model.device)
+    mask = enc["attention_mask"]
+    gates, directions = m.gates.to(model.device), m.directions.to(model.device)
+
+    def hook(mod, inp, out):
+        h = out[0] if isinstance(out, tuple) else out
+        shift = (lam * (h[:, -1].float() @ gates) @ directions)
+        if h.shape[1] > 1:
+            h = h + (shift[:, None, :] * mask[:, :, None].float()).to(h.dtype)
+        else:
+            h = h + shift.to(h.dtype)[:, None, :]
+        return (h,) + tuple(out[1:]) if isinstance(out, tuple) else h
+
+    handle = model.layer_modules[layer].register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            out = model.module.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                        pad_token_id=model.tokenizer.pad_token_id)
+    finally:
+        handle.remove()
+    return [row[enc["input_ids"].shape[1]:].cpu() for row in out]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cuda_bf16_steering_equals_forward_hooks(family):
+    model = load_model(f"tiny-{family}", dtype="bfloat16", device_map="cuda")
+    assert model.device.type == "cuda" and model.dtype == torch.bfloat16
+    g = torch.Generator().manual_seed(0)
+    m = EraserLayer(1, torch.randn(model.hidden_size, 1, generator=g) * 0.3,
+                    torch.randn(1, model.hidden_size, generator=g))
+    eraser = Eraser((m,), 3.0, "all", model.fingerprint())
+    image = model.adapter.supports_images
+    samples = [Sample("who is this person", random_image(0) if image else None),
+               Sample("what is shown in the picture", random_image(1) if image else None)]
+    ours = tracing.generate(model, samples, steers=eraser, max_new_tokens=8, return_ids=True)
+    ref = hook_generate(model, samples, 1, m, 3.0, 8)
+    for a, b in zip(ours, ref):
+        assert a.tolist() == b[: len(a)].tolist()
+
+
+def test_cuda_fit_and_steered_generate_on_the_default(tmp_path):
+    from toolkit.data.mllmu import MLLMUBench
+    from toolkit.fit import FitConfig, fit_eraser
+    from toolkit.models.default import default_benchmark
+    from toolkit.adversarial import PGDConfig
+
+    model = load_model("default", dtype="bfloat16", device_map="cuda")
+    result = fit_eraser(model, default_benchmark(), FitConfig(layers=(6,), rank_policy=__import__(
+        "toolkit.nullspace", fromlist=["FixedRatio"]).FixedRatio(0.9), n_contrast=8, pgd=PGDConfig(steps=3)))
+    person = MLLMUBench(default_benchmark()).forget(10)[0]
+    q = next(g for g in person.generation if g.modality == "image")
+    sample = Sample(q.question, person.image)
+    plain = tracing.generate(model, [sample], max_new_tokens=12)[0]
+    steered = tracing.generate(model, [sample], steers=result.eraser.with_options(lam=4.0), max_new_tokens=12)[0]
+    assert plain != steered
+    path = result.eraser.save(tmp_path / "e.safetensors")
+    assert Eraser.load(path, model).layers == (6,)

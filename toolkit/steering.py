@@ -1,0 +1,289 @@
+"""Editing the residual stream: one implementation, three routes.
+
+A :class:`Steer` adds ``fn(h_source)`` to the output of one decoder layer.
+Positions: ``"last"`` (the last prompt token, prefill only), ``"prompt"`` (every
+prompt token, the shift computed from the last prompt token; prefill only, the
+KV cache carries it into decoding; the reference behaviour), ``"all"`` (as
+``"prompt"``, and every generated token with the shift recomputed from that
+token). Prompts must be **left padded**, so the last prompt token of every row
+is at index ``-1`` (the toolkit's encoding and :class:`~toolkit.models.loading.LoadedModel`'s
+tokenizer do this).
+
+The same arithmetic (:func:`shifted`) is reached three ways, which give
+identical generations:
+
+* :func:`intervene` inside your own ``with model.nn.trace(...)`` or
+  ``with model.nn.generate(...)`` block (nnsight edits, so it also runs through
+  nnsight's remote execution);
+* :func:`attached`: plain PyTorch forward hooks on the decoder layers while the
+  block lasts, always removed in ``finally``: *any* forward or ``generate`` of
+  the HF module or of its nnsight wrapper is steered;
+* :func:`toolkit.tracing.generate` / ``forward`` / ``capture`` with
+  ``steers=...``, built on :func:`intervene`.
+
+Steers see the state in float32 (a gate ``h @ w`` computed in bf16 loses the
+cancellation ``h_retain . w ~ 0`` that the null space exists for); the summed
+shift is cast back to the layer's dtype, and everything created follows the
+layer output's device. A :class:`GateLog` records, per layer and forward call,
+the gate values of steers that have one (an Eraser's), so you can see *when*
+the eraser fired during a generation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+__all__ = ["Steer", "POSITIONS", "GateLog", "as_steers", "shifted", "intervene", "attached", "steering",
+           "active_steers"]
+
+Positions = Literal["prompt", "last", "all"]
+POSITIONS = ("prompt", "last", "all")
+
+
+@dataclass(frozen=True)
+class Steer:
+    """Add ``fn(h_source)`` to the output of decoder layer ``layer``.
+
+    ``fn`` maps a batch of float32 states ``(B, d)`` (on the layer's device) to
+    shifts ``(B, d)``; it sees the *unsteered* output of its layer (the input
+    stream already carries the steers of earlier layers). Several steers on one
+    layer see the same state and their shifts add. ``gate`` (optional) maps the
+    same states to the ``(B, r)`` gate values behind ``fn``, for :class:`GateLog`.
+    """
+
+    layer: int
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    positions: Positions = "prompt"
+    gate: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}.")
+
+
+@dataclass
+class GateLog:
+    """Gate values recorded while steering: one record per (forward call, steered layer).
+
+    ``records[i]``: ``{"call": forward-call index (0 = prefill of the first batch),
+    "prefill": bool, "layer": int, "gates": (B, r) float32 CPU tensor}`` (gate of
+    the state the shift was computed from: the last prompt token at prefill, the
+    new token at each decoding step).
+    """
+
+    records: list[dict] = field(default_factory=list)
+    _calls: int = 0
+
+    def add(self, layer: int, prefill: bool, gates: torch.Tensor) -> None:
+        self.records.append({"call": self._calls, "prefill": prefill, "layer": layer,
+                             "gates": gates.detach().float().cpu()})
+
+    def next_call(self) -> None:
+        self._calls += 1
+
+    def per_step(self, layer: int, row: int = 0, column: int = 0) -> list[float]:
+        """The gate of batch row ``row`` at ``layer``, one value per recorded call (prefill first)."""
+        return [float(r["gates"][row, column]) for r in self.records if r["layer"] == layer]
+
+    def frame(self):
+        """A long DataFrame: call, prefill, layer, row, gate (first gate column)."""
+        import pandas as pd
+
+        rows = [{"call": r["call"], "prefill": r["prefill"], "layer": r["layer"], "row": i,
+                 "gate": float(g[0])} for r in self.records for i, g in enumerate(r["gates"])]
+        return pd.DataFrame(rows, columns=["call", "prefill", "layer", "row", "gate"])
+
+
+def as_steers(model: Any, steers: Any) -> list[Steer]:
+    """Steers from a Steer, an object with ``.steers(model)`` (an Eraser), or a list of either."""
+    if steers is None:
+        return []
+    if hasattr(steers, "steers"):
+        return list(steers.steers(model))
+    if isinstance(steers, Steer):
+        return [steers]
+    out: list[Steer] = []
+    for s in steers:
+        out.extend(as_steers(model, s))
+    return out
+
+
+def group_by_layer(model: Any, steers: Sequence[Steer]) -> dict[int, list[Steer]]:
+    """``{layer: steers}`` in layer order (layers normalised and range-checked)."""
+    by_layer: dict[int, list[Steer]] = {}
+    for s in steers:
+        (layer,) = model.check_layers(s.layer)
+        by_layer.setdefault(layer, []).append(s)
+    return dict(sorted(by_layer.items()))
+
+
+def _shift(steer: Steer, source: torch.Tensor) -> torch.Tensor:
+    """``steer.fn(source)`` checked: same shape as the source, finite, on the source's device, float32."""
+    try:
+        shift = steer.fn(source)
+    except RuntimeError as err:
+        raise RuntimeError(f"The steer at layer {steer.layer} failed on a {tuple(source.shape)} "
+                           f"{source.dtype} state on {source.device}: {err}. Keep the steer's tensors on the "
+                           "state's device (h.device), or use an Eraser, which moves with the model.") from None
+    if not isinstance(shift, torch.Tensor) or shift.shape != source.shape:
+        got = tuple(shift.shape) if isinstance(shift, torch.Tensor) else type(shift).__name__
+        raise ValueError(f"The steer at layer {steer.layer} returned a shift of shape {got}; it must map the "
+                         f"(batch, d) states {tuple(source.shape)} to shifts of the same shape.")
+    if not torch.isfinite(shift).all():
+        raise FloatingPointError(f"The steer at layer {steer.layer} returned NaN/inf shifts; the model would "
+                                 "generate nothing meaningful. Check its strength and vectors.")
+    return shift.to(source.device, torch.float32)
+
+
+def shifted(h: torch.Tensor, steers: Sequence[Steer], *, prefill: bool, mask: torch.Tensor | None = None,
+            log: GateLog | None = None) -> torch.Tensor:
+    """``h`` (B, T, d) with ``steers`` (all on one layer) added; the arithmetic every route shares.
+
+    ``prefill``: the call that reads the prompt (``"prompt"``/``"all"`` steers shift
+    every prompt token, ``"last"`` steers the last one); otherwise a decoding step
+    (only ``"all"`` steers act, on the new token). ``mask`` (B, T): 1 for real
+    prompt tokens, 0 for pads (pads are never attended to, so ``None``, shifting
+    them too, gives the same outputs for the real tokens).
+    """
+    active = list(steers) if prefill else [s for s in steers if s.positions == "all"]
+    if not active:
+        return h
+    source = h[:, -1].float()
+    if log is not None:
+        for s in active:
+            if s.gate is not None:
+                log.add(s.layer, prefill, s.gate(source))
+    zero = torch.zeros_like(source)
+    # Shifts from steers that act along the whole prompt (or on the new token) vs. at one position.
+    spread = sum((_shift(s, source) for s in active if s.positions != "last" or not prefill), zero)
+    if not prefill:
+        return h + spread.to(h.dtype)[:, None, :]
+    point = sum((_shift(s, source) for s in active if s.positions == "last"), zero)
+    weights = torch.ones(h.shape[:2], device=h.device) if mask is None else mask.to(h.device, torch.float32)
+    new = h + (spread[:, None, :] * weights[:, :, None]).to(h.dtype)
+    last = torch.zeros_like(h)
+    last[:, -1] = point.to(h.dtype)
+    return new + last
+
+
+def _output_tensor(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, tuple) else out
+
+
+def edit_envoy(envoy: Any, steers: list[Steer], *, prefill: bool, mask: torch.Tensor | None = None,
+               log: GateLog | None = None) -> torch.Tensor:
+    """Inside an nnsight trace: replace one layer's output by its steered version (one read, one write)."""
+    out = envoy.output
+    new = shifted(_output_tensor(out), steers, prefill=prefill, mask=mask, log=log)
+    if isinstance(out, tuple):
+        envoy.output = (new,) + tuple(out[1:])
+    else:
+        envoy.output = new
+    return new
+
+
+def intervene(model: Any, steers: Any, *, steps: int | None = None, mask: torch.Tensor | None = None,
+              generating: bool = True, log: GateLog | None = None) -> dict[int, torch.Tensor]:
+    """Apply ``steers`` inside your own nnsight block (the current invoke).
+
+    Call it inside ``with model.nn.trace(...)`` (a forward: ``generating=False``)
+    or inside ``with model.nn.generate(...)`` (or one of its ``tracer.invoke``
+    blocks). Steers with ``positions="all"`` also edit every generated token:
+    that loops over nnsight's iterations, so with ``steps=None`` (every step)
+    this must be the **last statement** of its invoke, as with any open
+    ``tracer.iter[:]``; give ``steps=max_new_tokens`` to run code after it.
+    Reads of layers you want to see steered must come after this call, in layer order.
+
+    Returns ``{layer: steered output at prefill}`` for the steered layers.
+    """
+    from nnsight.intervention.iterator import Iterations
+
+    groups = group_by_layer(model, as_steers(model, steers))
+    every_step = generating and any(s.positions == "all" for ss in groups.values() for s in ss)
+    outputs: dict[int, torch.Tensor] = {}
+    if not every_step:
+        for layer, ss in groups.items():
+            outputs[layer] = edit_envoy(model.layers[layer], ss, prefill=True, mask=mask, log=log)
+        return outputs
+    for step in (Iterations()[:] if steps is None else Iterations()[:steps]):
+        for layer, ss in groups.items():
+            new = edit_envoy(model.layers[layer], ss, prefill=step == 0, mask=mask, log=log)
+            if step == 0:
+                outputs[layer] = new
+        if log is not None:
+            log.next_call()
+    return outputs
+
+
+def _cache_length(kwargs: dict) -> int:
+    cache = kwargs.get("past_key_values", kwargs.get("cache"))
+    if cache is None or not hasattr(cache, "get_seq_length"):
+        return 0
+    return int(cache.get_seq_length())
+
+
+# Steers currently attached to each model, for inspection (active_steers); application is by hooks only.
+_ATTACHED: dict[int, list[Steer]] = {}
+
+
+@contextlib.contextmanager
+def attached(model: Any, steers: Any, *, record_gates: bool = False) -> Iterator[GateLog | None]:
+    """Within the block, every forward of ``model`` applies ``steers``, through plain forward hooks.
+
+    Works for the toolkit's calls, ``model.module(...)``, ``model.module.generate(...)``
+    and your own ``model.nn`` traces alike. A forward pre-hook on the top module
+    tells prefill (empty KV cache: the prompt, with its attention mask) from
+    decoding steps. The hooks are removed in ``finally``, whatever happens, so the
+    model is exactly the original after the block. Yields a :class:`GateLog` with
+    ``record_gates=True``, else ``None``.
+    """
+    groups = group_by_layer(model, as_steers(model, steers))
+    log = GateLog() if record_gates else None
+    state: dict[str, Any] = {"prefill": True, "mask": None, "calls": 0}
+
+    def before(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        if state["calls"] and log is not None:
+            log.next_call()
+        state["calls"] += 1
+        state["prefill"] = _cache_length(kwargs) == 0
+        mask = kwargs.get("attention_mask")
+        state["mask"] = mask if (state["prefill"] and isinstance(mask, torch.Tensor) and mask.ndim == 2) else None
+
+    def layer_hook(ss: list[Steer]) -> Callable:
+        def hook(module: torch.nn.Module, args: tuple, out: Any) -> Any:
+            h = _output_tensor(out)
+            mask = state["mask"] if state["mask"] is not None and state["mask"].shape == h.shape[:2] else None
+            new = shifted(h, ss, prefill=state["prefill"], mask=mask, log=log)
+            return (new,) + tuple(out[1:]) if isinstance(out, tuple) else new
+        return hook
+
+    handles = []
+    flat = [s for ss in groups.values() for s in ss]
+    registry = _ATTACHED.setdefault(id(model), [])
+    try:
+        handles.append(model.module.register_forward_pre_hook(before, with_kwargs=True))
+        for layer, ss in groups.items():
+            handles.append(model.layer_modules[layer].register_forward_hook(layer_hook(ss)))
+        registry.extend(flat)
+        yield log
+    finally:
+        for handle in handles:
+            handle.remove()
+        for s in flat:
+            if s in registry:
+                registry.remove(s)
+        if not registry:
+            _ATTACHED.pop(id(model), None)
+
+
+steering = attached  # the name earlier versions used
+
+
+def active_steers(model: Any) -> list[Steer]:
+    """Steers attached to ``model`` by enclosing :func:`attached` blocks (for inspection)."""
+    return list(_ATTACHED.get(id(model), []))
