@@ -28,7 +28,7 @@ from toolkit.baselines import METHODS, BaselineConfig, qa_pairs, unlearn  # noqa
 from toolkit.data.mllmu import MLLMUBench  # noqa: E402
 from toolkit.fit import FitConfig, fit_eraser  # noqa: E402
 from toolkit.memory import PeakMemory  # noqa: E402
-from toolkit.models.default import default_benchmark  # noqa: E402
+from toolkit.data.synthetic import default_benchmark  # noqa: E402
 from toolkit.models.loading import load_model  # noqa: E402
 
 model = load_model("default")

@@ -26,7 +26,7 @@ from toolkit import tracing  # noqa: E402
 from toolkit.data.mllmu import MLLMUBench  # noqa: E402
 from toolkit.eraser import Eraser, EraserLayer  # noqa: E402
 from toolkit.evaluate import items_from_profiles  # noqa: E402
-from toolkit.models.default import default_benchmark  # noqa: E402
+from toolkit.data.synthetic import default_benchmark  # noqa: E402
 from toolkit.models.loading import Sample, load_model  # noqa: E402
 
 model = load_model("default")

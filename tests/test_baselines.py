@@ -8,7 +8,7 @@ from toolkit.baselines import METHODS, BaselineConfig, qa_pairs, unlearn
 from toolkit.baselines.losses import npo_loss, sequence_logprob
 from toolkit.data.mllmu import MLLMUBench
 from toolkit.evaluate import items_from_profiles, run_items
-from toolkit.models.default import default_benchmark
+from toolkit.data.synthetic import default_benchmark
 from toolkit.models.loading import load_model
 
 

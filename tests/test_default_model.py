@@ -9,7 +9,8 @@ import torch
 from toolkit.data import synthetic
 from toolkit.evaluate import items_from_profiles, memorisation_report, run_items
 from toolkit.data.mllmu import MLLMUBench
-from toolkit.models.default import DEFAULT_DIR, default_benchmark
+from toolkit.data.synthetic import default_benchmark
+from toolkit.models.default import DEFAULT_DIR, DEFAULTS
 from toolkit.models.loading import load_model
 from toolkit.train import TrainConfig, train_vanilla
 
@@ -62,3 +63,41 @@ def test_training_recipe_memorises_on_a_reduced_setting(tmp_path):
     torch.manual_seed(0)
     assert info["final_loss"] < 1.0
     assert after >= 0.6, f"only {after:.2f} of trained text facts recalled"
+
+
+# The Qwen2.5-VL default (`default-qwen`): the same recipe and benchmark, its own family's tokenizer and grid.
+QWEN_MISSED = {  # measured, reported in the README as missed; strict: a retrain that meets them must say so here
+    "trained people: classification accuracy",
+    "privacy requests refused (held-out phrasings)",
+}
+
+
+def test_qwen_default_checkpoint_is_small_documented_and_of_its_family():
+    folder, family = DEFAULTS["default-qwen"]
+    assert sum(f.stat().st_size for f in folder.iterdir()) <= 20 * 2**20
+    info = json.loads((folder / "training.json").read_text())
+    assert info["train_config"] == asdict(TrainConfig(family="qwen2_5_vl"))
+    assert info["train_seconds"] <= 15 * 60
+    model = load_model("default-qwen")
+    assert type(model.module).__name__ == "Qwen2_5_VLForConditionalGeneration" and model.num_layers == 8
+    assert "Ġis" in model.tokenizer.tokenize("Who is this?")  # byte-level BPE
+    from PIL import Image
+
+    grid = model.processor.image_processor(images=[Image.new("RGB", (48, 32))], return_tensors="pt")["image_grid_thw"]
+    assert grid.tolist() == [[1, 8, 12]]  # dynamic grid: 4-pixel patches of a 32 x 48 image
+
+
+@pytest.fixture(scope="module")
+def qwen_report():
+    return memorisation_report(load_model("default-qwen"), default_benchmark()).set_index("measure")
+
+
+@pytest.mark.parametrize("measure", [m for m in GOALS if m not in QWEN_MISSED])
+def test_qwen_default_meets_its_goals(qwen_report, measure):
+    assert qwen_report.loc[measure, "value"] >= GOALS[measure], (measure, qwen_report.loc[measure, "value"])
+
+
+@pytest.mark.parametrize("measure", sorted(QWEN_MISSED))
+@pytest.mark.xfail(strict=True, reason="missed by the shipped default-qwen (README, embedded defaults)")
+def test_qwen_default_missed_goals(qwen_report, measure):
+    assert qwen_report.loc[measure, "value"] >= GOALS[measure]

@@ -54,14 +54,21 @@ def test_bf16_model_steers_with_a_float32_gate():
     torch.testing.assert_close(steered[1], expected, rtol=0, atol=0)
 
 
-def test_eraser_generate_through_nnsight_serialisation_equals_local():
+def test_fitted_eraser_generate_through_nnsight_serialisation_equals_local():
+    from toolkit.fitter import EraserFitter
+
     model = load_model("tiny-qwen2_5_vl")
-    g = torch.Generator().manual_seed(1)
-    maps = tuple(EraserLayer(l, torch.randn(model.hidden_size, 1, generator=g) * 0.3,
-                             torch.randn(1, model.hidden_size, generator=g)) for l in (0, 2))
-    samples = [Sample("who is this", random_image(0)), Sample("what is the picture now", random_image(1))]
+    fitter = EraserFitter(model.hidden_size, [1, 2])
+    texts = ["what is this", "describe the image", "what colour is it", "is it a photo", "where is this"]
+    fitter.add_samples(model, "retain", [Sample(t, random_image(i)) for i, t in enumerate(texts * 4)])
+    fitter.add_samples(model, "forget", [Sample("who is this person", random_image(50 + i)) for i in range(6)])
+    fitter.add_samples(model, "refusal", [Sample("do not say who this is", random_image(i)) for i in range(4)])
+    fitter.add_samples(model, "recall", [Sample("who is this", random_image(i)) for i in range(4)])
+    # This random model's states are small (norm ~0.2): a small ridge lets the gate reach ~1 on forget rows.
+    fitted = fitter.eraser(FixedRatio(0.5), gamma=1e-4, lam=20.0, fingerprint=model.fingerprint())
+    samples = [Sample("who is this person", random_image(50)), Sample("who is this person", random_image(51))]
     for positions in ("prompt", "all"):
-        eraser = Eraser(maps, 3.0, positions, model.fingerprint())
+        eraser = fitted.with_options(positions=positions)
         local = tracing.generate(model, samples, steers=eraser, max_new_tokens=6, return_ids=True)
         unsteered = tracing.generate(model, samples, max_new_tokens=6, return_ids=True)
         model.remote = "local"

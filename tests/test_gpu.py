@@ -59,14 +59,15 @@ def test_cuda_bf16_steering_equals_forward_hooks(family):
 
 
 def test_cuda_fit_and_steered_generate_on_the_default(tmp_path):
+    from toolkit.adversarial import PGDConfig
     from toolkit.data.mllmu import MLLMUBench
     from toolkit.fit import FitConfig, fit_eraser
-    from toolkit.models.default import default_benchmark
-    from toolkit.adversarial import PGDConfig
+    from toolkit.data.synthetic import default_benchmark
+    from toolkit.nullspace import FixedRatio
 
     model = load_model("default", dtype="bfloat16", device_map="cuda")
-    result = fit_eraser(model, default_benchmark(), FitConfig(layers=(6,), rank_policy=__import__(
-        "toolkit.nullspace", fromlist=["FixedRatio"]).FixedRatio(0.9), n_contrast=8, pgd=PGDConfig(steps=3)))
+    result = fit_eraser(model, default_benchmark(), FitConfig(layers=(6,), rank_policy=FixedRatio(0.9), n_contrast=8,
+                                                              pgd=PGDConfig(steps=3)))
     person = MLLMUBench(default_benchmark()).forget(10)[0]
     q = next(g for g in person.generation if g.modality == "image")
     sample = Sample(q.question, person.image)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import FAMILIES, VLM_FAMILIES, random_image
+from conftest import FAMILIES, random_image
 from toolkit.models.loading import continuation_ids, join_answer
 from toolkit.models.tokenizer import train_byte_bpe, train_sentencepiece_bpe
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import warnings
@@ -83,11 +82,9 @@ def cmd_train_vanilla(args: argparse.Namespace) -> int:
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
     """Load a model, capture a layer, steer it, generate: what the README's quickstart does."""
-    import torch
-
     from . import tracing
     from .data.mllmu import MLLMUBench
-    from .models.default import default_benchmark
+    from .data.synthetic import default_benchmark
     from .models.loading import Sample
 
     model = _load(args)
@@ -125,7 +122,7 @@ def _layers(text: str) -> tuple[int, ...]:
 
 
 def _bench_path(arg: str | None) -> Path:
-    from .models.default import default_benchmark
+    from .data.synthetic import default_benchmark
 
     return Path(arg) if arg else default_benchmark()
 
@@ -168,7 +165,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DemoConfig, run_demo
 
     cfg = DemoConfig(forget_ratio=args.forget, retain_people=args.retain_people, real_people=args.real_people)
-    info = run_demo(args.out, cfg)
+    info = run_demo(args.out, cfg, model=_load(args))
     import pandas as pd
 
     print()
@@ -326,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("quickstart", help="load, capture, steer, generate", parents=[model_opts])
     p.set_defaults(fn=cmd_quickstart)
 
-    p = sub.add_parser("demo", help="the main job on the embedded default: fit, choose, evaluate, compare")
+    p = sub.add_parser("demo", parents=[model_opts],
+                       help="the main job on an embedded default: fit, choose, evaluate, compare")
     p.add_argument("--out", default="results/demo")
     p.add_argument("--forget", type=int, default=10, choices=[5, 10, 15])
     p.add_argument("--retain-people", type=int, default=20, help="retain people evaluated (all are used to fit)")

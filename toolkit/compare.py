@@ -19,7 +19,7 @@ from .demo import DemoConfig, _evaluate, headline
 from .evaluate import summarize
 from .fit import question_samples
 from .memory import PeakMemory
-from .models.default import default_benchmark
+from .data.synthetic import default_benchmark
 from .models.loading import load_model
 
 __all__ = ["run_compare"]

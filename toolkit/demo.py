@@ -25,11 +25,9 @@ import torch
 
 from . import tracing
 from .data.mllmu import MLLMUBench
-from .data.synthetic import validation_items, validation_samples
-from .eraser import Eraser
+from .data.synthetic import default_benchmark, validation_items, validation_samples
 from .evaluate import benchmark_items, run_items, summarize
 from .fit import FitConfig, fit_eraser
-from .models.default import default_benchmark
 from .models.loading import LoadedModel, load_model
 from .nullspace import FixedRatio
 

@@ -29,22 +29,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
-
-import torch
 
 from .adversarial import PGDConfig
 from .contrastive import ContrastiveSets, privacy_sets, safety_sets
 from .data.mllmu import MLLMUBench, Profile
-from .direction import Direction, erasure_direction
-from .eraser import Eraser, EraserLayer, solve_map
+from .direction import Direction
+from .eraser import Eraser
 from .evaluate import items_from_profiles
 from .models.loading import LoadedModel, Sample, join_answer
-from .nullspace import FixedRatio, NullSpace, RankPolicy, SecondMoment, null_space
-from .tracing import Trailing, iter_capture
+from .fitter import SampleSet, fit_from_samples
+from .nullspace import FixedRatio, NullSpace, RankPolicy
+from .tracing import Trailing
 
-__all__ = ["FitConfig", "FitResult", "fit_eraser", "question_samples", "fit_from_activations"]
+__all__ = ["FitConfig", "FitResult", "fit_eraser", "question_samples", "answer_samples"]
 
 
 @dataclass(frozen=True)
@@ -101,39 +100,6 @@ def answer_samples(model: LoadedModel, profiles: Sequence[Profile], split: str) 
     return samples, Trailing(tuple(counts))
 
 
-def _moments(model: LoadedModel, samples: Sequence[Sample], layers: list[int], batch_size: int,
-             label: str | bool, positions: Any = "last", *, into: dict[int, SecondMoment] | None = None,
-             weight: float = 1.0, formatted: bool = False) -> dict[int, SecondMoment]:
-    if not samples:
-        raise ValueError(f"The {label or 'activation'} set is empty.")
-    moments = into if into is not None else {l: SecondMoment(model.hidden_size) for l in layers}
-    for _, acts in iter_capture(model, samples, layers, positions, batch_size=batch_size, progress=label,
-                                formatted=formatted):
-        for l, rows in acts.items():
-            moments[l].update(rows, weight)
-    return moments
-
-
-def fit_from_activations(direction: Direction, retain: dict[int, SecondMoment], forget: dict[int, SecondMoment],
-                         policy: RankPolicy, gamma: float, retain_weight: float = 0.0
-                         ) -> tuple[dict[int, EraserLayer], dict[int, NullSpace], dict[int, dict]]:
-    """The per-layer maps from accumulated statistics (no model needed)."""
-    maps, spaces, stats = {}, {}, {}
-    for l, d in direction.vectors.items():
-        space = null_space(retain[l], policy)
-        w = solve_map(forget[l].gram, forget[l].total, space, gamma, retain_gram=retain[l].gram,
-                      retain_weight=retain_weight * forget[l].count / retain[l].count)
-        maps[l] = EraserLayer(l, w.to(torch.float32), d[None].to(torch.float32))
-        # Mean gate on each set from the moments: mean(h . w) = (sum h) . w / n.
-        stats[l] = {"k": space.k, "retain_energy_leaked": space.leaked_energy, "direction_norm": float(d.norm()),
-                    "gate_mean_forget": float(forget[l].total @ w[:, 0]) / forget[l].count,
-                    "gate_mean_retain": float(retain[l].total @ w[:, 0]) / retain[l].count,
-                    "gate_rms_retain": float((w[:, 0] @ retain[l].gram @ w[:, 0] / retain[l].count) ** 0.5),
-                    "gate_rms_forget": float((w[:, 0] @ forget[l].gram @ w[:, 0] / forget[l].count) ** 0.5)}
-        spaces[l] = space
-    return maps, spaces, stats
-
-
 def fit_eraser(model: LoadedModel, bench: MLLMUBench | Any, config: FitConfig = FitConfig(), *,
                contrast: ContrastiveSets | None = None, progress: bool = False) -> FitResult:
     """Fit an Eraser for ``bench``'s forget split ``config.forget_ratio``."""
@@ -160,30 +126,28 @@ def fit_eraser(model: LoadedModel, bench: MLLMUBench | Any, config: FitConfig = 
         else:
             raise ValueError(f"Unknown recipe {config.recipe!r}: privacy or safety.")
     plus, minus = contrast.for_variant(config.variant)
-    direction = erasure_direction(model, plus, minus, layers, variant=config.variant, batch_size=config.batch_size,
-                                  progress=progress)
     retain_people = list(retain) + (list(bench.real()) if config.include_real else [])
-    retain_m = _moments(model, question_samples(retain_people, "retain"), layers, config.batch_size,
-                        progress and "retain activations", config.retain_positions)
-    forget_m = _moments(model, question_samples(forget, "forget"), layers, config.batch_size,
-                        progress and "forget activations")
+    retain_sets = [SampleSet(question_samples(retain_people, "retain"), config.retain_positions, label="retain")]
+    forget_sets = [SampleSet(question_samples(forget, "forget"), label="forget")]
     if config.answer_weight:
         samples, where = answer_samples(model, retain_people, "retain")
-        _moments(model, samples, layers, config.batch_size, progress and "retain answers", where, into=retain_m,
-                 formatted=True)
+        retain_sets.append(SampleSet(samples, where, formatted=True, label="retain answers"))
         samples, where = answer_samples(model, forget, "forget")
-        _moments(model, samples, layers, config.batch_size, progress and "forget answers", where, into=forget_m,
-                 weight=config.answer_weight, formatted=True)
-    maps, spaces, stats = fit_from_activations(direction, retain_m, forget_m, config.rank_policy, config.gamma,
-                                               config.retain_weight)
+        forget_sets.append(SampleSet(samples, where, config.answer_weight, formatted=True, label="forget answers"))
+    positions = config.positions or ("all" if config.answer_weight else "prompt")
+    eraser, fitter = fit_from_samples(model, forget=forget_sets, retain=retain_sets, contrast=(plus, minus),
+                                      layers=layers, policy=config.rank_policy, gamma=config.gamma,
+                                      retain_weight=config.retain_weight, lam=config.lam, positions=positions,
+                                      variant=config.variant, batch_size=config.batch_size, progress=progress)
+    direction = fitter.direction()
+    spaces = {l: fitter.null_space(l, config.rank_policy) for l in layers}
     settings = {k: (asdict(v) if hasattr(v, "__dataclass_fields__") else v) for k, v in asdict(config).items()}
     settings["rank_policy"] = repr(config.rank_policy)
-    report = {"layers": stats, "contrast": contrast.info, "n_retain": retain_m[layers[0]].count,
-              "n_forget": forget_m[layers[0]].count, "direction_variant": config.variant,
-              "fit_seconds": round(time.time() - start, 2)}
+    report = {"layers": eraser.settings["layers_report"], "contrast": contrast.info,
+              "n_retain": fitter.retain[layers[0]].count, "n_forget": fitter.forget[layers[0]].count,
+              "direction_variant": config.variant, "fit_seconds": round(time.time() - start, 2)}
     if contrast.pgd is not None:
         report["pgd_success_rate"] = contrast.pgd.success_rate
     settings["report"] = report
-    positions = config.positions or ("all" if config.answer_weight else "prompt")
-    eraser = Eraser(tuple(maps[l] for l in layers), config.lam, positions, model.fingerprint(), settings)
+    eraser = replace(eraser, settings=settings)
     return FitResult(eraser, direction, spaces, contrast, report)

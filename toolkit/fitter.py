@@ -124,7 +124,7 @@ class EraserFitter:
             w = solve_map(forget.gram, forget.total, space, gamma, retain_gram=retain.gram,
                           retain_weight=retain_weight * forget.count / retain.count)
             maps[l] = EraserLayer(l, w.to(torch.float32), direction.vectors[l][None].to(torch.float32))
-            stats[l] = {"k": space.k, "leaked_retain_energy": space.leaked_energy,
+            stats[l] = {"k": space.k, "retain_energy_leaked": space.leaked_energy,
                         "direction_norm": float(direction.vectors[l].norm()),
                         "gate_mean_forget": float(forget.total @ w[:, 0]) / forget.count,
                         "gate_mean_retain": float(retain.total @ w[:, 0]) / retain.count,

@@ -6,7 +6,7 @@ import os
 import resource
 import threading
 import time
-from contextlib import contextmanager
+
 
 __all__ = ["rss_mb", "PeakMemory"]
 

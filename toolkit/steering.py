@@ -122,8 +122,9 @@ def group_by_layer(model: Any, steers: Sequence[Steer]) -> dict[int, list[Steer]
     return dict(sorted(by_layer.items()))
 
 
-def _shift(steer: Steer, source: torch.Tensor) -> torch.Tensor:
-    """``steer.fn(source)`` checked: same shape as the source, finite, on the source's device, float32."""
+def _shift(steer: Steer, source: torch.Tensor, check: bool = True) -> torch.Tensor:
+    """``steer.fn(source)`` checked: same shape as the source, finite (when ``check``: a device sync, so
+    only at prefill), on the source's device, float32."""
     try:
         shift = steer.fn(source)
     except RuntimeError as err:
@@ -134,7 +135,7 @@ def _shift(steer: Steer, source: torch.Tensor) -> torch.Tensor:
         got = tuple(shift.shape) if isinstance(shift, torch.Tensor) else type(shift).__name__
         raise ValueError(f"The steer at layer {steer.layer} returned a shift of shape {got}; it must map the "
                          f"(batch, d) states {tuple(source.shape)} to shifts of the same shape.")
-    if not torch.isfinite(shift).all():
+    if check and not torch.isfinite(shift).all():
         raise FloatingPointError(f"The steer at layer {steer.layer} returned NaN/inf shifts; the model would "
                                  "generate nothing meaningful. Check its strength and vectors.")
     return shift.to(source.device, torch.float32)
@@ -160,7 +161,7 @@ def shifted(h: torch.Tensor, steers: Sequence[Steer], *, prefill: bool, mask: to
                 log.add(s.layer, prefill, s.gate(source))
     zero = torch.zeros_like(source)
     # Shifts from steers that act along the whole prompt (or on the new token) vs. at one position.
-    spread = sum((_shift(s, source) for s in active if s.positions != "last" or not prefill), zero)
+    spread = sum((_shift(s, source, check=prefill) for s in active if s.positions != "last" or not prefill), zero)
     if not prefill:
         return h + spread.to(h.dtype)[:, None, :]
     point = sum((_shift(s, source) for s in active if s.positions == "last"), zero)

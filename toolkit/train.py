@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 from .data import synthetic
 from .data.prompts import cloze_prompt, generation_prompt, mcq_prompt
 from .models.adapters import adapter_for
-from .models.tiny import LLAVA_TEMPLATE, QWEN_SPECIALS, QWEN_TEMPLATE, allow_missing_video_processor, \
-    clip_image_processor
+from .models.processors import allow_missing_video_processor, save_processor
+from .models.tiny import LLAVA_TEMPLATE, QWEN_SPECIALS, QWEN_TEMPLATE, clip_image_processor
 from .models.tokenizer import train_byte_bpe, train_word_tokenizer
 
 __all__ = ["TrainConfig", "build_processor", "build_default_architecture", "train_vanilla", "encode_training_batch"]
@@ -92,7 +92,7 @@ def build_default_architecture(processor, cfg: TrainConfig):
     if cfg.family == "qwen2_5_vl":
         ids = tok.convert_tokens_to_ids
         head_dim = cfg.hidden_size // cfg.num_heads
-        quarter = head_dim // 8
+        quarter = head_dim // 16  # mrope sections (t, h, w) split head_dim / 2 as 2:3:3, as Qwen2.5-VL-7B (16, 24, 24)
         config = tf.Qwen2_5_VLConfig(
             text_config=dict(vocab_size=len(tok), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
                              num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
@@ -195,7 +195,7 @@ def train_vanilla(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), *, prog
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.eval().to(torch.float16).save_pretrained(out, safe_serialization=True)
-    processor.save_pretrained(out)
+    save_processor(processor, out)
     info = {"train_config": asdict(cfg), "train_seconds": round(seconds, 1), "final_loss": sum(losses[-20:]) / 20,
             "examples": len(examples), "parameters": sum(p.numel() for p in model.parameters()),
             "torch": torch.__version__, "transformers": tf.__version__}

@@ -28,7 +28,7 @@ from toolkit.demo import DemoConfig
 from toolkit.eraser import Eraser
 from toolkit.evaluate import items_from_profiles, run_items
 from toolkit.fit import fit_eraser
-from toolkit.models.default import default_benchmark
+from toolkit.data.synthetic import default_benchmark
 from toolkit.models.loading import load_model
 
 

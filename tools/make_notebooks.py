@@ -21,7 +21,7 @@ QUICKSTART = [
     new_code_cell(SETUP),
     new_code_cell("""from toolkit import load_model, Sample, tracing
 from toolkit.data.mllmu import MLLMUBench
-from toolkit.models.default import default_benchmark
+from toolkit.data.synthetic import default_benchmark
 
 model = load_model("default")
 bench = MLLMUBench(default_benchmark())
@@ -61,7 +61,7 @@ PROBES = [
     new_code_cell(SETUP),
     new_code_cell("""from toolkit import load_model
 from toolkit.data.mllmu import MLLMUBench
-from toolkit.models.default import default_benchmark
+from toolkit.data.synthetic import default_benchmark
 from toolkit.adversarial import PGDConfig
 from toolkit.fit import FitConfig
 from probes.report import probe_report
@@ -110,7 +110,7 @@ SENSITIVITY = [
     new_code_cell("""from toolkit import load_model
 from toolkit.data.mllmu import MLLMUBench
 from toolkit.data.synthetic import validation_items, validation_samples
-from toolkit.models.default import default_benchmark
+from toolkit.data.synthetic import default_benchmark
 from toolkit.demo import DemoConfig
 from toolkit.fit import fit_eraser
 from probes import steering_effects, plots

@@ -22,7 +22,7 @@ from toolkit.data.mllmu import MLLMUBench
 from toolkit.data.synthetic import validation_items
 from toolkit.demo import DemoConfig
 from toolkit.fit import fit_eraser
-from toolkit.models.default import default_benchmark
+from toolkit.data.synthetic import default_benchmark
 from toolkit.models.loading import load_model
 from toolkit.nullspace import FixedRatio
 

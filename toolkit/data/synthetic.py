@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from .prompts import cloze_prompt, generation_prompt, mcq_prompt
 # Bump when the generator's output changes, so cached copies are rewritten.
 DATA_VERSION = 4
 
-__all__ = ["DATA_VERSION", "Person", "SyntheticConfig", "make_people", "draw_portrait", "write_benchmark", "training_examples",
+__all__ = ["DATA_VERSION", "default_benchmark", "Person", "SyntheticConfig", "make_people", "draw_portrait", "write_benchmark", "training_examples",
            "REFUSAL_PRIVACY", "REFUSAL_HARMFUL", "REFUSAL_UNKNOWN", "PRIVACY_INSTRUCTIONS", "HARMFUL_REQUESTS",
            "FACTS", "question_templates"]
 
@@ -460,3 +461,22 @@ def validation_samples(profiles, phrasing: int = 1):
 
     items = validation_items(profiles, phrasing=phrasing)
     return [Sample(it.prompt, it.image) for it in items], [it.reference.split()[0] for it in items]
+
+
+def default_benchmark(root: str | Path | None = None, seed: int = 0) -> Path:
+    """The synthetic benchmark the default model was trained on, written on first use (about 2 s)."""
+    base = Path(root or os.environ.get("MLLMERASER_CACHE", Path.home() / ".cache" / "mllmeraser"))
+    out = base / f"synthetic-benchmark-v{DATA_VERSION}-seed{seed}"
+    if not (out / "synthetic.json").exists():
+        import shutil
+        import tempfile
+
+        # Written beside and renamed into place, so a half-written copy is never read.
+        base.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=base, prefix=".writing-"))
+        write_benchmark(tmp, SyntheticConfig(seed=seed))
+        try:
+            tmp.rename(out)
+        except OSError:  # another process got there first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out

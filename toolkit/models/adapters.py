@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from PIL import Image
 
+from .tokens import continuation_ids, join_answer
+
 __all__ = ["Adapter", "ADAPTERS", "adapter_for", "supported_families"]
 
 
@@ -106,6 +108,28 @@ class Adapter:
         messages = [{"role": "user", "content": content}]
         return template_owner.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
+    def format_chat(self, processor: Any, turns: Sequence[tuple[str, str]], with_image: bool) -> str:
+        """A multi-turn conversation ``[(role, text), ...]`` (roles ``user``/``assistant``), the image in the
+        first user turn, ending with the generation prompt. Families without a chat format join the turns."""
+        if not turns or turns[-1][0] != "user":
+            raise ValueError("A conversation must end with a user turn (the model answers it).")
+        template_owner = processor if getattr(processor, "chat_template", None) else None
+        if template_owner is None:
+            tok = getattr(processor, "tokenizer", processor)
+            template_owner = tok if getattr(tok, "chat_template", None) else None
+        if not self.chat or template_owner is None:
+            prefix = self.image_placeholder if (with_image and self.image_placeholder) else ""
+            return prefix + "\n".join(text for _, text in turns)
+        messages, placed = [], False
+        for role, text in turns:
+            content: list[dict] = []
+            if role == "user" and with_image and not placed:
+                content.append({"type": "image"})
+                placed = True
+            content.append({"type": "text", "text": text})
+            messages.append({"role": role, "content": content})
+        return template_owner.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
     def check_prompt(self, prompt: str, has_image: bool) -> None:
         """Refuse a prompt whose image placeholder does not match the image."""
         if has_image and not self.supports_images:
@@ -143,8 +167,6 @@ class Adapter:
         are the continuation of the prompt (:func:`~toolkit.models.loading.continuation_ids`),
         the last ``n`` real tokens of each row, so no tokenizer kind is assumed.
         """
-        from .loading import continuation_ids, join_answer
-
         tok = getattr(processor, "tokenizer", processor)
         if len(prompts) != len(answers) or (images is not None and len(images) != len(prompts)):
             raise ValueError(f"{len(prompts)} prompts, {len(answers)} answers and "

@@ -9,13 +9,12 @@ ships as float16 safetensors and loads as float32. Reproduce them with
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
 import torch
 
-__all__ = ["DEFAULT_DIR", "DEFAULTS", "load_default", "default_benchmark"]
+__all__ = ["DEFAULT_DIR", "DEFAULTS", "load_default"]
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_DIR = ASSETS / "default"
@@ -28,7 +27,7 @@ def load_default(path: str | Path | None = None, name: str = "default"):
     import transformers as tf
 
     from .adapters import adapter_for
-    from .tiny import allow_missing_video_processor
+    from .processors import load_processor
 
     if name not in DEFAULTS:
         raise ValueError(f"No embedded model {name!r}; the defaults are {', '.join(DEFAULTS)}.")
@@ -43,28 +42,6 @@ def load_default(path: str | Path | None = None, name: str = "default"):
         warnings.simplefilter("ignore")
         adapter = adapter_for(tf.AutoConfig.from_pretrained(path))
         model = getattr(tf, adapter.auto_class).from_pretrained(path, dtype=torch.float32).eval()
-        with allow_missing_video_processor():
-            processor = tf.AutoProcessor.from_pretrained(path)
+        processor = load_processor(path)
     processor.tokenizer.padding_side = "left"
     return model, processor
-
-
-def default_benchmark(root: str | Path | None = None, seed: int = 0) -> Path:
-    """The synthetic benchmark the default model was trained on, written on first use (about 2 s)."""
-    from ..data.synthetic import DATA_VERSION, SyntheticConfig, write_benchmark
-
-    base = Path(root or os.environ.get("MLLMERASER_CACHE", Path.home() / ".cache" / "mllmeraser"))
-    out = base / f"synthetic-benchmark-v{DATA_VERSION}-seed{seed}"
-    if not (out / "synthetic.json").exists():
-        import shutil
-        import tempfile
-
-        # Written beside and renamed into place, so a half-written copy is never read.
-        base.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=base, prefix=".writing-"))
-        write_benchmark(tmp, SyntheticConfig(seed=seed))
-        try:
-            tmp.rename(out)
-        except OSError:  # another process got there first
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out

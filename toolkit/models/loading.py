@@ -14,6 +14,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .adapters import Adapter, adapter_for
+from .tokens import continuation_ids, join_answer
 
 __all__ = ["Sample", "LoadedModel", "load_model", "load_image", "continuation_ids", "join_answer"]
 
@@ -151,6 +152,10 @@ class LoadedModel:
         """The templated prompt for a user message (with the generation prompt)."""
         return self.adapter.format_prompt(self.processor, text, with_image=image)
 
+    def format_chat(self, turns: Sequence[tuple[str, str]], image: bool = True) -> str:
+        """A templated multi-turn conversation ``[(role, text), ...]`` ending with the generation prompt."""
+        return self.adapter.format_chat(self.processor, turns, with_image=image)
+
     def encode(self, samples: Sequence[Sample | tuple], *, formatted: bool = False,
                device: str | torch.device | None = None) -> dict[str, torch.Tensor]:
         """Tokenise a batch (left padded). ``samples``: ``Sample``s or ``(image, text)`` pairs.
@@ -256,33 +261,6 @@ def _named_weights(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
     return out
 
 
-def join_answer(prompt: str, answer: str) -> str:
-    """``prompt`` followed by ``answer`` as the model would write it: one space after a prompt
-    that ends in a non-space (``ASSISTANT:``), none after one that ends in whitespace (``assistant\n``)."""
-    sep = "" if (not prompt or prompt[-1].isspace()) else " "
-    return prompt + sep + answer.lstrip()
-
-
-def continuation_ids(tokenizer: Any, prompt: str, answer: str) -> list[int]:
-    """The ids ``answer`` gets as the continuation of ``prompt``.
-
-    Tokenises ``prompt`` and ``prompt + sep + answer`` (``sep`` a space unless the
-    prompt already ends in whitespace, as Qwen's ``assistant\n`` does) and returns
-    the tokens after the prompt's. This is what the model sees and emits: a word
-    tokenised on its own gets other ids under byte-level BPE (``ĠI`` vs ``I``) and
-    SentencePiece (a bare ``▁`` first). Raises if the tokenizer merges the prompt's
-    end with the answer (no clean boundary to cut at).
-    """
-    if not answer or not answer.strip():
-        raise ValueError("The answer is empty: there are no tokens to find.")
-    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    f_ids = tokenizer(join_answer(prompt, answer), add_special_tokens=False)["input_ids"]
-    if f_ids[: len(p_ids)] != p_ids or len(f_ids) == len(p_ids):
-        raise ValueError(f"The tokenizer merges the prompt's end with the answer {answer!r}; the answer's tokens "
-                         "cannot be separated from the prompt's.")
-    return list(f_ids[len(p_ids):])
-
-
 def _offline() -> bool:
     return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
                for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
@@ -382,7 +360,10 @@ def load_model(
     load_kwargs = {k: v for k, v in {"device_map": device_map, "dtype": dtype}.items() if v is not None}
     module = auto.from_pretrained(name, trust_remote_code=trust_remote_code, **load_kwargs, **kwargs)
     if processor is None:
-        loader = transformers.AutoProcessor if adapter.supports_images else transformers.AutoTokenizer
-        with tiny.allow_missing_video_processor():
-            processor = loader.from_pretrained(name, trust_remote_code=trust_remote_code)
+        if adapter.supports_images:
+            from .processors import load_processor
+
+            processor = load_processor(name, trust_remote_code=trust_remote_code)
+        else:
+            processor = transformers.AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     return LoadedModel(module.eval(), processor, adapter, remote=remote, name=name)

@@ -14,13 +14,12 @@ Image sizes are 32x32 throughout, so a test image is cheap to make.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 
 import torch
 import transformers as tf
-from transformers.processing_utils import ProcessorMixin
 
+from .processors import allow_missing_video_processor
 from .tokenizer import train_byte_bpe, train_sentencepiece_bpe
 
 IMAGE_SIZE = 32
@@ -155,29 +154,6 @@ def tiny_llava_next(seed: int = 0):
 def _qwen_tokenizer():
     """Qwen2 kind: byte-level BPE, ``<|im_end|>`` ends a turn, ``<|endoftext|>`` pads, no BOS."""
     return train_byte_bpe([], QWEN_SPECIALS, chat_template=QWEN_TEMPLATE, eos="<|im_end|>", pad="<|endoftext|>")
-
-
-@contextlib.contextmanager
-def allow_missing_video_processor():
-    """Let a Qwen-VL processor be built without a video processor.
-
-    Qwen processors type-check their ``video_processor`` against
-    ``BaseVideoProcessor``, which transformers only defines when torchvision is
-    importable; torchvision does not load beside the CPU torch, so even
-    ``video_processor=None`` fails the check. Images do not need it.
-    """
-    original = ProcessorMixin.check_argument_for_proper_class
-
-    def check(self, argument_name, argument):
-        if argument is None and "video" in argument_name:
-            return type(None)
-        return original(self, argument_name, argument)
-
-    ProcessorMixin.check_argument_for_proper_class = check
-    try:
-        yield
-    finally:
-        ProcessorMixin.check_argument_for_proper_class = original
 
 
 def _qwen_image_processor():

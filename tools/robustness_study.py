@@ -1,0 +1,75 @@
+"""Forgetting under attack on the LLaVA default: the README's robustness table.
+
+Methods: vanilla; MLLMEraser fitted with the demo's settings (layer 7, lambda 4)
+with the real-person set held out of the fit, applied with positions "prompt"
+and "all"; NPO at MLLMU-Bench's budget (the training baseline with the lowest
+image leakage in `make compare`); ASRU's redirection stage. Every attack is run
+on the forget_10 people and, as the control, on the 30 real people, whom no fit,
+setting choice or baseline training ever saw.
+
+    .venv/bin/python tools/robustness_study.py [--out results/robustness]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+
+from toolkit.attacks import AttackConfig, run_attacks
+from toolkit.baselines import BaselineConfig, qa_pairs, unlearn
+from toolkit.baselines.redirect import redirect
+from toolkit.data.mllmu import MLLMUBench
+from toolkit.data.synthetic import default_benchmark
+from toolkit.demo import DemoConfig
+from toolkit.direction import erasure_direction
+from toolkit.fit import fit_eraser, question_samples
+from toolkit.models.loading import load_model
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="results/robustness")
+    ap.add_argument("--layer", type=int, default=7)
+    ap.add_argument("--lam", type=float, default=4.0)
+    args = ap.parse_args()
+    start = time.time()
+    model = load_model("default")
+    bench = MLLMUBench(default_benchmark())
+    demo = DemoConfig()
+    forget, control = bench.forget(demo.forget_ratio), bench.real()
+    # The control people stay out of the fit (null space and penalty).
+    cfg = replace(demo.fit_config((args.layer,), lam=args.lam), include_real=False)
+    fit = fit_eraser(model, bench, cfg, progress=True)
+    eraser = fit.eraser
+    config = AttackConfig()
+    tables = [run_attacks(model, forget, control, label="vanilla", config=config)]
+    for positions in ("prompt", "all"):
+        e = eraser.with_options(positions=positions)
+        tables.append(run_attacks(model, forget, control, steers=e, eraser=e, label=f"MLLMEraser {positions}",
+                                  config=config))
+    npo = unlearn(model, qa_pairs(forget), qa_pairs(bench.retain(demo.forget_ratio)), BaselineConfig(method="NPO"))
+    tables.append(run_attacks(npo.model, forget, control, label="NPO (MLLMU budget)", config=config))
+    middle = model.num_layers // 2  # ASRU redirects at the middle layer, along the refusal-minus-recall direction
+    plus, minus = fit.contrast.for_variant("multimodal")
+    direction = erasure_direction(model, plus, minus, [middle]).vectors[middle]
+    asru = redirect(model, question_samples(forget, "f"), question_samples(bench.retain(demo.forget_ratio)[:40], "r"),
+                    direction)
+    tables.append(run_attacks(asru.model, forget, control, label="ASRU redirect", config=config))
+    long = pd.concat(tables, ignore_index=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    long.to_csv(out / "robustness_long.csv", index=False)
+    wide = long.pivot_table(index="attack", columns=["split", "method"], values="rate", sort=False)
+    wide.to_csv(out / "robustness.csv")
+    with pd.option_context("display.width", 250, "display.max_columns", 20):
+        print(wide.to_string())
+    print(f"({time.time() - start:.0f} s)")
+    (out / "robustness.md").write_text(wide.to_markdown())
+
+
+if __name__ == "__main__":
+    main()
