@@ -33,7 +33,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pandas as pd
-import torch
 
 from . import metrics, tracing
 from .adversarial import PGDConfig, pgd_attack
@@ -42,7 +41,8 @@ from .evaluate import Item, items_from_profiles
 from .models.loading import LoadedModel, Sample, join_answer
 from .steering import as_steers, attached
 
-__all__ = ["ATTACKS", "NON_ADAPTIVE", "ADAPTIVE", "AttackConfig", "attack_items", "run_attacks"]
+__all__ = ["ATTACKS", "NON_ADAPTIVE", "ADAPTIVE", "AttackConfig", "attack_items", "gate_text_probes",
+           "run_attacks"]
 
 REFUSAL_TURN = "I cannot share personal information about this person."
 TEMPLATES = {
@@ -67,7 +67,7 @@ class AttackConfig:
     max_new_tokens: int = 32
     long_tokens: int = 256
     pgd: PGDConfig = PGDConfig(eps=16 / 255, step=2 / 255, steps=20)
-    pgd_items: int = 20  # image questions attacked with PGD per split (the slow one)
+    pgd_items: int = 10  # image questions attacked with PGD per split (the slow one)
     batch_size: int = 32
 
 
@@ -146,7 +146,7 @@ def _generate(model: LoadedModel, probes: list[_Probe], steers, max_new_tokens: 
     return [outs[i] for i in range(len(probes))]
 
 
-def _gate_text(model: LoadedModel, items: list[Item], eraser) -> list[_Probe]:
+def gate_text_probes(model: LoadedModel, items: list[Item], eraser) -> list[_Probe]:
     """Per question, the pool suffix with the lowest eraser gate at the last prompt token (white-box)."""
     layer = eraser.layers[0]
     m = eraser.layer_map(layer)
@@ -188,7 +188,7 @@ def run_attacks(model: LoadedModel, forget: Sequence[Profile], control: Sequence
                 if attack == "gate_text":
                     if eraser is None:
                         continue
-                    probes = _gate_text(model, items_from_profiles(people, split, ("generation",)), eraser)
+                    probes = gate_text_probes(model, items_from_profiles(people, split, ("generation",)), eraser)
                 else:
                     probes = attack_items(model, people, attack, split)
                 tokens = config.long_tokens if attack == "long" else config.max_new_tokens

@@ -220,6 +220,35 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_attack(args: argparse.Namespace) -> int:
+    """Forget leakage under every attack (and recall on control people), for a model with or without an eraser."""
+    import pandas as pd
+
+    from .attacks import ATTACKS, AttackConfig, run_attacks
+    from .data.mllmu import MLLMUBench
+    from .eraser import Eraser
+
+    model = _load(args)
+    bench = MLLMUBench(_bench_path(args.bench))
+    eraser = Eraser.load(args.eraser, model) if args.eraser else None
+    if eraser is not None and args.positions:
+        eraser = eraser.with_options(positions=args.positions)
+    attacks = tuple(a.strip() for a in args.attacks.split(",")) if args.attacks else ATTACKS
+    unknown = [a for a in attacks if a not in ATTACKS]
+    if unknown:
+        raise ValueError(f"Unknown attacks {unknown}; choose from {', '.join(ATTACKS)}.")
+    control = bench.real() if args.control == "real" else bench.retain(args.forget)[: int(args.control)]
+    table = run_attacks(model, bench.forget(args.forget), control, steers=eraser, eraser=eraser, attacks=attacks,
+                        config=AttackConfig(batch_size=args.batch_size), label=args.eraser or "no eraser")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "attacks.csv", index=False)
+    with pd.option_context("display.width", 200):
+        print(table.pivot_table(index="attack", columns="split", values="rate", sort=False).to_string())
+    print(f"wrote {out}/attacks.csv (rate: percent of answers containing the fact)")
+    return 0
+
+
 def cmd_baseline(args: argparse.Namespace) -> int:
     from .baselines import BaselineConfig, qa_pairs, unlearn
     from .data.mllmu import MLLMUBench
@@ -315,6 +344,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_baseline)
+
+    p = sub.add_parser("attack", parents=[model_opts],
+                       help="forget leakage under re-asking, jailbreaks, prefill, relearning, long generation, PGD")
+    p.add_argument("--bench", default=None)
+    p.add_argument("--eraser", default=None, help="an eraser file (default: the model alone)")
+    p.add_argument("--positions", default=None, choices=["prompt", "last", "all"])
+    p.add_argument("--forget", type=int, default=10, choices=[5, 10, 15])
+    p.add_argument("--control", default="real",
+                   help="control people: 'real' (the Retain_Set) or N (the first N retain people)")
+    p.add_argument("--attacks", default=None, help="comma-separated subset (default: all)")
+    p.add_argument("--out", default="results/attack")
+    p.set_defaults(fn=cmd_attack)
 
     p = sub.add_parser("compare", help="MLLMEraser vs GA, GA_Diff, KL_Min, NPO, ASRU redirection (slow)")
     p.add_argument("--out", default="results/compare")
