@@ -17,7 +17,8 @@ import torch
 from toolkit.eraser import solve_map
 from toolkit.nullspace import EnergyBudget, FixedRatio, RankPolicy, RelativeTolerance, SecondMoment, null_space
 
-__all__ = ["DEFAULT_POLICIES", "rank_table", "spectrum", "forget_in_null_space", "gate_values", "gate_overlap"]
+__all__ = ["DEFAULT_POLICIES", "rank_table", "spectrum", "forget_in_null_space", "gate_values", "eraser_gate_values",
+           "gate_overlap"]
 
 DEFAULT_POLICIES: tuple[RankPolicy, ...] = (FixedRatio(0.3), FixedRatio(0.4), EnergyBudget(0.01),
                                             EnergyBudget(0.05), RelativeTolerance(1e-3), RelativeTolerance(1e-2))
@@ -71,6 +72,13 @@ def gate_values(retain: torch.Tensor, forget: torch.Tensor, policy: RankPolicy =
     w = solve_map(fm.gram, fm.total, space, gamma)[:, 0]
     rows = [{"set": "retain", "gate": float(g)} for g in retain.double() @ w]
     rows += [{"set": "forget", "gate": float(g)} for g in forget.double() @ w]
+    return pd.DataFrame(rows)
+
+
+def eraser_gate_values(layer_map, retain: torch.Tensor, forget: torch.Tensor) -> pd.DataFrame:
+    """Gate ``h . w`` of a fitted eraser's map (``Eraser.layer_map(l)``) for every retain and forget row."""
+    rows = [{"set": "retain", "gate": float(g)} for g in layer_map.gate(retain)[:, 0]]
+    rows += [{"set": "forget", "gate": float(g)} for g in layer_map.gate(forget)[:, 0]]
     return pd.DataFrame(rows)
 
 

@@ -12,7 +12,6 @@ from toolkit.data.mllmu import MLLMUBench
 from toolkit.data.synthetic import validation_samples
 from toolkit.fit import FitConfig, FitResult, fit_eraser, question_samples
 from toolkit.models.loading import LoadedModel
-from toolkit.nullspace import FixedRatio
 from toolkit.tracing import capture
 
 from . import nullspace_rank, plots, separability, steering_effects
@@ -49,8 +48,14 @@ class ProbeReport:
 def probe_report(model: LoadedModel, bench: MLLMUBench, *, forget_ratio: int = 10, layers=None,
                  lams=(0.5, 1.0, 1.5, 2.0, 3.0), fit_config: FitConfig | None = None, progress: bool = False,
                  retain_validation_people: int = 30) -> ProbeReport:
-    layers = list(range(model.num_layers)) if layers is None else model.check_layers(layers)
+    if layers is None:  # the fit's layers when a fit config is given (probing others would need their maps)
+        layers = list(fit_config.layers) if fit_config is not None else list(range(model.num_layers))
+    layers = model.check_layers(layers)
     cfg = fit_config or FitConfig(layers=tuple(layers), forget_ratio=forget_ratio, n_contrast=24)
+    missing = sorted(set(layers) - set(model.check_layers(list(cfg.layers))))
+    if missing:
+        raise ValueError(f"Layers {missing} are probed but not fitted (fit_config.layers = {list(cfg.layers)}); "
+                         "fit every probed layer.")
     fit = fit_eraser(model, bench, cfg, progress=progress)
     plus, minus = fit.contrast.for_variant(cfg.variant)
     cap_plus, cap_minus = capture(model, plus, layers), capture(model, minus, layers)
@@ -62,7 +67,8 @@ def probe_report(model: LoadedModel, bench: MLLMUBench, *, forget_ratio: int = 1
     fr_sep = separability.layer_separability(forget.activations, retain.activations)
     cos = separability.direction_cosines({l: fit.direction.vectors[l] for l in layers})
     ranks = nullspace_rank.rank_table(retain.activations, forget.activations)
-    gates = pd.concat([nullspace_rank.gate_values(retain[l], forget[l], cfg.rank_policy, cfg.gamma).assign(layer=l)
+    # The fitted eraser's own gates (its retain penalty and answer rows included), not a refit.
+    gates = pd.concat([nullspace_rank.eraser_gate_values(fit.eraser.layer_map(l), retain[l], forget[l]).assign(layer=l)
                        for l in layers], ignore_index=True)
     fv, fa = validation_samples(bench.forget(forget_ratio))
     rv, ra = validation_samples(bench.retain(forget_ratio)[:retain_validation_people])

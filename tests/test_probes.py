@@ -9,7 +9,7 @@ import torch
 from conftest import random_image
 from probes import nullspace_rank, separability, steering_effects
 from toolkit import tracing
-from toolkit.models.loading import Sample
+from toolkit.models.loading import Sample, load_model
 from toolkit.nullspace import RelativeTolerance
 
 
@@ -169,3 +169,27 @@ def test_epsilon_sweep_respects_each_budget(tiny_models):
     # A larger budget reaches a lower target loss from the same start.
     assert sweep.loss_clean.iloc[0] == pytest.approx(sweep.loss_clean.iloc[1])
     assert sweep.loss_adversarial.iloc[1] < sweep.loss_adversarial.iloc[0] < sweep.loss_clean.iloc[0]
+
+
+def test_probe_report_on_chosen_layers_plots_the_fitted_erasers_gates(tiny_models, tmp_path):
+    """`mllmeraser probe --layers 1,2` used to stop with a bare KeyError (it probed every layer but fitted two),
+    and its gate plot refitted a map without the eraser's penalty or answer rows."""
+    from toolkit.data import synthetic
+    from toolkit.data.mllmu import MLLMUBench
+    from toolkit.fit import FitConfig, question_samples
+    from toolkit.nullspace import FixedRatio
+    from probes.report import probe_report
+
+    model = load_model("default")
+    bench_dir = synthetic.write_benchmark(tmp_path / "b", synthetic.SyntheticConfig(seed=0, num_fictitious=20,
+                                                                                   num_real=4, num_unknown=4))
+    bench = MLLMUBench(bench_dir)
+    cfg = FitConfig(layers=(6, 7), rank_policy=FixedRatio(0.9), retain_weight=10.0, n_contrast=4, pgd=None)
+    report = probe_report(model, bench, fit_config=cfg, lams=(1.0, 4.0), retain_validation_people=4)
+    assert sorted(report.gates.layer.unique()) == [6, 7]
+    forget = tracing.capture(model, question_samples(bench.forget(10), "forget"), [7])[7]
+    want = report.fit.eraser.layer_map(7).gate(forget)[:, 0]
+    got = report.gates[(report.gates.layer == 7) & (report.gates.set == "forget")].gate.to_numpy()
+    assert got == pytest.approx(want.numpy(), abs=1e-5)
+    with pytest.raises(ValueError, match=r"Layers \[5\] are probed but not fitted"):
+        probe_report(model, bench, layers=[5, 6], fit_config=cfg)

@@ -210,8 +210,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     layers = _layers(args.layers) if args.layers else tuple(range(model.num_layers))
     cfg = FitConfig(layers=layers, forget_ratio=args.forget, n_contrast=args.n_contrast,
                     pgd=PGDConfig(steps=args.pgd_steps) if args.pgd_steps else None, batch_size=args.batch_size)
-    report = probe_report(model, MLLMUBench(_bench_path(args.bench)), forget_ratio=args.forget, fit_config=cfg,
-                          progress=True)
+    report = probe_report(model, MLLMUBench(_bench_path(args.bench)), forget_ratio=args.forget, layers=layers,
+                          fit_config=cfg, progress=True)
     out = report.save(args.out)
     print(report.direction_separability.round(3).to_string(index=False))
     print(report.window.drop(columns=["ok_lams"]).to_string(index=False))
