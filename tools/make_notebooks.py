@@ -163,6 +163,74 @@ print("meets the bar" if leak_img <= 0.05 and retain_drop <= 0.05 else "misses t
 """),
 ]
 
+BRING_YOUR_OWN = [
+    new_markdown_cell("# Bring your own checkpoint: plain nnsight code, your own samples\n\n"
+                      "A checkpoint directory of another family (here a tiny random Qwen2.5-VL saved to disk, loaded "
+                      "exactly as you would load `Qwen/Qwen2.5-VL-7B-Instruct` from a local copy, with `dtype=` and "
+                      "`device_map=` on a GPU), your own trace to capture, a fit from lists of samples, the eraser "
+                      "inside your own `generate`, and its gate at every step."),
+    new_code_cell(SETUP),
+    new_code_cell("""import tempfile
+import numpy as np
+from PIL import Image
+from toolkit import load_model, Sample
+from toolkit.models.tiny import build_tiny
+from toolkit.models.processors import save_processor
+
+checkpoint = tempfile.mkdtemp()
+module, processor = build_tiny("qwen2_5_vl")
+module.save_pretrained(checkpoint); save_processor(processor, checkpoint)
+model = load_model(checkpoint)            # e.g. load_model(path, dtype="bfloat16", device_map="cuda")
+def image(i):
+    return Image.fromarray(np.random.RandomState(i).randint(0, 255, (32, 32, 3), dtype=np.uint8))
+model"""),
+    new_markdown_cell("## Capture with your own trace\nLeft-padded inputs from `model.encode`; `model.layers[l]` is "
+                      "decoder block `l`, whose output the eraser edits."),
+    new_code_cell("""import nnsight
+retain = [Sample(t, image(i)) for i, t in enumerate(["what is this", "describe the image", "what colour is it",
+                                                      "is it a photo", "where is this"] * 4)]
+forget = [Sample("who is this person", image(50 + i)) for i in range(6)]
+enc = model.encode(retain, device=model.device)
+with torch.no_grad(), model.nn.trace(**enc):
+    retain_acts = nnsight.save(model.layers[1].output[:, -1])
+retain_acts.shape"""),
+    new_markdown_cell("## Fit from your activations and your samples\n`EraserFitter` streams statistics "
+                      "(activations on any device and dtype); `add_samples` captures lists of samples for you."),
+    new_code_cell("""from toolkit.fitter import EraserFitter
+from toolkit.nullspace import FixedRatio
+
+fitter = EraserFitter(model.hidden_size, layers=[1])
+fitter.update_retain({1: retain_acts})
+fitter.add_samples(model, "forget", forget)
+fitter.add_samples(model, "refusal", [Sample("do not say who this is", image(i)) for i in range(4)])
+fitter.add_samples(model, "recall", [Sample("who is this", image(i)) for i in range(4)])
+eraser = fitter.eraser(FixedRatio(0.5), gamma=1e-4, lam=20.0, positions="all", fingerprint=model.fingerprint())
+eraser.settings["layers_report"]"""),
+    new_markdown_cell("## The eraser inside your own `generate`, and its gate at every step"),
+    new_code_cell("""from toolkit.steering import GateLog
+
+log = GateLog()
+enc = model.encode(forget[:2], device=model.device)
+with torch.no_grad(), model.nn.generate(max_new_tokens=8, do_sample=False,
+                                        pad_token_id=model.tokenizer.pad_token_id) as tracer:
+    with tracer.invoke(**enc):
+        eraser.intervene(model, log=log)   # positions="all": the invoke's last statement
+    with tracer.invoke():
+        ids = nnsight.save(tracer.result)
+print(model.decode(ids[:, enc["input_ids"].shape[1]:]))
+frame = log.frame()
+frame.head()"""),
+    new_code_cell("""import seaborn as sns
+ax = sns.lineplot(frame, x="call", y="gate", hue="row", marker="o")
+ax.set(xlabel="generation step (0 = prompt)", ylabel="gate h . w at layer 1", title="when the eraser fired")"""),
+    new_markdown_cell("The same eraser steers any forward of the plain HF module too, and the hooks are gone "
+                      "after the block:"),
+    new_code_cell("""with eraser.attached(model):
+    hooked = model.module.generate(**enc, max_new_tokens=8, do_sample=False, pad_token_id=model.tokenizer.pad_token_id)
+assert hooked[:, enc["input_ids"].shape[1]:].tolist() == ids[:, enc["input_ids"].shape[1]:].tolist()
+print("identical ids through nnsight and through plain hooks")"""),
+]
+
 
 def write(name, cells):
     nb = new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
@@ -178,3 +246,4 @@ if __name__ == "__main__":
     write("01_quickstart.ipynb", QUICKSTART)
     write("02_probe_report.ipynb", PROBES)
     write("03_layer_sensitivity.ipynb", SENSITIVITY)
+    write("04_bring_your_own_checkpoint.ipynb", BRING_YOUR_OWN)
