@@ -33,13 +33,13 @@ test-gpu: $(STAMP)
 	$(PY) -m pytest -q -m gpu tests/test_gpu.py
 
 demo: $(STAMP)
-	$(PY) -m toolkit.cli demo
+	$(PY) -m experiments.cli demo
 
 compare: $(STAMP)
-	$(PY) -m toolkit.cli compare
+	$(PY) -m experiments.cli compare
 
 probe: $(STAMP)
-	$(PY) -m toolkit.cli probe
+	$(PY) -m experiments.cli probe
 
 # Each script prints ratios measured in one run; see the README's performance section.
 bench: $(STAMP)

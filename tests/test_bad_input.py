@@ -95,7 +95,7 @@ def test_unknown_model_offline_one_line(llava, monkeypatch):
 
 def test_cli_unknown_model_prints_one_line_exit_2():
     env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run([sys.executable, "-m", "toolkit.cli", "generate", "--model", "does-not-exist",
+    proc = subprocess.run([sys.executable, "-m", "experiments.cli", "generate", "--model", "does-not-exist",
                            "--prompt", "hi"], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 2
     lines = [l for l in proc.stderr.splitlines() if l.strip()]

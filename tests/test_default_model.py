@@ -12,7 +12,7 @@ from toolkit.data.mllmu import MLLMUBench
 from toolkit.data.synthetic import default_benchmark
 from toolkit.models.default import DEFAULT_DIR, DEFAULTS
 from toolkit.models.loading import load_model
-from toolkit.train import TrainConfig, train_vanilla
+from experiments.train import TrainConfig, train_vanilla
 
 GOALS = {
     "trained people: classification accuracy": 95,

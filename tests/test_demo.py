@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from toolkit.demo import DemoConfig, run_demo
+from experiments.demo import DemoConfig, run_demo
 
 
 @pytest.mark.slow

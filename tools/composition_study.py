@@ -24,7 +24,7 @@ import pandas as pd
 from probes.steering_effects import choose_setting, leakage_grid
 from toolkit.data.mllmu import MLLMUBench
 from toolkit.data.synthetic import validation_items
-from toolkit.demo import DemoConfig
+from experiments.demo import DemoConfig
 from toolkit.eraser import Eraser
 from toolkit.evaluate import items_from_profiles, run_items
 from toolkit.fit import fit_eraser

@@ -111,7 +111,7 @@ SENSITIVITY = [
 from toolkit.data.mllmu import MLLMUBench
 from toolkit.data.synthetic import validation_items, validation_samples
 from toolkit.data.synthetic import default_benchmark
-from toolkit.demo import DemoConfig
+from experiments.demo import DemoConfig
 from toolkit.fit import fit_eraser
 from probes import steering_effects, plots
 

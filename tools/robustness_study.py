@@ -24,7 +24,7 @@ from toolkit.baselines import BaselineConfig, qa_pairs, unlearn
 from toolkit.baselines.redirect import redirect
 from toolkit.data.mllmu import MLLMUBench
 from toolkit.data.synthetic import default_benchmark
-from toolkit.demo import DemoConfig
+from experiments.demo import DemoConfig
 from toolkit.direction import erasure_direction
 from toolkit.fit import fit_eraser, question_samples
 from toolkit.models.loading import load_model

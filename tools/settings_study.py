@@ -20,7 +20,7 @@ import pandas as pd
 from probes.steering_effects import choose_setting, leakage_grid
 from toolkit.data.mllmu import MLLMUBench
 from toolkit.data.synthetic import validation_items
-from toolkit.demo import DemoConfig
+from experiments.demo import DemoConfig
 from toolkit.fit import fit_eraser
 from toolkit.data.synthetic import default_benchmark
 from toolkit.models.loading import load_model

@@ -23,13 +23,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import tracing
-from .data.mllmu import MLLMUBench
-from .data.synthetic import default_benchmark, validation_items, validation_samples
-from .evaluate import benchmark_items, run_items, summarize
-from .fit import FitConfig, fit_eraser
-from .models.loading import LoadedModel, load_model
-from .nullspace import FixedRatio
+from toolkit import tracing
+from toolkit.data.mllmu import MLLMUBench
+from toolkit.data.synthetic import default_benchmark, validation_items, validation_samples
+from toolkit.evaluate import benchmark_items, run_items, summarize
+from toolkit.fit import FitConfig, fit_eraser
+from toolkit.models.loading import LoadedModel, load_model
+from toolkit.nullspace import FixedRatio
 
 __all__ = ["DemoConfig", "run_demo", "direction_steer", "headline"]
 
@@ -55,7 +55,7 @@ class DemoConfig:
     batch_size: int = 48
 
     def fit_config(self, layers: tuple[int, ...], lam: float = 1.0):
-        from .adversarial import PGDConfig
+        from toolkit.adversarial import PGDConfig
 
         return FitConfig(layers=layers, forget_ratio=self.forget_ratio, rank_policy=FixedRatio(self.rho),
                          gamma=self.gamma, retain_weight=self.retain_weight, answer_weight=self.answer_weight,
@@ -175,7 +175,7 @@ def run_demo(out_dir: str | Path = "results/demo", cfg: DemoConfig = DemoConfig(
 
 def _write_report(out: Path, info: dict, table: pd.DataFrame, summary: pd.DataFrame, lgrid: pd.DataFrame,
                   grid: pd.DataFrame) -> None:
-    from .report import plot_summary, plot_grid
+    from toolkit.report import plot_summary, plot_grid
 
     plot_summary(summary).savefig(out / "metrics.png", dpi=110, bbox_inches="tight")
     plot_grid(grid).savefig(out / "steering_grid.png", dpi=110, bbox_inches="tight")

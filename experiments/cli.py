@@ -50,7 +50,7 @@ def _model_parent() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace):
-    from .models.loading import load_model
+    from toolkit.models.loading import load_model
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}.")
@@ -60,7 +60,7 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_make_benchmark(args: argparse.Namespace) -> int:
-    from .data.synthetic import SyntheticConfig, write_benchmark
+    from toolkit.data.synthetic import SyntheticConfig, write_benchmark
 
     out = write_benchmark(args.out, SyntheticConfig(seed=args.seed))
     print(f"wrote the synthetic benchmark to {out}")
@@ -68,11 +68,11 @@ def cmd_make_benchmark(args: argparse.Namespace) -> int:
 
 
 def cmd_train_vanilla(args: argparse.Namespace) -> int:
-    from .train import TrainConfig, train_vanilla
+    from experiments.train import TrainConfig, train_vanilla
 
     cfg = TrainConfig(family=args.family, seed=args.seed, steps=args.steps,
                       **({"threads": args.threads} if args.threads else {}))
-    from .models.default import DEFAULTS
+    from toolkit.models.default import DEFAULTS
 
     out = args.out or next(str(path) for path, family in DEFAULTS.values() if family == args.family)
     info = train_vanilla(out, cfg)
@@ -82,10 +82,10 @@ def cmd_train_vanilla(args: argparse.Namespace) -> int:
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
     """Load a model, capture a layer, steer it, generate: what the README's quickstart does."""
-    from . import tracing
-    from .data.mllmu import MLLMUBench
-    from .data.synthetic import default_benchmark
-    from .models.loading import Sample
+    from toolkit import tracing
+    from toolkit.data.mllmu import MLLMUBench
+    from toolkit.data.synthetic import default_benchmark
+    from toolkit.models.loading import Sample
 
     model = _load(args)
     bench = MLLMUBench(default_benchmark())
@@ -122,15 +122,15 @@ def _layers(text: str) -> tuple[int, ...]:
 
 
 def _bench_path(arg: str | None) -> Path:
-    from .data.synthetic import default_benchmark
+    from toolkit.data.synthetic import default_benchmark
 
     return Path(arg) if arg else default_benchmark()
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from .adversarial import PGDConfig
-    from .fit import FitConfig, fit_eraser
-    from .nullspace import parse_rank_policy
+    from toolkit.adversarial import PGDConfig
+    from toolkit.fit import FitConfig, fit_eraser
+    from toolkit.nullspace import parse_rank_policy
 
     model = _load(args)
     cfg = FitConfig(layers=_layers(args.layers), forget_ratio=args.forget, recipe=args.recipe, variant=args.variant,
@@ -147,9 +147,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from . import tracing
-    from .eraser import Eraser
-    from .models.loading import Sample
+    from toolkit import tracing
+    from toolkit.eraser import Eraser
+    from toolkit.models.loading import Sample
 
     model = _load(args)
     sample = Sample(args.prompt, args.image)
@@ -162,7 +162,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import DemoConfig, run_demo
+    from experiments.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(forget_ratio=args.forget, retain_people=args.retain_people, real_people=args.real_people)
     info = run_demo(args.out, cfg, model=_load(args))
@@ -179,9 +179,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .data.mllmu import MLLMUBench
-    from .eraser import Eraser
-    from .evaluate import benchmark_items, run_items, summarize
+    from toolkit.data.mllmu import MLLMUBench
+    from toolkit.eraser import Eraser
+    from toolkit.evaluate import benchmark_items, run_items, summarize
 
     model = _load(args)
     bench = MLLMUBench(_bench_path(args.bench))
@@ -202,9 +202,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_probe(args: argparse.Namespace) -> int:
     from probes.report import probe_report
 
-    from .adversarial import PGDConfig
-    from .data.mllmu import MLLMUBench
-    from .fit import FitConfig
+    from toolkit.adversarial import PGDConfig
+    from toolkit.data.mllmu import MLLMUBench
+    from toolkit.fit import FitConfig
 
     model = _load(args)
     layers = _layers(args.layers) if args.layers else tuple(range(model.num_layers))
@@ -224,9 +224,9 @@ def cmd_attack(args: argparse.Namespace) -> int:
     """Forget leakage under every attack (and recall on control people), for a model with or without an eraser."""
     import pandas as pd
 
-    from .attacks import ATTACKS, AttackConfig, run_attacks
-    from .data.mllmu import MLLMUBench
-    from .eraser import Eraser
+    from toolkit.attacks import ATTACKS, AttackConfig, run_attacks
+    from toolkit.data.mllmu import MLLMUBench
+    from toolkit.eraser import Eraser
 
     model = _load(args)
     bench = MLLMUBench(_bench_path(args.bench))
@@ -250,8 +250,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
-    from .baselines import BaselineConfig, qa_pairs, unlearn
-    from .data.mllmu import MLLMUBench
+    from toolkit.baselines import BaselineConfig, qa_pairs, unlearn
+    from toolkit.data.mllmu import MLLMUBench
 
     model = _load(args)
     bench = MLLMUBench(_bench_path(args.bench))
@@ -265,7 +265,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import run_compare
+    from experiments.compare import run_compare
 
     table = run_compare(args.out)
     print(table.set_index("method").T.to_string())

@@ -21,12 +21,12 @@ import torch
 import transformers as tf
 from tqdm.auto import tqdm
 
-from .data import synthetic
-from .data.prompts import cloze_prompt, generation_prompt, mcq_prompt
-from .models.adapters import adapter_for
-from .models.processors import allow_missing_video_processor, save_processor
-from .models.tiny import LLAVA_TEMPLATE, QWEN_SPECIALS, QWEN_TEMPLATE, clip_image_processor
-from .models.tokenizer import train_byte_bpe, train_word_tokenizer
+from toolkit.data import synthetic
+from toolkit.data.prompts import cloze_prompt, generation_prompt, mcq_prompt
+from toolkit.models.adapters import adapter_for
+from toolkit.models.processors import allow_missing_video_processor, save_processor
+from toolkit.models.tiny import LLAVA_TEMPLATE, QWEN_SPECIALS, QWEN_TEMPLATE, clip_image_processor
+from toolkit.models.tokenizer import train_byte_bpe, train_word_tokenizer
 
 __all__ = ["TrainConfig", "build_processor", "build_default_architecture", "train_vanilla", "encode_training_batch"]
 
@@ -129,7 +129,7 @@ def encode_training_batch(processor, examples, adapter=None) -> dict[str, torch.
     family's way (:meth:`Adapter.training_batch`). ``examples`` share one layout:
     all with an image or all without.
     """
-    from .models.adapters import LLAVA
+    from toolkit.models.adapters import LLAVA
 
     adapter = adapter or LLAVA
     with_image = {ex.image is not None for ex in examples}

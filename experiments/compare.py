@@ -13,21 +13,21 @@ from pathlib import Path
 
 import pandas as pd
 
-from .baselines import METHODS, BaselineConfig, RedirectConfig, qa_pairs, redirect, unlearn
-from .data.mllmu import MLLMUBench
-from .demo import DemoConfig, _evaluate, headline
-from .evaluate import summarize
-from .fit import question_samples
-from .memory import PeakMemory
-from .data.synthetic import default_benchmark
-from .models.loading import load_model
+from toolkit.baselines import METHODS, BaselineConfig, RedirectConfig, qa_pairs, redirect, unlearn
+from toolkit.data.mllmu import MLLMUBench
+from experiments.demo import DemoConfig, _evaluate, headline
+from toolkit.evaluate import summarize
+from toolkit.fit import question_samples
+from toolkit.memory import PeakMemory
+from toolkit.data.synthetic import default_benchmark
+from toolkit.models.loading import load_model
 
 __all__ = ["run_compare"]
 
 
 def run_compare(out_dir: str | Path = "results/compare", cfg: DemoConfig = DemoConfig(),
                 demo_metrics: str | Path | None = None) -> pd.DataFrame:
-    from .fit import fit_eraser
+    from toolkit.fit import fit_eraser
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -36,7 +36,7 @@ def run_compare(out_dir: str | Path = "results/compare", cfg: DemoConfig = DemoC
     r = cfg.forget_ratio
     demo_dir = Path(demo_metrics or "results/demo")
     if not (demo_dir / "metrics.json").exists():
-        from .demo import run_demo
+        from experiments.demo import run_demo
 
         run_demo(demo_dir, cfg, model=model)
     chosen = json.loads((demo_dir / "metrics.json").read_text())
@@ -73,7 +73,7 @@ def run_compare(out_dir: str | Path = "results/compare", cfg: DemoConfig = DemoC
 
 def _middle_direction(model, fit):
     """The refusal-minus-recall direction at the middle layer, for ASRU's redirection."""
-    from .direction import erasure_direction
+    from toolkit.direction import erasure_direction
 
     plus, minus = fit.contrast.for_variant("multimodal")
     layer = model.num_layers // 2
