@@ -96,17 +96,7 @@ class Adapter:
                 f"An image was given to a text-only {self.family} model. Pass image=None, "
                 "or load a vision-language model."
             )
-        template_owner = processor if getattr(processor, "chat_template", None) else None
-        if template_owner is None:
-            tok = getattr(processor, "tokenizer", processor)
-            template_owner = tok if getattr(tok, "chat_template", None) else None
-        if not self.chat or template_owner is None:
-            prefix = self.image_placeholder if (with_image and self.image_placeholder) else ""
-            return f"{prefix}{text}"
-        content: list[dict] = [{"type": "image"}] if with_image else []
-        content.append({"type": "text", "text": text})
-        messages = [{"role": "user", "content": content}]
-        return template_owner.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return self.format_chat(processor, [("user", text)], with_image)
 
     def format_chat(self, processor: Any, turns: Sequence[tuple[str, str]], with_image: bool) -> str:
         """A multi-turn conversation ``[(role, text), ...]`` (roles ``user``/``assistant``), the image in the
