@@ -29,11 +29,11 @@ def build(hidden: int = 512, layers: int = 6):
 
     _, proc = tiny.tiny_llava()
     cfg = tf.LlavaConfig(
-        vision_config=tiny._clip_vision(hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
-                                        num_attention_heads=4),
-        text_config=tf.LlamaConfig(**tiny._llama_text(len(proc.tokenizer), hidden_size=hidden,
-                                                      intermediate_size=4 * hidden, num_hidden_layers=layers,
-                                                      num_attention_heads=8, num_key_value_heads=8)),
+        vision_config=tiny.clip_vision_config(hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+                                              num_attention_heads=4),
+        text_config=tf.LlamaConfig(**tiny.llama_text_config(proc.tokenizer, hidden_size=hidden,
+                                                            intermediate_size=4 * hidden, num_hidden_layers=layers,
+                                                            num_attention_heads=8, num_key_value_heads=8)),
         image_token_index=proc.tokenizer.convert_tokens_to_ids("<image>"), vision_feature_select_strategy="default",
         vision_feature_layer=-2,
     )
@@ -46,6 +46,7 @@ if __name__ == "__main__":
     from PIL import Image
 
     from toolkit import tracing
+    from toolkit.steering import edit_envoy
     from toolkit.models.loading import Sample, load_model
 
     ap = argparse.ArgumentParser()
@@ -71,7 +72,7 @@ if __name__ == "__main__":
         with torch.no_grad():
             with m.nn.trace(**enc):
                 a = nnsight.save(m.layers[2].output[:, -1])
-                tracing._edit_layer(m.layers[3], [steer], enc["attention_mask"], prefill=True)
+                edit_envoy(m.layers[3], [steer], prefill=True, mask=enc["attention_mask"])
                 b = nnsight.save(m.layers[5].output[:, -1])
         return a, b
 

@@ -38,8 +38,8 @@ from typing import Any, Literal
 
 import torch
 
-__all__ = ["Steer", "POSITIONS", "GateLog", "as_steers", "shifted", "intervene", "attached", "steering",
-           "active_steers"]
+__all__ = ["Steer", "POSITIONS", "GateLog", "as_steers", "group_by_layer", "shifted", "edit_envoy", "intervene",
+           "attached", "steering", "active_steers"]
 
 Positions = Literal["prompt", "last", "all"]
 POSITIONS = ("prompt", "last", "all")

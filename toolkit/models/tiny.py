@@ -75,7 +75,7 @@ def _sp_tokenizer(specials=(), template=None, **kw):
     return train_sentencepiece_bpe([], specials, chat_template=template, **kw)
 
 
-def _llama_text(tok, **kw) -> dict:
+def llama_text_config(tok, **kw) -> dict:
     base = dict(
         vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
@@ -85,7 +85,7 @@ def _llama_text(tok, **kw) -> dict:
     return base
 
 
-def _clip_vision(**kw) -> tf.CLIPVisionConfig:
+def clip_vision_config(**kw) -> tf.CLIPVisionConfig:
     base = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                 image_size=IMAGE_SIZE, patch_size=8, projection_dim=32)
     base.update(kw)
@@ -121,8 +121,8 @@ def tiny_llava(seed: int = 0, num_layers: int = 3, hidden_size: int = 64, corpus
         chat_template=LLAVA_TEMPLATE,
     )
     cfg = tf.LlavaConfig(
-        vision_config=_clip_vision(),
-        text_config=tf.LlamaConfig(**_llama_text(tok, num_hidden_layers=num_layers, hidden_size=hidden_size,
+        vision_config=clip_vision_config(),
+        text_config=tf.LlamaConfig(**llama_text_config(tok, num_hidden_layers=num_layers, hidden_size=hidden_size,
                                                  intermediate_size=2 * hidden_size)),
         image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_select_strategy="default",
         vision_feature_layer=-2, projector_hidden_act="gelu",
@@ -144,7 +144,7 @@ def tiny_llava_next(seed: int = 0):
         num_additional_image_tokens=1, chat_template=LLAVA_TEMPLATE,
     )
     cfg = tf.LlavaNextConfig(
-        vision_config=_clip_vision(), text_config=tf.LlamaConfig(**_llama_text(tok)),
+        vision_config=clip_vision_config(), text_config=tf.LlamaConfig(**llama_text_config(tok)),
         image_token_index=tok.convert_tokens_to_ids("<image>"), image_grid_pinpoints=grid,
         vision_feature_select_strategy="default", vision_feature_layer=-2,
     )
@@ -292,7 +292,7 @@ def tiny_idefics3(seed: int = 0):
     cfg = tf.Idefics3Config(
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                            image_size=IMAGE_SIZE, patch_size=8),
-        text_config=_llama_text(tok), scale_factor=2,
+        text_config=llama_text_config(tok), scale_factor=2,
         image_token_id=tok.convert_tokens_to_ids("<image>"), pad_token_id=tok.pad_token_id,
     )
     return tf.Idefics3ForConditionalGeneration(cfg).eval(), proc
@@ -305,7 +305,7 @@ def tiny_llama(seed: int = 0):
     tok = train_byte_bpe([], ["<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"], chat_template=LLAMA3_TEMPLATE,
                          eos="<|eot_id|>", bos="<|begin_of_text|>")
     tok.pad_token = None
-    config = tf.LlamaConfig(**_llama_text(tok))
+    config = tf.LlamaConfig(**llama_text_config(tok))
     return tf.LlamaForCausalLM(config).eval(), tok
 
 
