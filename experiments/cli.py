@@ -127,8 +127,21 @@ def _bench_path(arg: str | None) -> Path:
     return Path(arg) if arg else default_benchmark()
 
 
+def _people(args: argparse.Namespace):
+    from toolkit.data.splits import PeopleSplit
+
+    if getattr(args, "all_people", False):
+        return None
+    return PeopleSplit(seed=args.people_seed, fit=args.fit_share, validation=args.validation_share)
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(","))
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     from toolkit.adversarial import PGDConfig
+    from toolkit.data.mllmu import MLLMUBench
     from toolkit.fit import FitConfig, fit_eraser
     from toolkit.nullspace import parse_rank_policy
 
@@ -137,11 +150,29 @@ def cmd_fit(args: argparse.Namespace) -> int:
                     rank_policy=parse_rank_policy(args.rank), gamma=args.gamma, lam=args.lam,
                     retain_weight=args.retain_weight, answer_weight=args.answer_weight,
                     positions=args.positions, include_real=not args.hold_out_real,
+                    n_contrast=args.n_contrast or None, pgd_limit=args.pgd_limit or None,
                     pgd=PGDConfig(eps=args.eps, steps=args.pgd_steps) if args.pgd_steps > 0 else None,
-                    batch_size=args.batch_size)
-    result = fit_eraser(model, _bench_path(args.bench), cfg, progress=True)
-    path = result.eraser.save(args.out)
-    print(json.dumps(result.report, indent=1, default=str))
+                    batch_size=args.batch_size, people=_people(args))
+    bench = MLLMUBench(_bench_path(args.bench))
+    result = fit_eraser(model, bench, cfg, progress=True)
+    eraser = result.eraser.with_options(threshold=args.threshold)
+    if args.select:
+        from toolkit.selection import SelectConfig, select_setting
+
+        select = SelectConfig(layers=cfg.layers, lams=_floats(args.lams), thresholds=_floats(args.thresholds),
+                              positions=tuple(None if p == "own" else p for p in args.select_positions.split(",")),
+                              leak_max=args.leak_max, rule=args.select_rule, batch_size=args.batch_size)
+        eraser, sel = select_setting(model, result, bench, cfg, select, progress=True)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        sel.grid.to_csv(out.with_suffix(".selection.csv"), index=False)
+        print(sel.grid.round(3).to_string(index=False))
+        print(f"chosen on the rehearsal (validation people {len(sel.validation_people)}, stand-ins "
+              f"{len(sel.stand_ins)}): layer {sel.layer}, lambda {sel.lam}, threshold {sel.threshold}, positions "
+              f"{sel.positions}; {sel.rule}")
+    path = eraser.save(args.out)
+    print(json.dumps({k: v for k, v in result.report.items() if k not in ("fit_people", "forget_people")},
+                     indent=1, default=str))
     print(f"wrote {path} ({path.stat().st_size} bytes)")
     return 0
 
@@ -164,13 +195,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from experiments.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig(forget_ratio=args.forget, retain_people=args.retain_people, real_people=args.real_people)
+    from toolkit.selection import SelectConfig
+
+    cfg = DemoConfig(forget_ratio=args.forget, people=_people(args), in_fit_people=args.in_fit_people,
+                     select=SelectConfig(rule=args.select_rule))
     info = run_demo(args.out, cfg, model=_load(args))
     import pandas as pd
 
     print()
-    print(f"MLLMEraser at layer {info['layer']}, lambda {info['lam']}; direction-only lambda "
-          f"{info['direction_only_lam']}. Percent; leak = the fact appears in the answer.")
+    print(f"MLLMEraser at layer {info['layer']}, lambda {info['lam']}, threshold {info['threshold']}, positions "
+          f"{info['positions']}; direction-only "
+          f"lambda {info['direction_only_lam']}. Percent; leak / recall = the fact appears in the answer; retain_* "
+          "and real_* are evaluation people (never in the fit or the selection), in_fit_* are fit people.")
     print(pd.DataFrame(info["headline"]).set_index("method").T.to_string())
     print(f"\nwrote {args.out}/report.md, metrics.json, results.csv and plots ({info['seconds']} s)")
     return 0
@@ -183,11 +219,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from toolkit.eraser import Eraser
     from toolkit.evaluate import benchmark_items, run_items, summarize
 
+    from toolkit.data.splits import PeopleSplit
+
     model = _load(args)
     bench = MLLMUBench(_bench_path(args.bench))
     steers = Eraser.load(args.eraser, model) if args.eraser else None
-    df = run_items(model, benchmark_items(bench, args.forget), steers=steers, progress=True, label="evaluate",
-                   batch_size=args.batch_size)
+    people = _people(args)
+    fitted = (steers.settings.get("people", "absent") if steers is not None else "absent")
+    if people is not None and isinstance(fitted, dict):
+        people = PeopleSplit(**fitted)  # the split the eraser was fitted with: its evaluation people
+    elif fitted is None:
+        people = None  # fitted on every retain person: only in-fit figures exist
+    items = benchmark_items(bench, args.forget, people=people, in_fit_people=args.in_fit_people)
+    if people is None:
+        print("note: every retain and real person is evaluated; for an eraser fitted on all of them these are "
+              "in-fit figures", file=sys.stderr)
+    df = run_items(model, items, steers=steers, progress=True, label="evaluate", batch_size=args.batch_size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "results.csv", index=False)
@@ -208,12 +255,13 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     model = _load(args)
     layers = _layers(args.layers) if args.layers else tuple(range(model.num_layers))
-    cfg = FitConfig(layers=layers, forget_ratio=args.forget, n_contrast=args.n_contrast,
+    cfg = FitConfig(layers=layers, forget_ratio=args.forget, n_contrast=args.n_contrast or None,
                     pgd=PGDConfig(steps=args.pgd_steps) if args.pgd_steps else None, batch_size=args.batch_size)
     report = probe_report(model, MLLMUBench(_bench_path(args.bench)), forget_ratio=args.forget, layers=layers,
                           fit_config=cfg, progress=True)
     out = report.save(args.out)
     print(report.direction_separability.round(3).to_string(index=False))
+    print(report.stability.round(3).to_string(index=False))
     print(report.window.drop(columns=["ok_lams"]).to_string(index=False))
     print(f"recommended (layer, lambda): {report.recommended}")
     print(f"wrote the probe report to {out}")
@@ -252,11 +300,31 @@ def cmd_attack(args: argparse.Namespace) -> int:
 def cmd_baseline(args: argparse.Namespace) -> int:
     from toolkit.baselines import BaselineConfig, qa_pairs, unlearn
     from toolkit.data.mllmu import MLLMUBench
+    from toolkit.fit import FitConfig, fit_people
 
     model = _load(args)
     bench = MLLMUBench(_bench_path(args.bench))
-    cfg = BaselineConfig(method=args.name, epochs=args.epochs, lr=args.lr)
-    res = unlearn(model, qa_pairs(bench.forget(args.forget)), qa_pairs(bench.retain(args.forget)), cfg, progress=True)
+    # Train on the fit people only, as the eraser does: evaluation people stay unseen by every method.
+    retain_ids = {p.id for p in bench.retain(args.forget)}
+    retain = [p for p in fit_people(bench, FitConfig(forget_ratio=args.forget, people=_people(args)))
+              if p.id in retain_ids]
+    if args.name == "ASRU":
+        from toolkit.baselines import ASRUConfig, GRPOConfig, asru
+        from toolkit.contrastive import privacy_sets
+        from toolkit.data.boundary import boundary_questions
+        from toolkit.direction import erasure_direction
+
+        layer = model.num_layers // 2
+        contrast = privacy_sets(model, retain, n=None, pgd=None)
+        direction = erasure_direction(model, contrast.refusal, contrast.recall, [layer]).vectors[layer]
+        config = ASRUConfig(stages=args.stages, grpo=GRPOConfig(steps=args.grpo_steps))
+        res = asru(model, bench.forget(args.forget), retain, boundary_questions(bench.forget(args.forget), retain),
+                   direction, config, progress=True)
+        if res.stage2 is not None:
+            print(f"GRPO mean rollout reward per step: {[round(r, 3) for r in res.stage2.rewards]}")
+    else:
+        cfg = BaselineConfig(method=args.name, epochs=args.epochs, lr=args.lr)
+        res = unlearn(model, qa_pairs(bench.forget(args.forget)), qa_pairs(retain), cfg, progress=True)
     res.model.module.save_pretrained(args.out)
     res.model.processor.save_pretrained(args.out)
     print(f"{args.name}: trained in {res.seconds:.1f} s; unlearned copy written to {args.out} "
@@ -295,7 +363,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=900)
     p.set_defaults(fn=cmd_train_vanilla)
 
-    p = sub.add_parser("fit", help="fit an eraser for a forget split", parents=[model_opts])
+    people = argparse.ArgumentParser(add_help=False)
+    people.add_argument("--people-seed", type=int, default=0, help="seed of the fit / validation / evaluation split")
+    people.add_argument("--fit-share", type=float, default=0.45, help="share of retain and real people in the fit")
+    people.add_argument("--validation-share", type=float, default=0.3,
+                        help="share that chooses settings (the rest is evaluation)")
+    people.add_argument("--all-people", action="store_true",
+                        help="the reference: every retain person in the fit (utility is then in-fit only)")
+
+    p = sub.add_parser("fit", help="fit an eraser for a forget split (--select: choose layer, lambda, "
+                       "threshold on validation people)", parents=[model_opts, people])
     p.add_argument("--bench", default=None, help="benchmark dir (default: the synthetic one)")
     p.add_argument("--forget", type=int, default=10, choices=[5, 10, 15])
     p.add_argument("--layers", default="6", help="e.g. 6 or 4,5 or 3-6 (block outputs, 0-based)")
@@ -313,6 +390,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hold-out-real", action="store_true", help="keep the real-person set out of the null space")
     p.add_argument("--eps", type=float, default=16 / 255)
     p.add_argument("--pgd-steps", type=int, default=30, help="0 skips PGD (no adversarial images)")
+    p.add_argument("--pgd-limit", type=int, default=16, help="attack at most N refused questions (0: all)")
+    p.add_argument("--n-contrast", type=int, default=0,
+                   help="contrastive questions (0: every image question of every fit person)")
+    p.add_argument("--threshold", type=float, default=0.0, help="gate dead zone in [0, 1); 0 = the paper's map")
+    p.add_argument("--select", action="store_true",
+                   help="choose layer (among --layers), lambda and threshold on the rehearsal (validation people)")
+    p.add_argument("--lams", default="2,4,6,8,12,16", help="lambdas tried by --select")
+    p.add_argument("--thresholds", default="0,0.2", help="gate thresholds tried by --select")
+    p.add_argument("--select-positions", default="own,prompt",
+                   help="position modes tried by --select (own = the fit's: all with answer rows)")
+    p.add_argument("--leak-max", type=float, default=0.05,
+                   help="--select: highest recall among settings whose rehearsal leakage is at most this")
+    p.add_argument("--select-rule", default="leakage", choices=["leakage", "reward"],
+                   help="--select: the leakage rule (README) or the highest ASRU reward on the rehearsal")
     p.add_argument("--out", default="results/eraser.safetensors")
     p.set_defaults(fn=cmd_fit)
 
@@ -330,14 +421,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bench", default=None)
     p.add_argument("--forget", type=int, default=10, choices=[5, 10, 15])
     p.add_argument("--layers", default=None)
-    p.add_argument("--n-contrast", type=int, default=24)
+    p.add_argument("--n-contrast", type=int, default=0, help="contrastive questions (0: all of the fit people's)")
     p.add_argument("--pgd-steps", type=int, default=20)
     p.add_argument("--out", default="results/probe")
     p.set_defaults(fn=cmd_probe)
 
-    p = sub.add_parser("baseline", parents=[model_opts],
-                       help="a training-based unlearning baseline: GA, GA_Diff, KL_Min, NPO")
-    p.add_argument("name", choices=["GA", "GA_Diff", "KL_Min", "NPO"])
+    p = sub.add_parser("baseline", parents=[model_opts, people],
+                       help="a training-based unlearning baseline: GA, GA_Diff, KL_Min, NPO, ASRU (both stages)")
+    p.add_argument("name", choices=["GA", "GA_Diff", "KL_Min", "NPO", "ASRU"])
+    p.add_argument("--stages", type=int, default=2, choices=[1, 2], help="ASRU: 1 = redirection only")
+    p.add_argument("--grpo-steps", type=int, default=30, help="ASRU stage 2 steps")
     p.add_argument("--bench", default=None)
     p.add_argument("--forget", type=int, default=10, choices=[5, 10, 15])
     p.add_argument("--epochs", type=int, default=4)
@@ -364,19 +457,21 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("quickstart", help="load, capture, steer, generate", parents=[model_opts])
     p.set_defaults(fn=cmd_quickstart)
 
-    p = sub.add_parser("demo", parents=[model_opts],
+    p = sub.add_parser("demo", parents=[model_opts, people],
                        help="the main job on an embedded default: fit, choose, evaluate, compare")
     p.add_argument("--out", default="results/demo")
     p.add_argument("--forget", type=int, default=10, choices=[5, 10, 15])
-    p.add_argument("--retain-people", type=int, default=20, help="retain people evaluated (all are used to fit)")
-    p.add_argument("--real-people", type=int, default=10)
+    p.add_argument("--in-fit-people", type=int, default=20, help="fit people evaluated beside the held-out ones")
+    p.add_argument("--select-rule", default="leakage", choices=["leakage", "reward"],
+                   help="how the rehearsal chooses: the leakage rule (README) or the highest ASRU reward")
     p.set_defaults(fn=cmd_demo)
 
-    p = sub.add_parser("evaluate", parents=[model_opts],
+    p = sub.add_parser("evaluate", parents=[model_opts, people],
                        help="MLLMU-Bench metrics for a model, optionally with an eraser")
     p.add_argument("--bench", default=None)
     p.add_argument("--eraser", default=None)
     p.add_argument("--forget", type=int, default=10, choices=[5, 10, 15])
+    p.add_argument("--in-fit-people", type=int, default=0, help="also evaluate up to N fit people (labelled)")
     p.add_argument("--out", default="results/evaluate")
     p.set_defaults(fn=cmd_evaluate)
 

@@ -1,33 +1,68 @@
-"""``make compare``: MLLMEraser against the training-based baselines on the same model, data and metrics.
+"""``make compare``: MLLMEraser against the training-based baselines on the same model, data, people and metrics.
 
-Rows: vanilla, MLLMEraser (the demo's chosen layer and lambda), GA, GA_Diff,
-KL_Min, NPO and ASRU's activation redirection. Columns: forget / test / retain /
-real metrics (percent), ASRU reward, fit or training time, and peak memory added.
+Rows: vanilla, MLLMEraser (the demo's chosen setting), the paper's map and the
+raw direction at matched forgetting, GA, GA_Diff, KL_Min, NPO at *matched
+forgetting* and at MLLMU-Bench's own budget (4 epochs, labelled), and ASRU:
+stage 1 (activation redirection) and full (stage 1 + GRPO with ASRU's reward on
+forget and boundary questions). Columns: forget / test
+metrics, retain and real utility on the evaluation people (never in any fit or
+choice) with fit people beside them, ASRU reward, fit or training time, peak
+memory added.
+
+Matched forgetting, chosen on the rehearsal like the eraser's settings: each
+baseline unlearns the stand-ins (validation people) with the fit people as its
+retain set, for 1, 2, 4, 8, 16 epochs; the smallest budget whose stand-in
+leakage is at most the eraser's rehearsal leakage (else the lowest leakage) is
+then used to unlearn the forget list. Every method trains on the same fit people.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 
-from toolkit.baselines import METHODS, BaselineConfig, RedirectConfig, qa_pairs, redirect, unlearn
+from toolkit.baselines import METHODS, ASRUConfig, BaselineConfig, asru, qa_pairs, unlearn
+from toolkit.data.boundary import boundary_questions
 from toolkit.data.mllmu import MLLMUBench
-from experiments.demo import DemoConfig, _evaluate, headline
-from toolkit.evaluate import summarize
-from toolkit.fit import question_samples
+from experiments.demo import DemoConfig, direction_steer, evaluate_people, headline
+from toolkit.evaluate import run_items, summarize
+from toolkit.judge import OfflineJudge
+from toolkit.fit import refit_forget
+from toolkit.nullspace import FixedRatio
+from toolkit.selection import fact_rate, rehearsal_items
 from toolkit.memory import PeakMemory
 from toolkit.data.synthetic import default_benchmark
 from toolkit.models.loading import load_model
 
-__all__ = ["run_compare"]
+__all__ = ["run_compare", "matched_epochs"]
+
+EPOCHS = (1, 2, 4, 8, 16)
+
+
+def matched_epochs(model, method: str, stand_ins, train_retain, stand_in_items, target: float,
+                   epochs: tuple[int, ...] = EPOCHS) -> tuple[int, pd.DataFrame]:
+    """The smallest epoch budget at which ``method`` unlearning the stand-ins leaks at most ``target``
+    on their questions (else the lowest leakage), with the budget curve."""
+    rows = []
+    for e in epochs:
+        res = unlearn(model, qa_pairs(stand_ins), qa_pairs(train_retain), BaselineConfig(method=method, epochs=e))
+        rows.append({"method": method, "epochs": e,
+                     "stand_in_leak": fact_rate(run_items(res.model, stand_in_items, batch_size=48))})
+        if rows[-1]["stand_in_leak"] <= target + 1e-9:
+            break
+    curve = pd.DataFrame(rows)
+    ok = curve[curve.stand_in_leak <= target + 1e-9]
+    pick = ok.iloc[0] if len(ok) else curve.sort_values(["stand_in_leak", "epochs"]).iloc[0]
+    return int(pick.epochs), curve
 
 
 def run_compare(out_dir: str | Path = "results/compare", cfg: DemoConfig = DemoConfig(),
                 demo_metrics: str | Path | None = None) -> pd.DataFrame:
-    from toolkit.fit import fit_eraser
+    from toolkit.fit import fit_eraser, fit_people
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -46,29 +81,109 @@ def run_compare(out_dir: str | Path = "results/compare", cfg: DemoConfig = DemoC
         start = time.time()
         fit = fit_eraser(model, bench, cfg.fit_config((layer,), lam))
         fit_seconds = time.time() - start
+    eraser = fit.eraser.with_options(threshold=chosen.get("threshold", 0.0),
+                                     positions=chosen.get("positions") or fit.eraser.positions)
     costs = {"MLLMEraser": (fit_seconds, meter.added_mb)}
-    frames = [_evaluate(model, bench, cfg, None, "vanilla"), _evaluate(model, bench, cfg, fit.eraser, "MLLMEraser")]
-    forget_qa, retain_qa = qa_pairs(bench.forget(r)), qa_pairs(bench.retain(r))
+    frames = [evaluate_people(model, bench, cfg, None, "vanilla"), evaluate_people(model, bench, cfg, eraser, "MLLMEraser")]
+    # The baselines train on the same fit people as the eraser: evaluation people stay unseen by every method.
+    train_retain = [p for p in fit_people(bench, cfg.fit_config((layer,))) if p.id in {q.id for q in bench.retain(r)}]
+    forget_qa, retain_qa = qa_pairs(bench.forget(r)), qa_pairs(train_retain)
+    sets, stand_ins = rehearsal_items(bench, r, cfg.people)
+    if "rehearsal_leak" in chosen:
+        target = float(chosen["rehearsal_leak"])
+    else:  # an older demo run: its selection grid has the chosen setting's rehearsal leakage
+        g = pd.read_csv(demo_dir / "selection_grid.csv")
+        target = float(g[(g.layer == layer) & (g.lam == lam) & (g.threshold == chosen.get("threshold", 0.0))]
+                       ["stand-ins"].min())
+    curves = []
+    # The paper's map (rank ratio 0.3, no penalty, no answer rows, prompt positions) at the same layer, its
+    # lambda matched on the rehearsal; and the unconditional direction at the demo's matched strength.
+    paper_cfg = replace(cfg.fit_config((layer,)), rank_policy=FixedRatio(0.3), retain_weight=0.0, answer_weight=0.0)
+    start = time.time()
+    paper = fit_eraser(model, bench, paper_cfg, contrast=fit.contrast)
+    rehearsal = refit_forget(model, paper, stand_ins, paper_cfg)
+    paper_lam, paper_leak = None, {}
+    for x in (1.0, 2.0, 4.0, 8.0, 16.0, 32.0):
+        paper_leak[x] = fact_rate(run_items(model, sets["stand-ins"], steers=rehearsal.with_options(lam=x),
+                                            batch_size=48))
+        if paper_leak[x] <= target + 1e-9:
+            paper_lam = x
+            break
+    paper_lam = paper_lam or min(paper_leak, key=paper_leak.get)
+    label = f"paper's map (matched: lambda {paper_lam:g})"
+    costs[label] = (time.time() - start, 0.0)
+    frames.append(evaluate_people(model, bench, cfg, paper.eraser.with_options(lam=paper_lam), label))
+    if "direction_only_lam" in chosen:
+        label = f"direction only (matched: lambda {chosen['direction_only_lam']:g})"
+        frames.append(evaluate_people(model, bench, cfg, [direction_steer(layer, fit.direction.vectors[layer],
+                                                                    chosen["direction_only_lam"])], label))
     for method in METHODS:
-        res = unlearn(model, forget_qa, retain_qa, BaselineConfig(method=method), progress=True)
-        costs[method] = (res.seconds, res.peak_added_mb)
-        frames.append(_evaluate(res.model, bench, cfg, None, method))
-    res = redirect(model, question_samples(bench.forget(r), "f"), question_samples(bench.retain(r)[:40], "r"),
-                   fit.direction.vectors[model.num_layers // 2] if model.num_layers // 2 in fit.direction.vectors
-                   else _middle_direction(model, fit), RedirectConfig())
-    costs["ASRU redirect"] = (res.seconds, res.peak_added_mb)
-    frames.append(_evaluate(res.model, bench, cfg, None, "ASRU redirect"))
+        epochs, curve = matched_epochs(model, method, stand_ins, train_retain, sets["stand-ins"], target)
+        curves.append(curve.assign(chosen=curve.epochs == epochs))
+        for label, budget in ((f"{method} (matched: {epochs} ep)", epochs), (f"{method} (MLLMU budget)", 4)):
+            res = unlearn(model, forget_qa, retain_qa, BaselineConfig(method=method, epochs=budget), progress=True)
+            costs[label] = (res.seconds, res.peak_added_mb)
+            frames.append(evaluate_people(res.model, bench, cfg, None, label))
+    pd.concat(curves, ignore_index=True).to_csv(out / "matched_budgets.csv", index=False)
+    # ASRU: stage 1 (redirection) and stage 1 + GRPO, boundary questions from the fit people.
+    direction = (fit.direction.vectors[model.num_layers // 2] if model.num_layers // 2 in fit.direction.vectors
+                 else _middle_direction(model, fit))
+    boundary = boundary_questions(bench.forget(r), train_retain)
+    res = asru(model, bench.forget(r), train_retain, boundary, direction, ASRUConfig(), progress=True)
+    costs["ASRU stage 1"] = (res.stage1.seconds, res.stage1.peak_added_mb)
+    costs["ASRU full"] = (res.seconds, max(res.stage1.peak_added_mb, res.stage2.peak_added_mb))
+    frames.append(evaluate_people(res.stage1.model, bench, cfg, None, "ASRU stage 1"))
+    frames.append(evaluate_people(res.stage2.model, bench, cfg, None, "ASRU full"))
+    pd.DataFrame({"step": range(1, len(res.stage2.rewards) + 1), "mean_reward": res.stage2.rewards}).to_csv(
+        out / "asru_rewards.csv", index=False)
+    _plot_rewards(res.stage2.rewards).savefig(out / "asru_rewards.png", dpi=110, bbox_inches="tight")
     summary = pd.concat([summarize(f).assign(method=f.method.iloc[0]) for f in frames], ignore_index=True)
     table = headline(summary)
     reward = summary[summary.task == "generation"].groupby("method", sort=False).apply(
         lambda g: round(100 * float((g.asru_reward * g.n).sum() / g.n.sum()), 1), include_groups=False)
     table["asru_reward"] = table.method.map(reward)
+    quality = {f.method.iloc[0]: generation_quality(f, OfflineJudge(model=model), bench, r, cfg) for f in frames}
+    for col in ("forget_contextual_refusal", "forget_degenerate", "forget_naturalness", "boundary_answer_rate"):
+        table[col] = table.method.map(lambda m, c=col: quality[m][c])
     table["fit_or_train_s"] = table.method.map(lambda m: round(costs[m][0], 1) if m in costs else 0.0)
     table["peak_added_mb"] = table.method.map(lambda m: round(costs[m][1], 1) if m in costs else 0.0)
     summary.to_csv(out / "summary.csv", index=False)
     table.to_csv(out / "table.csv", index=False)
     (out / "table.md").write_text(table.to_markdown(index=False))
     return table
+
+
+def generation_quality(frame: pd.DataFrame, judge: OfflineJudge, bench: MLLMUBench, r: int, cfg: DemoConfig,
+                       naturalness_sample: int = 40) -> dict:
+    """Judge columns for one method's results (percent; naturalness: mean log-prob per token under the vanilla
+    model, on the first ``naturalness_sample`` forget answers). Boundary: the evaluation retain people's questions
+    whose fact a forget person shares, answered (the fact appears, not a refusal)."""
+    gen = frame[frame.task == "generation"]
+    forget = gen[gen.split == "Forget"]
+    labels = [judge.classify(str(o)) for o in forget.output]
+    leaked = forget.leaked.fillna(0.0).tolist()
+    contextual = sum(lab == "refusal" and not lk for lab, lk in zip(labels, leaked)) / max(1, len(labels))
+    sample = forget.head(naturalness_sample)
+    natural = [judge.naturalness(q, str(o)) for q, o in zip(sample.question, sample.output) if str(o).strip()]
+    keys = {(p.id, q.question) for p, q in boundary_questions(bench.forget(r),
+                                                              cfg.people.people(bench.retain(r), "evaluation"))}
+    retain = gen[gen.split == "Retain"]
+    mask = [(p, q) in keys for p, q in zip(retain.person.astype(str), retain.question)]
+    boundary = retain[mask]
+    answered = ((boundary.leaked == 1.0) & (boundary.refused != 1.0)).mean() if len(boundary) else float("nan")
+    return {"forget_contextual_refusal": round(100 * contextual, 1),
+            "forget_degenerate": round(100 * labels.count("degenerate") / max(1, len(labels)), 1),
+            "forget_naturalness": round(sum(natural) / max(1, len(natural)), 2),
+            "boundary_answer_rate": round(100 * float(answered), 1)}
+
+
+def _plot_rewards(rewards):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot(range(1, len(rewards) + 1), rewards, marker="o", ms=3)
+    ax.set(xlabel="GRPO step", ylabel="mean rollout reward", title="ASRU stage 2 on the default")
+    return fig
 
 
 def _middle_direction(model, fit):

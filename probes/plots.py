@@ -6,7 +6,7 @@ import pandas as pd
 
 from toolkit.report import plot_grid, plt, sns
 
-__all__ = ["plot_separability", "plot_spectrum", "plot_rank_table", "plot_gates", "plot_grid", "plot_cosines",
+__all__ = ["plot_separability", "plot_spectrum", "plot_rank_table", "plot_gates", "plot_gate_groups", "plot_grid", "plot_cosines",
            "plot_leakage_grid", "plot_epsilon_sweep"]
 
 
@@ -48,6 +48,19 @@ def plot_gates(gates: pd.DataFrame, title: str = "gate h.w on forget vs retain")
     fig, ax = plt.subplots(figsize=(6, 3.4))
     sns.histplot(gates, x="gate", hue="set", bins=40, stat="density", common_norm=False, ax=ax)
     ax.set(title=title)
+    return fig
+
+
+def plot_gate_groups(gates: pd.DataFrame):
+    """Gate distribution per group of people, one panel per layer (from :func:`probes.gate_distribution`)."""
+    layers = sorted(gates.layer.unique())
+    fig, axes = plt.subplots(1, len(layers), figsize=(3.6 * len(layers), 3.4), squeeze=False, sharey=True)
+    for ax, layer in zip(axes[0], layers):
+        sns.boxplot(gates[gates.layer == layer], x="gate", y="group", ax=ax, fliersize=1.5)
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.set(title=f"layer {layer}", ylabel="")
+    fig.suptitle("eraser gate h.w at the last prompt token, per group of people")
+    fig.tight_layout()
     return fig
 
 

@@ -30,8 +30,8 @@ def contrast():
 
 def test_fit_end_to_end_on_tiny_model(tiny_models, bench_dir):
     m = tiny_models("llava")
-    res = fit_eraser(m, bench_dir, FitConfig(layers=(1, 2), forget_ratio=10, rank_policy=FixedRatio(0.5)),
-                     contrast=contrast())
+    res = fit_eraser(m, bench_dir, FitConfig(layers=(1, 2), forget_ratio=10, rank_policy=FixedRatio(0.5),
+                                             people=None), contrast=contrast())
     e = res.eraser
     assert e.layers == (1, 2) and e.rank == 1
     bench = MLLMUBench(bench_dir)
@@ -45,7 +45,7 @@ def test_fit_end_to_end_on_tiny_model(tiny_models, bench_dir):
         assert stats["gate_mean_forget"] > 5 * abs(stats["gate_mean_retain"])
         torch.testing.assert_close(e.layer_map(l).directions[0].double(), res.direction.vectors[l], rtol=1e-6,
                                    atol=1e-6)
-    held_out = fit_eraser(m, bench_dir, FitConfig(layers=(2,), include_real=False), contrast=contrast())
+    held_out = fit_eraser(m, bench_dir, FitConfig(layers=(2,), include_real=False, people=None), contrast=contrast())
     assert held_out.report["n_retain"] == len(question_samples(bench.retain(10), "r"))
 
 
@@ -104,7 +104,7 @@ def test_answer_rows_join_the_fit(tiny_models, bench_dir):
                                   for q in gens]
     assert samples[0].text.endswith(gens[0].ground_truth) and "ASSISTANT:" in samples[0].text
 
-    base = FitConfig(layers=(2,), forget_ratio=10, rank_policy=FixedRatio(0.5))
+    base = FitConfig(layers=(2,), forget_ratio=10, rank_policy=FixedRatio(0.5), people=None)
     plain = fit_eraser(m, bench_dir, base, contrast=contrast())
     with_answers = fit_eraser(m, bench_dir, FitConfig(**{**base.__dict__, "answer_weight": 0.5}), contrast=contrast())
     n_answers = sum(where.counts)

@@ -8,7 +8,7 @@ from toolkit.contrastive import ContrastiveSets
 from toolkit.data import synthetic
 from toolkit.data.mllmu import MLLMUBench
 from toolkit.eraser import solve_map
-from toolkit.fit import FitConfig, answer_samples, fit_eraser, question_samples
+from toolkit.fit import fit_people, FitConfig, answer_samples, fit_eraser, question_samples
 from toolkit.fitter import EraserFitter, SampleSet, fit_from_samples
 from toolkit.models.loading import Sample
 from toolkit.nullspace import FixedRatio, SecondMoment, null_space
@@ -34,7 +34,8 @@ def test_fit_from_sample_lists_equals_the_benchmark_fit_bit_for_bit(tiny_models,
     via_bench = fit_eraser(model, bench_dir, cfg, contrast=contrast()).eraser
     # The same material as a user would hand it over: plain lists, no benchmark object.
     bench = MLLMUBench(bench_dir)
-    retain_people = list(bench.retain(10)) + list(bench.real())
+    retain_people = fit_people(bench, cfg)  # the fit people of cfg.people (the default split)
+    assert 0 < len(retain_people) < len(bench.retain(10)) + len(bench.real())
     retain = [SampleSet(question_samples(retain_people, "retain"))]
     forget = [SampleSet(question_samples(bench.forget(10), "forget"))]
     if answer_weight:

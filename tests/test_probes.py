@@ -185,7 +185,7 @@ def test_probe_report_on_chosen_layers_plots_the_fitted_erasers_gates(tiny_model
                                                                                    num_real=4, num_unknown=4))
     bench = MLLMUBench(bench_dir)
     cfg = FitConfig(layers=(6, 7), rank_policy=FixedRatio(0.9), retain_weight=10.0, n_contrast=4, pgd=None)
-    report = probe_report(model, bench, fit_config=cfg, lams=(1.0, 4.0), retain_validation_people=4)
+    report = probe_report(model, bench, fit_config=cfg, lams=(1.0, 4.0))
     assert sorted(report.gates.layer.unique()) == [6, 7]
     forget = tracing.capture(model, question_samples(bench.forget(10), "forget"), [7])[7]
     want = report.fit.eraser.layer_map(7).gate(forget)[:, 0]

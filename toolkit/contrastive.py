@@ -58,21 +58,23 @@ def _image_side(model: LoadedModel, refused: list[Sample], targets: list[str], p
     return [a for a, ok in zip(attacked, result.success) if ok], attacked, result
 
 
-def refused_privacy_questions(model: LoadedModel, profiles: Sequence[Profile], *, n: int = 40,
+def refused_privacy_questions(model: LoadedModel, profiles: Sequence[Profile], *, n: int | None = 40,
                               instructions: Sequence[str] = PRIVACY_INSTRUCTIONS[:4]
                               ) -> tuple[list[Sample], list[str], list[Sample], int]:
     """Privacy-instructed image questions the model refuses.
 
     Returns ``(refused, targets, plain, n_asked)``: the refused instructed samples,
     their ground-truth answers (PGD targets), the same questions without the
-    instruction, and how many were asked (``n`` spread over ``profiles``).
+    instruction, and how many were asked (``n`` spread over ``profiles``; ``None``: every
+    image question of every profile).
     """
     from . import metrics, tracing
 
     questions = [(p, q) for p in profiles for q in p.generation if q.modality == "image"]
     if not questions:
         raise ValueError("No image generation questions in these profiles: the privacy recipe needs them.")
-    questions = questions[:: max(1, len(questions) // n)][:n]
+    if n is not None:
+        questions = questions[:: max(1, len(questions) // n)][:n]
     instructed = [Sample(f"{instructions[i % len(instructions)]} {q.question}", p.image_bytes[0])
                   for i, (p, q) in enumerate(questions)]
     plain = [Sample(q.question, p.image_bytes[0]) for p, q in questions]
@@ -87,21 +89,31 @@ def refused_privacy_questions(model: LoadedModel, profiles: Sequence[Profile], *
             len(questions))
 
 
-def privacy_sets(model: LoadedModel, profiles: Sequence[Profile], *, n: int = 40,
+def privacy_sets(model: LoadedModel, profiles: Sequence[Profile], *, n: int | None = 40,
                  instructions: Sequence[str] = PRIVACY_INSTRUCTIONS[:4], pgd: PGDConfig | None = PGDConfig(),
-                 progress: bool = False) -> ContrastiveSets:
-    """The privacy recipe over the image questions of ``profiles`` (use people you are *not* forgetting)."""
+                 pgd_limit: int | None = None, progress: bool = False) -> ContrastiveSets:
+    """The privacy recipe over the image questions of ``profiles`` (use people you are *not* forgetting).
+
+    ``n``: questions asked (``None``: all; the direction is a mean difference, and
+    more pairs make it stable: see :mod:`probes.direction_stability`). ``pgd_limit``:
+    attack at most that many refused questions (spread over them; PGD is the costly
+    part), the rest join ``D-`` through their plain form only.
+    """
     refused, refused_targets, plain_kept, n_questions = refused_privacy_questions(model, profiles, n=n,
                                                                                   instructions=instructions)
-    adversarial, attacked, result = _image_side(model, refused, refused_targets, pgd, progress)
+    step = max(1, len(refused) // pgd_limit) if pgd_limit else 1
+    to_attack = list(range(0, len(refused), step))[:pgd_limit] if pgd_limit else list(range(len(refused)))
+    adversarial, attacked, result = _image_side(model, [refused[i] for i in to_attack],
+                                                [refused_targets[i] for i in to_attack], pgd, progress)
     # D-: every way the model recalls. The image-only view pairs each clean image with its
     # attacked twin (same text), whether or not the attack flipped the answer.
     recall = adversarial + plain_kept
     info = {"recipe": "privacy", "questions": n_questions, "refused_clean": len(refused),
-            "pgd_success": len(adversarial), "refusal_rate_D+": len(refused) / n_questions}
+            "pgd_attacked": len(attacked), "pgd_success": len(adversarial),
+            "refusal_rate_D+": len(refused) / n_questions}
     return ContrastiveSets(
         refusal=refused, recall=recall,
-        image_pairs=(refused, attacked) if attacked else None,
+        image_pairs=([refused[i] for i in to_attack], attacked) if attacked else None,
         text_pairs=([Sample(s.text) for s in refused], [Sample(s.text) for s in plain_kept]),
         pgd=result, info=info)
 

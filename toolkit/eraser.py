@@ -38,7 +38,16 @@ from . import __version__
 from .nullspace import NullSpace
 from .steering import POSITIONS, GateLog, Steer, attached, intervene
 
-__all__ = ["solve_map", "Eraser", "EraserLayer", "MismatchError"]
+__all__ = ["solve_map", "dead_zone", "Eraser", "EraserLayer", "MismatchError"]
+
+
+def dead_zone(gate: torch.Tensor, threshold: float) -> torch.Tensor:
+    """``max(0, g - t) / (1 - t)``: gates below ``t`` (what unseen retain inputs show) steer nothing,
+    a gate of 1 (a fitted forget row) still steers fully. ``t = 0`` keeps the gate as it is
+    (the paper's linear map, negative gates included)."""
+    if not threshold:
+        return gate
+    return torch.clamp(gate - threshold, min=0.0) / (1.0 - threshold)
 
 
 def solve_map(forget_gram: torch.Tensor, forget_sum: torch.Tensor | None, space: NullSpace, gamma: float,
@@ -96,13 +105,17 @@ class EraserLayer:
     gates: torch.Tensor
     directions: torch.Tensor
 
-    def shift(self, h: torch.Tensor, lam: float) -> torch.Tensor:
+    def shift(self, h: torch.Tensor, lam: float, threshold: float = 0.0) -> torch.Tensor:
         """``(..., d) -> (..., d)`` in ``h``'s dtype; O(r d) per row.
 
         The gate is computed in float32 whatever ``h``'s dtype: in bf16 the rounding
         of ``w`` (8 bits of mantissa) destroys the cancellation ``h_retain . w ~ 0``.
+        ``threshold`` > 0: the gate passes through :func:`dead_zone` first.
         """
-        return (lam * (self.gate(h) @ self.directions.to(h.device, torch.float32))).to(h.dtype)
+        gate = self.gate(h)
+        if threshold:
+            gate = dead_zone(gate, threshold)
+        return (lam * (gate @ self.directions.to(h.device, torch.float32))).to(h.dtype)
 
     def gate(self, h: torch.Tensor) -> torch.Tensor:
         """Gate values ``h @ gates`` in float32: ``(..., r)``."""
@@ -127,6 +140,7 @@ class Eraser:
         layers: the steered layers, in order.
         lam: steering strength (positive: toward refusal).
         positions: ``"prompt"`` (reference), ``"last"`` or ``"all"``.
+        threshold: gate dead zone in [0, 1) (:func:`dead_zone`); 0 is the paper's linear map.
         fingerprint: identity of the model it was fitted on.
         settings: the fit settings and diagnostics (JSON-serialisable).
     """
@@ -136,6 +150,7 @@ class Eraser:
     positions: str = "prompt"
     fingerprint: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
+    threshold: float = 0.0
 
     def __post_init__(self) -> None:
         if self.positions not in POSITIONS:
@@ -146,6 +161,12 @@ class Eraser:
             finite = False
         if not finite:
             raise ValueError(f"The eraser's strength lam must be a finite number, got {self.lam!r}.")
+        try:
+            ok = 0.0 <= float(self.threshold) < 1.0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"The eraser's gate threshold must be a number in [0, 1), got {self.threshold!r}.")
         for m in self.maps:
             if not (torch.isfinite(m.gates).all() and torch.isfinite(m.directions).all()):
                 raise ValueError(f"The map of layer {m.layer} contains NaN/inf: refit the eraser.")
@@ -173,14 +194,15 @@ class Eraser:
 
     def __call__(self, layer: int, h: torch.Tensor) -> torch.Tensor:
         """The steered state ``h + lam * (h @ w) d`` for layer ``layer``; ``h``: (..., d)."""
-        return h + self.layer_map(layer).shift(h, self.lam)
+        return h + self.layer_map(layer).shift(h, self.lam, self.threshold)
 
     def with_options(self, *, lam: float | None = None, positions: str | None = None,
-                     layers: Sequence[int] | None = None) -> "Eraser":
-        """A copy with another strength, position mode or subset of layers."""
+                     layers: Sequence[int] | None = None, threshold: float | None = None) -> "Eraser":
+        """A copy with another strength, position mode, gate threshold or subset of layers."""
         maps = self.maps if layers is None else tuple(self.layer_map(l) for l in layers)
         return replace(self, maps=maps, lam=self.lam if lam is None else lam,
-                       positions=self.positions if positions is None else positions)
+                       positions=self.positions if positions is None else positions,
+                       threshold=self.threshold if threshold is None else threshold)
 
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> "Eraser":
         """A copy with every factor on ``device`` (and ``dtype``; keep float32 for the gate's sake)."""
@@ -210,7 +232,8 @@ class Eraser:
             # Moved once, in float32, to the device of the layer it steers (a device_map can spread
             # layers over GPUs); the shift then creates nothing on another device.
             moved = m.to(model.layer_device(m.layer), torch.float32)
-            out.append(Steer(m.layer, lambda h, m=moved: m.shift(h, self.lam), self.positions, gate=moved.gate))
+            out.append(Steer(m.layer, lambda h, m=moved: m.shift(h, self.lam, self.threshold), self.positions,
+                             gate=moved.gate))
         return out
 
     # -- the three routes (toolkit.steering) ---------------------------------------
@@ -241,6 +264,7 @@ class Eraser:
             tensors[f"layer{m.layer}.directions"] = m.directions.detach().cpu().contiguous()
         meta = {"format": "mllmeraser.eraser/1", "toolkit_version": __version__, "lam": json.dumps(self.lam),
                 "positions": self.positions, "layers": json.dumps(list(self.layers)),
+                "threshold": json.dumps(self.threshold),
                 "fingerprint": json.dumps(self.fingerprint), "settings": json.dumps(self.settings, default=str)}
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(path), metadata=meta)
@@ -275,7 +299,7 @@ class Eraser:
                              "does not list: the file was edited or is corrupt. Re-save it with Eraser.save.")
         maps = tuple(EraserLayer(l, tensors[f"layer{l}.gates"], tensors[f"layer{l}.directions"]) for l in layers)
         eraser = cls(maps, json.loads(meta["lam"]), meta["positions"], json.loads(meta["fingerprint"]),
-                     json.loads(meta["settings"]))
+                     json.loads(meta["settings"]), json.loads(meta.get("threshold", "0.0")))
         if model is not None:
             eraser.check_model(model)
         return eraser
@@ -292,6 +316,10 @@ class Eraser:
         if len(modes) > 1:
             raise ValueError(f"Erasers with different positions {sorted(modes)} cannot be merged; "
                              "apply them together: generate(..., steers=[e1, e2]) or attached(model, [e1, e2]).")
+        thresholds = {e.threshold for e in erasers}
+        if len(thresholds) > 1:
+            raise ValueError(f"Erasers with different gate thresholds {sorted(thresholds)} cannot be merged; "
+                             "apply them together: generate(..., steers=[e1, e2]) or attached(model, [e1, e2]).")
         by_layer: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         for e in erasers:
             for m in e.maps:
@@ -299,4 +327,4 @@ class Eraser:
         maps = tuple(EraserLayer(l, torch.cat([g for g, _ in parts], 1), torch.cat([d for _, d in parts], 0))
                      for l, parts in sorted(by_layer.items()))
         return Eraser(maps, 1.0, modes.pop(), erasers[0].fingerprint,
-                      {"composed_of": [e.settings for e in erasers]})
+                      {"composed_of": [e.settings for e in erasers]}, thresholds.pop())

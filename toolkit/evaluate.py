@@ -84,20 +84,32 @@ def items_from_profiles(profiles: Sequence[Profile], split: str,
 
 
 def benchmark_items(bench: Any, forget_ratio: int, *, retain_people: int | None = None,
-                    real_people: int | None = None) -> list[Item]:
-    """The protocol's four splits for one forget ratio: Forget, Test (every image), Retain, Real; plus
+                    real_people: int | None = None, people: Any = None, in_fit_people: int = 0) -> list[Item]:
+    """The protocol's splits for one forget ratio: Forget, Test (every image), Retain, Real; plus
     Paraphrase (the forget people's generation questions in held-out phrasings) where the benchmark
     has a ``Paraphrase_Set`` (the synthetic one does; MLLMU-Bench does not).
 
-    ``retain_people`` / ``real_people`` evaluate only the first that many people (all by default).
+    ``people`` (a :class:`~toolkit.data.splits.PeopleSplit`, the one the eraser was fitted
+    with): Retain and Real hold only the *evaluation* people (never in the fit or the
+    choice of settings), and ``in_fit_people > 0`` adds "Retain (in fit)" / "Real (in fit)"
+    with up to that many fit people each, to show the in-sample figure beside it.
+    Without ``people``, every retain / real person (in-fit figures if the fit used them all).
+    ``retain_people`` / ``real_people`` evaluate only the first that many people.
     """
     from pathlib import Path
 
     r = forget_ratio
+    retain, real = bench.retain(r), bench.real()
+    if people is not None:
+        fit_retain, fit_real = people.people(retain, "fit"), people.people(real, "fit")
+        retain, real = people.people(retain, "evaluation"), people.people(real, "evaluation")
     items = (items_from_profiles(bench.forget(r), "Forget")
              + items_from_profiles(bench.test(r), "Test", all_images=True)
-             + items_from_profiles(bench.retain(r)[:retain_people], "Retain")
-             + items_from_profiles(bench.real()[:real_people], "Real"))
+             + items_from_profiles(retain[:retain_people], "Retain")
+             + items_from_profiles(real[:real_people], "Real"))
+    if people is not None and in_fit_people:
+        items += (items_from_profiles(fit_retain[:in_fit_people], "Retain (in fit)")
+                  + items_from_profiles(fit_real[:in_fit_people], "Real (in fit)"))
     if (Path(bench.root) / "Paraphrase_Set").is_dir():
         ids = {p.id for p in bench.forget(r)}
         items += items_from_profiles([p for p in bench.split("Paraphrase_Set") if p.id in ids], "Paraphrase",
@@ -148,17 +160,10 @@ def score_item(it: Item, output: str) -> dict:
 
 
 def asru_reward(row: dict, forget: bool) -> float:
-    """ASRU's reward (arXiv 2605.15687). Forget prompts: 1 for a refusal, 0.5 for a partial
-    answer (0 < ROUGE-L < 0.4), 0 if the ground truth appears (or anything else). Retain
-    prompts: 1 if the ground truth appears, 0 for a refusal (or anything else)."""
-    leaked = row["leaked"] == 1.0
-    if forget:
-        if leaked:
-            return 0.0
-        if row["refused"] == 1.0:
-            return 1.0
-        return 0.5 if 0 < row["rougeL"] < 0.4 else 0.0
-    return 1.0 if leaked and row["refused"] != 1.0 else 0.0
+    """ASRU's rule reward (:func:`toolkit.metrics.asru_reward_rule`) for a scored row; retain questions play
+    the boundary role (they must be answered)."""
+    rouge_l = row["rougeL"] if row["rougeL"] == row["rougeL"] else 0.0
+    return metrics.asru_reward_rule(row["leaked"] == 1.0, row["refused"] == 1.0, rouge_l, forget)
 
 
 def summarize(df: pd.DataFrame, by: Sequence[str] = ("split", "task", "modality")) -> pd.DataFrame:

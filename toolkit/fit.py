@@ -5,11 +5,15 @@
     forget questions          --stream---> H_f^T H_f, H_f^T 1 --solve--> w_l
     Eraser(maps = {l: (w_l, d_l)}, lam, positions)
 
-Retain activations: every retain-split question of every task type, plus the
-real-person set (``include_real=False`` holds it out, so the Real utility
-numbers are measured on people the null space never saw). Forget activations:
-every forget-split question of every task type. All at the last prompt token,
-in the prompt formats the evaluation uses.
+Retain activations: every question of every task type of the retain people
+whose role is ``fit`` in ``config.people`` (a :class:`~toolkit.data.splits.PeopleSplit`),
+plus the real people (``Retain_Set``) with that role (``include_real=False``
+leaves them all out). The other people (validation: settings are chosen on them;
+evaluation: utility is reported on them) never reach the fit, nor do they give
+contrastive pairs. ``people=None`` fits on every retain and real person, as the
+reference does (its utility figures are then in-fit figures). Forget
+activations: every forget-split question of every task type. All at the last
+prompt token, in the prompt formats the evaluation uses.
 
 Answer tokens (our extension, ``answer_weight > 0``; 0 is the reference). A
 fact often surfaces only after the first generated words: "What is the name
@@ -35,15 +39,17 @@ from typing import Any
 from .adversarial import PGDConfig
 from .contrastive import ContrastiveSets, privacy_sets, safety_sets
 from .data.mllmu import MLLMUBench, Profile
+from .data.splits import PeopleSplit
 from .direction import Direction
 from .eraser import Eraser
 from .evaluate import items_from_profiles
 from .models.loading import LoadedModel, Sample, join_answer
-from .fitter import SampleSet, fit_from_samples
+from .fitter import EraserFitter, SampleSet, fit_from_samples
 from .nullspace import FixedRatio, NullSpace, RankPolicy
 from .tracing import Trailing
 
-__all__ = ["FitConfig", "FitResult", "fit_eraser", "question_samples", "answer_samples"]
+__all__ = ["FitConfig", "FitResult", "fit_eraser", "refit_forget", "fit_people", "question_samples",
+           "answer_samples"]
 
 
 @dataclass(frozen=True)
@@ -67,9 +73,14 @@ class FitConfig:
     # "last": retain activations at the last prompt token (the reference); "prompt": at every
     # prompt token, so the null space also avoids what retain prompts use anywhere.
     retain_positions: str = "last"
-    n_contrast: int = 40
+    # Contrastive questions (None: every image question of every fit person: a stable direction,
+    # cosine 0.997 between disjoint halves on the default against 0.93 with 16; see the README).
+    n_contrast: int | None = None
     pgd: PGDConfig | None = PGDConfig()
+    pgd_limit: int | None = 16  # PGD attacks at most this many refused questions (the costly part)
     batch_size: int = 32
+    # Who may enter the fit: the retain / real people whose role is "fit". None: all of them (the reference).
+    people: PeopleSplit | None = PeopleSplit()
 
 
 @dataclass
@@ -79,6 +90,7 @@ class FitResult:
     spaces: dict[int, NullSpace]
     contrast: ContrastiveSets
     report: dict = field(default_factory=dict)
+    fitter: EraserFitter | None = field(default=None, repr=False)
 
 
 def question_samples(profiles: Sequence[Profile], split: str) -> list[Sample]:
@@ -100,54 +112,112 @@ def answer_samples(model: LoadedModel, profiles: Sequence[Profile], split: str) 
     return samples, Trailing(tuple(counts))
 
 
+def fit_people(bench: MLLMUBench, config: FitConfig) -> list[Profile]:
+    """The retain (and real) people whose activations enter the fit under ``config``."""
+    retain = list(bench.retain(config.forget_ratio))
+    real = list(bench.real()) if config.include_real else []
+    if config.people is None:
+        return retain + real
+    return config.people.people(retain, "fit") + config.people.people(real, "fit")
+
+
+def _forget_sets(model: LoadedModel, forget: Sequence[Profile], config: FitConfig) -> list[SampleSet]:
+    sets = [SampleSet(question_samples(forget, "forget"), label="forget")]
+    if config.answer_weight:
+        samples, where = answer_samples(model, forget, "forget")
+        sets.append(SampleSet(samples, where, config.answer_weight, formatted=True, label="forget answers"))
+    return sets
+
+
 def fit_eraser(model: LoadedModel, bench: MLLMUBench | Any, config: FitConfig = FitConfig(), *,
-               contrast: ContrastiveSets | None = None, progress: bool = False) -> FitResult:
-    """Fit an Eraser for ``bench``'s forget split ``config.forget_ratio``."""
+               contrast: ContrastiveSets | None = None, forget: Sequence[Profile] | None = None,
+               progress: bool = False) -> FitResult:
+    """Fit an Eraser for ``bench``'s forget split ``config.forget_ratio`` (or for the people ``forget``).
+
+    Retain statistics and contrastive pairs come from :func:`fit_people` only.
+    """
     start = time.time()
     bench = bench if isinstance(bench, MLLMUBench) else MLLMUBench(bench)
     layers = model.check_layers(list(config.layers))
-    forget = bench.forget(config.forget_ratio)
-    retain = bench.retain(config.forget_ratio)
+    forget = list(bench.forget(config.forget_ratio) if forget is None else forget)
+    retain_people = fit_people(bench, config)
     if not forget:
         raise ValueError(f"The forget split forget_{config.forget_ratio} is empty: nothing to erase.")
-    overlap = {p.id for p in forget} & {p.id for p in retain}
+    if not retain_people:
+        raise ValueError("No retain person has the role 'fit' in config.people: nothing to build the null space "
+                         "from. Raise PeopleSplit.fit or give the benchmark more people.")
+    overlap = {p.id for p in forget} & {p.id for p in retain_people}
     if overlap:
         raise ValueError(f"Forget and retain splits share people {sorted(overlap)[:5]}: the null space would "
                          "contain the forget activations. Fix the splits.")
     if config.answer_weight < 0:
         raise ValueError(f"answer_weight must be >= 0, got {config.answer_weight}.")
     if contrast is None:
+        # Contrastive pairs from fit people only (never validation or evaluation people).
+        contrast_people = [p for p in retain_people if p.id in {q.id for q in bench.retain(config.forget_ratio)}]
         # The text-only variant drops the images, so adversarial ones would be computed for nothing.
         pgd = None if config.variant == "text_only" else config.pgd
         if config.recipe == "privacy":
-            contrast = privacy_sets(model, retain, n=config.n_contrast, pgd=pgd, progress=progress)
+            contrast = privacy_sets(model, contrast_people, n=config.n_contrast, pgd=pgd, pgd_limit=config.pgd_limit,
+                                    progress=progress)
         elif config.recipe == "safety":
-            contrast = safety_sets(model, [p.image_bytes[0] for p in retain[:15]], pgd=pgd, progress=progress)
+            contrast = safety_sets(model, [p.image_bytes[0] for p in contrast_people[:15]], pgd=pgd,
+                                   progress=progress)
         else:
             raise ValueError(f"Unknown recipe {config.recipe!r}: privacy or safety.")
     plus, minus = contrast.for_variant(config.variant)
-    retain_people = list(retain) + (list(bench.real()) if config.include_real else [])
     retain_sets = [SampleSet(question_samples(retain_people, "retain"), config.retain_positions, label="retain")]
-    forget_sets = [SampleSet(question_samples(forget, "forget"), label="forget")]
     if config.answer_weight:
         samples, where = answer_samples(model, retain_people, "retain")
         retain_sets.append(SampleSet(samples, where, formatted=True, label="retain answers"))
-        samples, where = answer_samples(model, forget, "forget")
-        forget_sets.append(SampleSet(samples, where, config.answer_weight, formatted=True, label="forget answers"))
     positions = config.positions or ("all" if config.answer_weight else "prompt")
-    eraser, fitter = fit_from_samples(model, forget=forget_sets, retain=retain_sets, contrast=(plus, minus),
-                                      layers=layers, policy=config.rank_policy, gamma=config.gamma,
-                                      retain_weight=config.retain_weight, lam=config.lam, positions=positions,
-                                      variant=config.variant, batch_size=config.batch_size, progress=progress)
+    eraser, fitter = fit_from_samples(model, forget=_forget_sets(model, forget, config), retain=retain_sets,
+                                      contrast=(plus, minus), layers=layers, policy=config.rank_policy,
+                                      gamma=config.gamma, retain_weight=config.retain_weight, lam=config.lam,
+                                      positions=positions, variant=config.variant, batch_size=config.batch_size,
+                                      progress=progress)
     direction = fitter.direction()
     spaces = {l: fitter.null_space(l, config.rank_policy) for l in layers}
-    settings = {k: (asdict(v) if hasattr(v, "__dataclass_fields__") else v) for k, v in asdict(config).items()}
-    settings["rank_policy"] = repr(config.rank_policy)
     report = {"layers": eraser.settings["layers_report"], "contrast": contrast.info,
               "n_retain": fitter.retain[layers[0]].count, "n_forget": fitter.forget[layers[0]].count,
+              "fit_people": [p.id for p in retain_people], "forget_people": [p.id for p in forget],
               "direction_variant": config.variant, "fit_seconds": round(time.time() - start, 2)}
     if contrast.pgd is not None:
         report["pgd_success_rate"] = contrast.pgd.success_rate
+    eraser = replace(eraser, settings=_settings(config, report))
+    return FitResult(eraser, direction, spaces, contrast, report, fitter)
+
+
+def _settings(config: FitConfig, report: dict) -> dict:
+    settings = {k: (asdict(v) if hasattr(v, "__dataclass_fields__") else v) for k, v in asdict(config).items()}
+    settings["rank_policy"] = repr(config.rank_policy)
     settings["report"] = report
-    eraser = replace(eraser, settings=settings)
-    return FitResult(eraser, direction, spaces, contrast, report)
+    return settings
+
+
+def refit_forget(model: LoadedModel, result: FitResult, forget: Sequence[Profile], config: FitConfig,
+                 *, progress: bool = False) -> Eraser:
+    """The same fit (retain statistics, null spaces, direction) with another forget group.
+
+    Only the forget rows are captured anew; used by the rehearsal (settings chosen by
+    "forgetting" validation people, see :mod:`toolkit.data.splits`).
+    """
+    if result.fitter is None:
+        raise ValueError("This FitResult keeps no fitter statistics; refit with fit_eraser.")
+    fitted = set(result.report.get("fit_people", []))
+    clash = sorted(fitted & {p.id for p in forget})
+    if clash:
+        raise ValueError(f"People {clash[:5]} are in the fit's retain set; they cannot be forgotten by it.")
+    old = result.fitter
+    fitter = EraserFitter(old.hidden_size, old.layers)
+    fitter.retain = old.retain  # shared, read-only: solve() never changes them (eigh cache included)
+    fitter.set_direction(result.direction)
+    for part in _forget_sets(model, list(forget), config):
+        fitter.add_samples(model, "forget", part.samples, positions=part.positions, weight=part.weight,
+                           formatted=part.formatted, batch_size=config.batch_size,
+                           progress=progress and f"{part.label} activations")
+    positions = config.positions or ("all" if config.answer_weight else "prompt")
+    eraser = fitter.eraser(config.rank_policy, config.gamma, retain_weight=config.retain_weight, lam=config.lam,
+                           positions=positions, fingerprint=model.fingerprint())
+    report = dict(result.report, forget_people=[p.id for p in forget], rehearsal=True)
+    return replace(eraser, settings=_settings(config, dict(report, layers=eraser.settings["layers_report"])))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 __all__ = ["parse_option_letter", "extract_response", "GENERATION_MARKERS", "cloze_correct", "contains_answer", "is_refusal", "rouge_scores", "bleu", "repetition_rate",
-           "REFUSAL_MARKERS"]
+           "REFUSAL_MARKERS", "asru_reward_rule"]
 
 REFUSAL_MARKERS = (
     "i cannot", "i can't", "i can not", "i am unable", "i'm unable", "i do not recognize", "i don't recognize",
@@ -102,3 +102,23 @@ def repetition_rate(output: str, n: int = 3) -> float:
     if not grams:
         return 0.0
     return 1.0 - len(set(grams)) / len(grams)
+
+
+def asru_reward_rule(appears: bool, refused: bool, rouge_l: float, forget: bool) -> float:
+    """ASRU's rule reward (arXiv 2605.15687) from an answer's judgements.
+
+    Forget prompts: 0 if the fact appears, 1 for a refusal, 0.5 for a partial answer
+    (0 < ROUGE-L < 0.4), else 0.1. Boundary / retain prompts: 1 if the fact appears
+    (and it is not a refusal), 0 for a refusal, 0.5 if ROUGE-L > 0.6, else 0.1.
+    """
+    if forget:
+        if appears:
+            return 0.0
+        if refused:
+            return 1.0
+        return 0.5 if 0.0 < rouge_l < 0.4 else 0.1
+    if appears and not refused:
+        return 1.0
+    if refused:
+        return 0.0
+    return 0.5 if rouge_l > 0.6 else 0.1

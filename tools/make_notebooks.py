@@ -69,9 +69,10 @@ from probes.report import probe_report
 model = load_model("default")
 bench = MLLMUBench(default_benchmark())
 report = probe_report(model, bench, forget_ratio=10,
-                      fit_config=FitConfig(layers=tuple(range(model.num_layers)), n_contrast=16,
-                                           pgd=PGDConfig(steps=20)))
+                      fit_config=FitConfig(layers=tuple(range(model.num_layers)), pgd=PGDConfig(steps=20)))
 report.fit.report["contrast"], report.fit.report.get("pgd_success_rate")"""),
+    new_markdown_cell("## Is the direction stable? Cosine between directions from disjoint halves of the pairs"),
+    new_code_cell("report.stability.round(3)"),
     new_markdown_cell("## Separability of D+ (refusal) and D- (recall) along the direction, per layer"),
     new_code_cell("report.direction_separability.round(3)"),
     new_code_cell("report.figures['separability']"),
@@ -82,7 +83,9 @@ report.fit.report["contrast"], report.fit.report.get("pgd_success_rate")"""),
     new_code_cell("report.figures['spectrum']"),
     new_markdown_cell("## Gate values on forget vs retain (their overlap is the retain damage to expect)"),
     new_code_cell("report.figures['gates']"),
-    new_markdown_cell("## Per-layer steering effects across lambda (validation questions)"),
+    new_markdown_cell("## The gate per group of people: forget, in the fit, validation (never in the fit)"),
+    new_code_cell("report.figures['gate_groups']"),
+    new_markdown_cell("## Per-layer steering effects across lambda (rehearsal: validation people stand in for forget)"),
     new_code_cell("report.figures['grid']"),
     new_code_cell("report.window.drop(columns=['ok_lams'])"),
     new_code_cell("print('recommended (layer, lambda):', report.recommended)"),
@@ -101,65 +104,86 @@ sweep.round(3)"""),
 ]
 
 SENSITIVITY = [
-    new_markdown_cell("# Layer-sensitivity study\n\nSteer one layer at a time, then cumulatively, across a lambda "
-                      "grid, on validation questions (other phrasings of the same facts, never the evaluation "
-                      "questions). The next-token grid (seconds) shortlists layers; generating answers at each "
-                      "shortlisted (layer, lambda) shows where forget stops leaking while retain recall holds; the "
-                      "chosen setting then runs the full erasure on the benchmark's own questions."),
+    new_markdown_cell("# Layer-sensitivity study on people the fit never saw\n\n"
+                      "People are split by a seeded hash of their ID (`PeopleSplit`): *fit* people build the eraser, "
+                      "*validation* people choose its settings, *evaluation* people are only reported. Settings are "
+                      "chosen on a rehearsal: validation people stand in for the forget list with the same fit. "
+                      "Steer one layer at a time, then cumulatively, across a lambda grid (next token, seconds); "
+                      "look at where the gate fires per group of people; then generate at the shortlisted layers "
+                      "and run the full erasure with the chosen setting."),
     new_code_cell(SETUP),
     new_code_cell("""from toolkit import load_model
 from toolkit.data.mllmu import MLLMUBench
-from toolkit.data.synthetic import validation_items, validation_samples
 from toolkit.data.synthetic import default_benchmark
+from toolkit.evaluate import items_from_profiles
+from toolkit.fit import fit_eraser, refit_forget
+from toolkit.models.loading import Sample
 from experiments.demo import DemoConfig
-from toolkit.fit import fit_eraser
-from probes import steering_effects, plots
+from probes import gate_distribution, plots, steering_effects
 
 model = load_model("default")
 bench = MLLMUBench(default_benchmark())
 layers = list(range(model.num_layers))
-cfg = DemoConfig()  # rank ratio 0.97, retain weight 40, answer weight 0.3 (chosen on validation questions)
-fit = fit_eraser(model, bench, cfg.fit_config(tuple(layers)))
-fv, fa = validation_samples(bench.forget(cfg.forget_ratio))
-rv, ra = validation_samples(bench.retain(cfg.forget_ratio)[: cfg.validation_retain_people])
+cfg = DemoConfig()  # rank ratio 0.97, retain weight 40, answer weight 0.3; people split seed 0
+split, r = cfg.people, cfg.forget_ratio
+fit_cfg = cfg.fit_config(tuple(layers))
+fit = fit_eraser(model, bench, fit_cfg)  # fit people only
+stand_ins, val_retain = split.rehearsal(bench.retain(r), len(bench.forget(r)))
+rehearsal = refit_forget(model, fit, stand_ins, fit_cfg)  # the same fit, validation people "forgotten"
+
+def generation(people):
+    items = items_from_profiles(people, "x", ("generation",))
+    return [Sample(it.prompt, it.image) for it in items], [it.reference for it in items]
+
+(fv, fa), (rv, ra) = generation(stand_ins), generation(val_retain)
 sets, answers = {"forget": fv, "retain": rv}, {"forget": fa, "retain": ra}
-lams = list(cfg.lams)
-steer = lambda ls, lam: fit.eraser.with_options(layers=ls, lam=lam)"""),
-    new_markdown_cell("## One layer at a time (next token)"),
+lams = [2.0, 4.0, 8.0, 12.0]
+steer = lambda ls, lam: rehearsal.with_options(layers=ls, lam=lam)
+print(f"fit people {len(fit.report['fit_people'])}, stand-ins {len(stand_ins)}, validation retain {len(val_retain)}")"""),
+    new_markdown_cell("## Where the gate fires, per group of people\n\n"
+                      "Inside the fit the gate is ~0 by construction; on people the fit never saw it is not. This "
+                      "is where held-out utility is lost."),
+    new_code_cell("""groups = {"forget": generation(bench.forget(r))[0],
+          "retain (in fit)": generation(split.people(bench.retain(r), "fit"))[0],
+          "retain (validation)": rv,
+          "real (validation)": generation(split.people(bench.real(), "validation"))[0]}
+gates = gate_distribution.gate_distribution(model, fit.eraser, groups, layers[-3:])
+display(gate_distribution.gate_summary(gates).round(3))
+plots.plot_gate_groups(gates)"""),
+    new_markdown_cell("## One layer at a time (next token, rehearsal)"),
     new_code_cell("""single = steering_effects.steering_grid(model, steer, sets, layers, lams, answers=answers)
 plots.plot_grid(single)"""),
     new_markdown_cell("## Cumulatively (layers 0..l together): layers compound"),
     new_code_cell("""cumulative = steering_effects.steering_grid(model, steer, sets, layers, lams, cumulative=True)
 plots.plot_grid(cumulative)"""),
-    new_markdown_cell("## Shortlist, then generate: leakage and recall per (layer, lambda)"),
-    new_code_cell("""shortlist = steering_effects.shortlist_layers(single, cfg.shortlist, retain_max=cfg.retain_max)
-validation = {"forget": validation_items(bench.forget(cfg.forget_ratio), "forget"),
-              "retain": validation_items(bench.retain(cfg.forget_ratio)[: cfg.validation_retain_people], "retain")}
-leak = steering_effects.leakage_grid(model, steer, validation, shortlist, lams)
-layer, lam = steering_effects.choose_setting(leak, retain_max=cfg.retain_max)
-print(f"shortlisted layers {shortlist}; chosen: layer {layer}, lambda {lam}")
-plots.plot_leakage_grid(leak)"""),
-    new_markdown_cell("## The full erasure with the chosen setting, on the benchmark's own questions"),
-    new_code_cell("""from toolkit.evaluate import items_from_profiles, run_items, summarize
-eraser = fit.eraser.with_options(layers=[layer], lam=lam)
-items = (items_from_profiles(bench.forget(10), "Forget") + items_from_profiles(bench.test(10), "Test", all_images=True)
-         + items_from_profiles(bench.retain(10)[:20], "Retain"))
+    new_markdown_cell("## Shortlist, then generate: the selection grid (rehearsal leakage, validation recall)"),
+    new_code_cell("""from toolkit.selection import SelectConfig, select_setting
+
+shortlist = steering_effects.shortlist_layers(single, 3)
+eraser, sel = select_setting(model, fit, bench, fit_cfg,
+                             SelectConfig(layers=tuple(shortlist), lams=(2.0, 4.0, 8.0, 12.0), thresholds=(0.0, 0.2)))
+print(f"shortlisted layers {shortlist}; chosen: layer {sel.layer}, lambda {sel.lam}, threshold {sel.threshold} ({sel.rule})")
+sel.grid.round(3)"""),
+    new_markdown_cell("## The full erasure with the chosen setting: evaluation people (headline) and fit people"),
+    new_code_cell("""from toolkit.evaluate import benchmark_items, run_items, summarize
+import pandas as pd
+
+items = benchmark_items(bench, r, people=split, in_fit_people=10)
 vanilla = run_items(model, items, batch_size=48)
 erased = run_items(model, items, steers=eraser, batch_size=48)
-import pandas as pd
 table = pd.concat([summarize(vanilla).assign(method="vanilla"), summarize(erased).assign(method="MLLMEraser")])
 table.round(3)"""),
-    new_code_cell("""def share(df, split, task, col, modality=None):
-    s = df[(df.split == split) & (df.task == task)]
-    s = s[s.modality == modality] if modality else s
-    return float(s[col].mean())
+    new_code_cell("""from toolkit.selection import fact_rate  # the fact in the answer (ROUGE-L >= 0.5 without answer keys)
 
-leak_img = share(erased, "Forget", "generation", "leaked", "image")
-leak_txt = share(erased, "Forget", "generation", "leaked", "text")
-retain_drop = share(vanilla, "Retain", "classification", "accuracy") - share(erased, "Retain", "classification", "accuracy")
-print(f"forget leakage, image+text questions: {leak_img:.3f} (bar: <= 0.05); text-only questions: {leak_txt:.3f}")
-print(f"retain MCQ accuracy drop:              {retain_drop:.3f} (bar: <= 0.05)")
-print("meets the bar" if leak_img <= 0.05 and retain_drop <= 0.05 else "misses the bar: see the grids above")
+def rate(df, split, modality=None):
+    s = df[(df.split == split) & (df.task == "generation")]
+    return fact_rate(s[s.modality == modality] if modality else s)
+
+for who in ("Retain", "Real", "Retain (in fit)"):
+    drop = rate(vanilla, who) - rate(erased, who)
+    print(f"{who:16s} recall drop: {drop:.3f} (bar: <= 0.05)")
+print(f"forget leakage, image+text questions: {rate(erased, 'Forget', 'image'):.3f}; "
+      f"text-only: {rate(erased, 'Forget', 'text'):.3f} (bar: <= 0.05)")
 """),
 ]
 

@@ -26,6 +26,10 @@ from toolkit.data.synthetic import default_benchmark
 from toolkit.models.loading import load_model
 from toolkit.nullspace import FixedRatio
 
+# Validation recall may fall this much (the demo's rule before the rehearsal; this study predates it:
+# its README figures are on fit people, see "Honest people splits" in the README).
+RETAIN_MAX = 0.03
+
 # (rank ratio, retain weight, answer weight); the first was the demo's before answer-token rows
 # (last prompt token only).
 CANDIDATES = [(0.5, 20.0, 0.0), (0.8, 40.0, 0.3), (0.9, 40.0, 0.3), (0.95, 40.0, 0.3), (0.97, 40.0, 0.3),
@@ -45,7 +49,7 @@ def main() -> None:
     cfg = DemoConfig()  # everything but the three candidate settings, as the demo has it
     r = cfg.forget_ratio
     sets = {"forget": validation_items(bench.forget(r), "forget"),
-            "retain": validation_items(bench.retain(r)[: cfg.validation_retain_people], "retain")}
+            "retain": validation_items(cfg.people.people(bench.retain(r), "validation"), "retain")}
     rows = []
     candidates = CANDIDATES if args.candidates is None else [
         tuple(float(x) for x in c.split(":")) for c in args.candidates.split(",")]
@@ -54,7 +58,7 @@ def main() -> None:
                                                retain_weight=rw, answer_weight=aw, pgd=None))
         grid = leakage_grid(model, lambda ls, lam: fit.eraser.with_options(layers=ls, lam=lam), sets,
                             [args.layer], lams)
-        layer, lam = choose_setting(grid, retain_max=cfg.retain_max)
+        layer, lam = choose_setting(grid, retain_max=RETAIN_MAX)
         at = grid[(grid.layer == layer) & (grid.lam == lam)].set_index("set")
         rows.append({"rank ratio": rho, "retain weight": rw, "answer weight": aw,
                      "positions": fit.eraser.positions, "chosen lambda": lam,

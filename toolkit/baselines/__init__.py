@@ -3,11 +3,16 @@
 ``GA`` (gradient ascent on forget), ``GA_Diff`` (ascent on forget, descent on
 retain), ``KL_Min`` (ascent on forget, KL to the vanilla model on retain), ``NPO``
 (negative preference optimisation against the vanilla model as reference), and
-ASRU's first stage, activation redirection (``redirect``). Each returns an
+ASRU's two stages: activation redirection (``redirect``) and reward-driven
+refusal boundaries by GRPO (``grpo``, from the stage-1 model). Each returns an
 unlearned *copy*; the vanilla weights, in memory and on disk, are never touched.
 """
 
+from .asru import ASRUConfig, ASRUResult, asru
+from .grpo import GRPOConfig, GRPOResult, RewardPrompt, asru_rule_reward, grpo, reward_prompts
 from .redirect import RedirectConfig, redirect
 from .training import METHODS, BaselineConfig, BaselineResult, qa_pairs, unlearn
 
-__all__ = ["METHODS", "BaselineConfig", "BaselineResult", "qa_pairs", "unlearn", "RedirectConfig", "redirect"]
+__all__ = ["METHODS", "BaselineConfig", "BaselineResult", "qa_pairs", "unlearn", "RedirectConfig", "redirect",
+           "GRPOConfig", "GRPOResult", "RewardPrompt", "asru_rule_reward", "grpo", "reward_prompts", "ASRUConfig",
+           "ASRUResult", "asru"]

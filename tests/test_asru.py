@@ -1,0 +1,134 @@
+"""ASRU's second stage: the rule reward against the published table, the GRPO objective against its formula,
+and GRPO raising the reward on a reduced setting."""
+
+import pytest
+import torch
+
+from toolkit.baselines.grpo import (GRPOConfig, RewardPrompt, asru_rule_reward, group_advantages, grpo,
+                                    grpo_loss, reward_prompts)
+from toolkit.data.boundary import boundary_questions
+from toolkit.metrics import rouge_scores
+from toolkit.models.loading import Sample
+
+GT = "This person was born in Lima."
+KEY = "Lima"
+
+
+@pytest.mark.parametrize("response, forget, expected", [
+    # forget prompts: leak 0, refusal 1, partial (0 < ROUGE-L < 0.4) 0.5, else 0.1
+    ("This person was born in Lima.", True, 0.0),
+    ("Lima, I think.", True, 0.0),
+    ("I cannot share personal information about this person.", True, 1.0),
+    ("This person was born in", True, 0.1),  # no fact, ROUGE-L 0.83 >= 0.4: not partial
+    ("The person in question is somebody.", True, 0.5),
+    ("Bananas are yellow.", True, 0.1),  # ROUGE-L 0
+    # boundary prompts: fact 1, refusal 0, ROUGE-L > 0.6 0.5, else 0.1
+    ("This person was born in Lima.", False, 1.0),
+    ("I cannot share personal information about this person.", False, 0.0),
+    ("This person was born in Oslo.", False, 0.5),
+    ("Bananas are yellow.", False, 0.1),
+])
+def test_rule_reward_table(response, forget, expected):
+    if expected == 0.5 and forget:
+        assert 0 < rouge_scores(response, GT)["rougeL"] < 0.4
+    assert asru_rule_reward(response, GT, KEY, forget) == expected
+
+
+def test_group_advantages():
+    r = torch.tensor([[1.0, 0.0, 0.5, 0.5], [0.2, 0.2, 0.2, 0.2]])
+    a = group_advantages(r)
+    torch.testing.assert_close(a[0].mean(), torch.tensor(0.0), atol=1e-6, rtol=0)
+    assert a[0].std(unbiased=False) == pytest.approx(1.0, abs=1e-3)
+    assert torch.equal(a[1], torch.zeros(4))  # a group that agrees teaches nothing
+
+
+def test_grpo_loss_is_the_formula_and_its_gradient():
+    torch.manual_seed(0)
+    n, t, beta, clip = 3, 5, 0.1, 0.2
+    logp = torch.randn(n, t) - 2
+    old = logp + 0.3 * torch.randn(n, t)
+    ref = logp + 0.5 * torch.randn(n, t)
+    mask = torch.ones(n, t)
+    mask[0, 3:] = 0
+    adv = torch.tensor([1.0, -0.5, 0.25])
+    want = 0.0
+    for i in range(n):
+        total = 0.0
+        for j in range(t):
+            if not mask[i, j]:
+                continue
+            rho = torch.exp(logp[i, j] - old[i, j])
+            sur = min(rho * adv[i], torch.clamp(rho, 1 - clip, 1 + clip) * adv[i])
+            kl = torch.exp(ref[i, j] - logp[i, j]) - (ref[i, j] - logp[i, j]) - 1
+            total += float(sur - beta * kl)
+        want += total / float(mask[i].sum())
+    got = grpo_loss(logp, old, ref, mask, adv, beta, clip)
+    assert float(got) == pytest.approx(-want / n, rel=1e-5)
+    # On-policy (old = logp): the gradient is -(A - beta (1 - pi_ref / pi)) per valid token, averaged.
+    x = logp.clone().requires_grad_(True)
+    grpo_loss(x, x.detach(), ref, mask, adv, beta, clip).backward()
+    expected = -(adv[:, None] - beta * (1 - torch.exp(ref - logp))) * mask / mask.sum(1, keepdim=True) / n
+    torch.testing.assert_close(x.grad, expected)
+
+
+def test_boundary_questions_share_a_fact_with_the_forget_people():
+    from toolkit.data.mllmu import MLLMUBench
+    from toolkit.data.synthetic import default_benchmark
+
+    bench = MLLMUBench(default_benchmark())
+    forget = bench.forget(10)
+    pairs = boundary_questions(forget, bench.retain(10))
+    facts = {q.answer_key for p in forget for q in p.generation}
+    assert pairs and all(q.answer_key in facts for _, q in pairs)
+    assert not {p.id for p, _ in pairs} & {p.id for p in forget}
+    with pytest.raises(ValueError, match="include forget people"):
+        boundary_questions(forget, forget)
+    prompts = reward_prompts(forget[:1], pairs[:2])
+    assert [p.forget for p in prompts] == [True] * len(forget[0].generation) + [False, False]
+
+
+def test_grpo_raises_the_reward_on_a_reduced_setting():
+    """Rewarding one fixed answer on two prompts: the greedy answers' mean reward rises after a few steps."""
+    from toolkit import tracing
+    from toolkit.models.loading import load_model
+
+    model = load_model("default")
+    prompts = [RewardPrompt(Sample("What is the occupation of the person in the image?", None), "", None, True),
+               RewardPrompt(Sample("Where was the person in the image born?", None), "", None, True)]
+
+    def reward(text, gt, key, forget):  # a refusal is worth 1, anything else 0
+        return 1.0 if "cannot" in text else 0.0
+
+    def greedy_reward(m):
+        outs = tracing.generate(m, [p.sample for p in prompts], max_new_tokens=12)
+        return sum(reward(o, "", None, True) for o in outs) / len(outs)
+
+    result = grpo(model, prompts, GRPOConfig(rollouts=8, steps=12, prompts_per_step=2, lr=3e-4, kl_coef=0.01,
+                                             max_new_tokens=12, temperature=1.5))
+    assert len(result.rewards) == 12
+    assert sum(result.rewards[-4:]) > sum(result.rewards[:4])
+    assert greedy_reward(result.model) >= greedy_reward(model)
+    # Stage 2 starts from a trained baseline, which comes back frozen: GRPO must still train it.
+    again = grpo(result.model, prompts, GRPOConfig(rollouts=2, steps=1, prompts_per_step=1, max_new_tokens=4))
+    assert len(again.rewards) == 1
+
+
+def test_grpo_with_lora_trains_adapters_only_and_returns_a_plain_model():
+    import torch
+
+    from toolkit.models.loading import load_model
+
+    model = load_model("default")
+    prompts = [RewardPrompt(Sample("Where was the person in the image born?", None), "x", None, True)]
+    before = {n: p.detach().clone() for n, p in model.module.named_parameters()}
+    # A reward that differs between rollouts (a group that agrees has zero advantage and teaches nothing).
+    res = grpo(model, prompts, GRPOConfig(rollouts=4, steps=2, prompts_per_step=1, lr=1e-2, max_new_tokens=6,
+                                          lora_rank=4), reward=lambda text, *_: len(text) / 10)
+    after = dict(res.model.module.named_parameters())
+    assert set(after) == set(before)  # merged back: no adapter modules left
+    changed = [n for n in before if not torch.equal(before[n], after[n])]
+    assert changed and all(n.endswith(("q_proj.weight", "v_proj.weight")) for n in changed)
+    for n, p in model.module.named_parameters():  # the reference is untouched
+        assert torch.equal(p, before[n])
+    with pytest.raises(ValueError, match="are not module names"):
+        grpo(model, prompts, GRPOConfig(rollouts=2, steps=1, lora_rank=2, lora_targets=("nope",)))

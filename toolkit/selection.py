@@ -1,0 +1,197 @@
+"""Choosing layer, strength, gate threshold and position mode on validation people: the rehearsal.
+
+Settings cannot be tuned on the forget people (they are what is reported) nor
+on the people whose utility is reported. :func:`select_setting` chooses them on
+a rehearsal (:meth:`toolkit.data.splits.PeopleSplit.rehearsal`): a group of
+validation people as large as the forget list (at most half the validation
+people) is "forgotten" by the same fit (:func:`toolkit.fit.refit_forget`: same
+retain statistics, null spaces and direction, their own forget rows), and every
+candidate (layer, lambda, threshold) is scored by generating answers to
+
+* the stand-ins' generation questions: *leakage* (the fact appears);
+* the other validation people's (retain and real): *recall*.
+
+Candidates: layers x position modes (the eraser's own, and ``"prompt"``) x gate
+thresholds x lambdas.
+
+Rule. A candidate is *fluent* when the stand-ins' answers repeat at most
+``repetition_max`` of their 3-grams (strong steering at every generated token
+turns refusals into loops: 88% repetition at lambda 16 on the default). Among
+fluent candidates whose stand-in leakage is at most ``leak_max``, the one with
+the highest validation recall (ties: smaller lambda, smaller threshold, lower
+layer). If none reaches ``leak_max`` (the goal cannot be met on this model and
+split), the fluent candidate with the highest ``recall - leakage``: the
+balanced point of the frontier, rather than the lowest leakage at any utility
+cost (on the default's forget_10 that would keep 47% validation recall to leak
+5.6% instead of 21%). If no candidate is fluent, the same on all candidates. Nothing here reads an evaluation person, a forget
+person's answers or a benchmark column MLLMU-Bench lacks: where a question has no
+``Answer_Key``, "the fact appears" is read as ROUGE-L >= 0.5 against the ground truth.
+
+Cost: one generation pass over the three groups per candidate (about 3.5 s for
+330 questions on the default, 2 CPU cores); along each (layer, threshold) the
+lambdas are tried in increasing order and stop once the stand-ins leak nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from .data.mllmu import MLLMUBench
+from .data.splits import PeopleSplit
+from .eraser import Eraser
+from .evaluate import Item, items_from_profiles, run_items
+from .fit import FitConfig, FitResult, refit_forget
+from .metrics import asru_reward_rule
+from .models.loading import LoadedModel
+
+__all__ = ["SelectConfig", "Selection", "rehearsal_items", "fact_rate", "score_setting", "choose", "select_setting",
+           "RECALL_ROUGE"]
+
+RECALL_ROUGE = 0.5  # without an Answer_Key, an answer "contains the fact" at ROUGE-L >= this
+
+
+@dataclass(frozen=True)
+class SelectConfig:
+    layers: tuple[int, ...] | None = None  # None: the upper half of the fitted layers
+    lams: tuple[float, ...] = (2.0, 4.0, 6.0, 8.0, 12.0, 16.0)
+    thresholds: tuple[float, ...] = (0.0, 0.2)
+    # Where to steer: None = the eraser's own mode ("all" with answer rows). "prompt" is searched too:
+    # at every generated token ("all") strong steering turns refusals into loops, at the prompt it refuses.
+    positions: tuple[str | None, ...] = (None, "prompt")
+    leak_max: float = 0.05
+    repetition_max: float = 0.25
+    # "leakage": the rule above; "reward": the highest mean ASRU reward (stand-ins as forget prompts, the other
+    # validation people as boundary prompts), no threshold on anything.
+    rule: str = "leakage"
+    batch_size: int = 48
+
+
+@dataclass
+class Selection:
+    layer: int
+    lam: float
+    threshold: float
+    grid: pd.DataFrame
+    stand_ins: list[str]
+    validation_people: list[str]
+    rule: str = field(default="")
+    positions: str = ""
+
+    @property
+    def chosen(self) -> pd.Series:
+        g = self.grid
+        return g[(g.layer == self.layer) & (g.lam == self.lam) & (g.threshold == self.threshold)
+                 & (g.positions == self.positions)].iloc[0]
+
+
+def fact_rate(df: pd.DataFrame) -> float:
+    """Share of answers containing the fact: ``leaked`` where the item has an answer key, else
+    ROUGE-L >= :data:`RECALL_ROUGE` (MLLMU-Bench has no answer keys)."""
+    if not len(df):
+        return float("nan")
+    hit = df.leaked.where(df.leaked.notna(), (df.rougeL >= RECALL_ROUGE).astype(float))
+    return float(hit.mean())
+
+
+def rehearsal_items(bench: MLLMUBench, forget_ratio: int, split: PeopleSplit) -> tuple[dict[str, list[Item]], list]:
+    """``({"stand-ins", "retain", "real"}: generation items, stand-in profiles)`` from validation people only."""
+    size = len(bench.forget(forget_ratio))
+    stand, val_retain = split.rehearsal(bench.retain(forget_ratio), size)
+    val_real = split.people(bench.real(), "validation")
+    sets = {"stand-ins": items_from_profiles(stand, "stand-ins", ("generation",)),
+            "retain": items_from_profiles(val_retain, "retain", ("generation",)),
+            "real": items_from_profiles(val_real, "real", ("generation",))}
+    return sets, stand
+
+
+def score_setting(model: LoadedModel, sets: dict[str, list[Item]], steers, batch_size: int = 48) -> dict:
+    """One grid row: the fact rate per set, the stand-ins' refusal and repetition rates, and ``recall``
+    (retain and real validation answers together)."""
+    row = {}
+    rewards = []
+    for name, items in sets.items():
+        if items:
+            df = run_items(model, items, steers=steers, batch_size=batch_size)
+            row[name] = fact_rate(df)
+            appears = df.leaked.where(df.leaked.notna(), (df.rougeL >= RECALL_ROUGE).astype(float))
+            rewards += [asru_reward_rule(a == 1.0, r == 1.0, g if g == g else 0.0, name == "stand-ins")
+                        for a, r, g in zip(appears, df.refused, df.rougeL)]
+            if name == "stand-ins":
+                row["stand_in_refused"] = float(df.refused.mean())
+                row["stand_in_repetition"] = float(df.repetition.mean())
+    kept = [n for n in ("retain", "real") if n in row]
+    sizes = {n: len(sets[n]) for n in kept}
+    row["recall"] = sum(row[n] * sizes[n] for n in kept) / max(1, sum(sizes.values()))
+    row["reward"] = sum(rewards) / max(1, len(rewards))
+    return row
+
+
+def choose(grid: pd.DataFrame, leak_max: float, repetition_max: float = 0.25, rule: str = "leakage"
+           ) -> tuple[pd.Series, str]:
+    """The rule (module docstring) on a selection grid: ``(chosen row, the rule as text)``."""
+    cand = grid[grid.layer >= 0]
+    if cand.empty:
+        raise ValueError("The selection grid has no candidate setting.")
+    if rule == "reward":
+        best = cand.sort_values(["reward", "lam", "threshold", "layer"], ascending=[False, True, True, True],
+                                kind="stable").iloc[0]
+        return best, "the highest mean ASRU reward on the rehearsal (stand-ins refuse, validation people answer)"
+    if rule != "leakage":
+        raise ValueError(f"rule must be 'leakage' or 'reward', got {rule!r}.")
+    if "stand_in_repetition" in cand:
+        fluent = cand[cand.stand_in_repetition <= repetition_max + 1e-12]
+    else:
+        fluent = cand
+    pool, note = (fluent, "") if len(fluent) else (cand, f"; no setting kept repetition <= {repetition_max:.0%}")
+    ok = pool[pool["stand-ins"] <= leak_max + 1e-12]
+    if len(ok):
+        best = ok.sort_values(["recall", "lam", "threshold", "layer"], ascending=[False, True, True, True],
+                              kind="stable").iloc[0]
+        return best, (f"highest validation recall among settings with rehearsal leakage <= {leak_max:.0%} and "
+                      f"repetition <= {repetition_max:.0%}{note}")
+    pool = pool.assign(balance=pool.recall - pool["stand-ins"])
+    best = pool.sort_values(["balance", "lam", "threshold", "layer"], ascending=[False, True, True, True],
+                            kind="stable").iloc[0]
+    return best, (f"no fluent setting reached rehearsal leakage <= {leak_max:.0%}: the highest validation recall "
+                  f"minus rehearsal leakage{note}")
+
+
+def select_setting(model: LoadedModel, fit: FitResult, bench: MLLMUBench, config: FitConfig,
+                   select: SelectConfig = SelectConfig(), *, progress: bool = False) -> tuple[Eraser, Selection]:
+    """The fitted eraser restricted to the chosen layer, with the chosen strength and threshold."""
+    from tqdm.auto import tqdm
+
+    split = config.people
+    if split is None:
+        raise ValueError("Selection needs validation people: fit with FitConfig(people=PeopleSplit(...)), not "
+                         "people=None (then every retain person is in the fit and none is left to choose on).")
+    sets, stand = rehearsal_items(bench, config.forget_ratio, split)
+    rehearsal = refit_forget(model, fit, stand, config)
+    layers = list(select.layers or fit.eraser.layers[len(fit.eraser.layers) // 2:])
+    missing = [l for l in layers if l not in fit.eraser.layers]
+    if missing:
+        raise ValueError(f"Layers {missing} were not fitted (fitted: {list(fit.eraser.layers)}).")
+    rows = [{"layer": -1, "positions": "", "lam": 0.0, "threshold": 0.0,
+             **score_setting(model, sets, None, select.batch_size)}]
+    modes = list(dict.fromkeys(p or fit.eraser.positions for p in select.positions))
+    combos = [(l, p, t) for l in layers for p in modes for t in select.thresholds]
+    bar = tqdm(total=len(combos) * len(select.lams), desc="selection", disable=not progress, leave=False)
+    for layer, mode, t in combos:
+        for lam in sorted(select.lams):
+            steers = rehearsal.with_options(layers=[layer], lam=lam, threshold=t, positions=mode)
+            row = {"layer": layer, "positions": mode, "lam": lam, "threshold": t,
+                   **score_setting(model, sets, steers, select.batch_size)}
+            rows.append(row)
+            bar.update(1)
+            if row["stand-ins"] == 0.0:  # stronger only costs recall
+                bar.update(len([x for x in select.lams if x > lam]))
+                break
+    bar.close()
+    grid = pd.DataFrame(rows)
+    best, rule = choose(grid, select.leak_max, select.repetition_max, select.rule)
+    layer, lam, t = int(best.layer), float(best.lam), float(best.threshold)
+    eraser = fit.eraser.with_options(layers=[layer], lam=lam, threshold=t, positions=best.positions)
+    val_people = sorted({it.person for n in ("retain", "real") for it in sets[n]})
+    return eraser, Selection(layer, lam, t, grid, [p.id for p in stand], val_people, rule, best.positions)
