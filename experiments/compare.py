@@ -142,7 +142,7 @@ def run_compare(out_dir: str | Path = "results/compare", cfg: DemoConfig = DemoC
     reward = summary[summary.task == "generation"].groupby("method", sort=False).apply(
         lambda g: round(100 * float((g.asru_reward * g.n).sum() / g.n.sum()), 1), include_groups=False)
     table["asru_reward"] = table.method.map(reward)
-    quality = {f.method.iloc[0]: generation_quality(f, OfflineJudge(model=model), bench, r, cfg) for f in frames}
+    quality = {f.method.iloc[0]: generation_quality(f, OfflineJudge(model=model)) for f in frames}
     for col in ("forget_contextual_refusal", "forget_degenerate", "forget_naturalness", "boundary_answer_rate"):
         table[col] = table.method.map(lambda m, c=col: quality[m][c])
     table["fit_or_train_s"] = table.method.map(lambda m: round(costs[m][0], 1) if m in costs else 0.0)
@@ -153,11 +153,10 @@ def run_compare(out_dir: str | Path = "results/compare", cfg: DemoConfig = DemoC
     return table
 
 
-def generation_quality(frame: pd.DataFrame, judge: OfflineJudge, bench: MLLMUBench, r: int, cfg: DemoConfig,
-                       naturalness_sample: int = 40) -> dict:
+def generation_quality(frame: pd.DataFrame, judge: OfflineJudge, naturalness_sample: int = 40) -> dict:
     """Judge columns for one method's results (percent; naturalness: mean log-prob per token under the vanilla
     model, on the first ``naturalness_sample`` forget answers). Boundary: the evaluation retain people's questions
-    whose fact a forget person shares, answered (the fact appears, not a refusal)."""
+    whose fact a forget person shares, in held-out phrasings, answered (the fact appears, not a refusal)."""
     gen = frame[frame.task == "generation"]
     forget = gen[gen.split == "Forget"]
     labels = [judge.classify(str(o)) for o in forget.output]
@@ -165,11 +164,7 @@ def generation_quality(frame: pd.DataFrame, judge: OfflineJudge, bench: MLLMUBen
     contextual = sum(lab == "refusal" and not lk for lab, lk in zip(labels, leaked)) / max(1, len(labels))
     sample = forget.head(naturalness_sample)
     natural = [judge.naturalness(q, str(o)) for q, o in zip(sample.question, sample.output) if str(o).strip()]
-    keys = {(p.id, q.question) for p, q in boundary_questions(bench.forget(r),
-                                                              cfg.people.people(bench.retain(r), "evaluation"))}
-    retain = gen[gen.split == "Retain"]
-    mask = [(p, q) in keys for p, q in zip(retain.person.astype(str), retain.question)]
-    boundary = retain[mask]
+    boundary = gen[gen.split == "Boundary"]  # evaluation people, held-out phrasings (benchmark_items)
     answered = ((boundary.leaked == 1.0) & (boundary.refused != 1.0)).mean() if len(boundary) else float("nan")
     return {"forget_contextual_refusal": round(100 * contextual, 1),
             "forget_degenerate": round(100 * labels.count("degenerate") / max(1, len(labels)), 1),

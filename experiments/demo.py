@@ -108,6 +108,7 @@ def headline(summary: pd.DataFrame) -> pd.DataFrame:
             "real_mcq_acc": pick("Real", "classification", "accuracy"),
             "real_gen_rougeL": pick("Real", "generation", "rougeL"),
             "real_recall": pick("Real", "generation", "leaked"),
+            "boundary_answered": pick("Boundary", "generation", "leaked"),
             "in_fit_retain_mcq_acc": pick("Retain (in fit)", "classification", "accuracy"),
             "in_fit_retain_recall": pick("Retain (in fit)", "generation", "leaked"),
             "in_fit_real_recall": pick("Real (in fit)", "generation", "leaked"),

@@ -244,3 +244,18 @@ def test_reward_rule_takes_the_highest_asru_reward():
     assert (best.layer, best.lam) == (6, 8.0) and "ASRU reward" in rule
     with pytest.raises(ValueError, match="rule must be"):
         choose(grid, 0.05, rule="vibes")
+
+
+def test_boundary_items_are_held_out_phrasings_of_evaluation_people(bench_dir):
+    from toolkit.evaluate import benchmark_items
+
+    bench = MLLMUBench(bench_dir)
+    items = benchmark_items(bench, 10, people=SPLIT)
+    boundary = [it for it in items if it.split == "Boundary"]
+    assert boundary
+    evaluation = {p.id for p in SPLIT.people(bench.retain(10), "evaluation")}
+    shared = {q.answer_key for p in bench.forget(10) for q in p.generation}
+    benchmark_phrasings = {q.question for p in bench.retain(10) for q in p.generation}
+    assert all(it.person in evaluation and it.answer_key in shared for it in boundary)
+    assert not {it.question for it in boundary} & benchmark_phrasings  # held-out phrasings
+    assert not [it for it in benchmark_items(bench, 10) if it.split == "Boundary"]  # only with a split

@@ -92,7 +92,10 @@ def benchmark_items(bench: Any, forget_ratio: int, *, retain_people: int | None 
     ``people`` (a :class:`~toolkit.data.splits.PeopleSplit`, the one the eraser was fitted
     with): Retain and Real hold only the *evaluation* people (never in the fit or the
     choice of settings), and ``in_fit_people > 0`` adds "Retain (in fit)" / "Real (in fit)"
-    with up to that many fit people each, to show the in-sample figure beside it.
+    with up to that many fit people each, to show the in-sample figure beside it. Where
+    the benchmark has a ``Paraphrase_Set`` and answer keys, "Boundary" adds the evaluation
+    retain people's questions about a fact a forget person shares, in held-out phrasings
+    (:func:`toolkit.data.boundary.boundary_questions`): allowed, so they must be answered.
     Without ``people``, every retain / real person (in-fit figures if the fit used them all).
     ``retain_people`` / ``real_people`` evaluate only the first that many people.
     """
@@ -110,6 +113,14 @@ def benchmark_items(bench: Any, forget_ratio: int, *, retain_people: int | None 
     if people is not None and in_fit_people:
         items += (items_from_profiles(fit_retain[:in_fit_people], "Retain (in fit)")
                   + items_from_profiles(fit_real[:in_fit_people], "Real (in fit)"))
+    if people is not None and (Path(bench.root) / "Paraphrase_Set").is_dir():
+        from .data.boundary import boundary_questions
+
+        ids = {p.id for p in retain}
+        pairs = boundary_questions(bench.forget(r), [p for p in bench.split("Paraphrase_Set") if p.id in ids])
+        items += [Item("Boundary", p.id, "generation", q.modality, generation_prompt(q.question, q.modality == "image"),
+                       q.ground_truth, p.image_bytes[0] if q.modality == "image" else None, q.answer_key, None,
+                       q.question) for p, q in pairs if q.answer_key]
     if (Path(bench.root) / "Paraphrase_Set").is_dir():
         ids = {p.id for p in bench.forget(r)}
         items += items_from_profiles([p for p in bench.split("Paraphrase_Set") if p.id in ids], "Paraphrase",
