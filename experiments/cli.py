@@ -216,10 +216,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from toolkit.data.mllmu import MLLMUBench
+    from toolkit.data.splits import PeopleSplit
     from toolkit.eraser import Eraser
     from toolkit.evaluate import benchmark_items, run_items, summarize
-
-    from toolkit.data.splits import PeopleSplit
 
     model = _load(args)
     bench = MLLMUBench(_bench_path(args.bench))
@@ -305,9 +304,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     model = _load(args)
     bench = MLLMUBench(_bench_path(args.bench))
     # Train on the fit people only, as the eraser does: evaluation people stay unseen by every method.
-    retain_ids = {p.id for p in bench.retain(args.forget)}
-    retain = [p for p in fit_people(bench, FitConfig(forget_ratio=args.forget, people=_people(args)))
-              if p.id in retain_ids]
+    retain = fit_people(bench, FitConfig(forget_ratio=args.forget, people=_people(args)), real=False)
     if args.name == "ASRU":
         from toolkit.baselines import ASRUConfig, GRPOConfig, asru
         from toolkit.contrastive import privacy_sets

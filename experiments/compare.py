@@ -33,7 +33,7 @@ from toolkit.evaluate import run_items, summarize
 from toolkit.judge import OfflineJudge
 from toolkit.fit import refit_forget
 from toolkit.nullspace import FixedRatio
-from toolkit.selection import fact_rate, rehearsal_items
+from toolkit.selection import fact_rate, match_leakage, rehearsal_items
 from toolkit.memory import PeakMemory
 from toolkit.data.synthetic import default_benchmark
 from toolkit.models.loading import load_model
@@ -47,17 +47,14 @@ def matched_epochs(model, method: str, stand_ins, train_retain, stand_in_items, 
                    epochs: tuple[int, ...] = EPOCHS) -> tuple[int, pd.DataFrame]:
     """The smallest epoch budget at which ``method`` unlearning the stand-ins leaks at most ``target``
     on their questions (else the lowest leakage), with the budget curve."""
-    rows = []
-    for e in epochs:
+
+    def leakage(e: int) -> float:
         res = unlearn(model, qa_pairs(stand_ins), qa_pairs(train_retain), BaselineConfig(method=method, epochs=e))
-        rows.append({"method": method, "epochs": e,
-                     "stand_in_leak": fact_rate(run_items(res.model, stand_in_items, batch_size=48))})
-        if rows[-1]["stand_in_leak"] <= target + 1e-9:
-            break
-    curve = pd.DataFrame(rows)
-    ok = curve[curve.stand_in_leak <= target + 1e-9]
-    pick = ok.iloc[0] if len(ok) else curve.sort_values(["stand_in_leak", "epochs"]).iloc[0]
-    return int(pick.epochs), curve
+        return fact_rate(run_items(res.model, stand_in_items, batch_size=48))
+
+    chosen, measured = match_leakage(epochs, leakage, target)
+    curve = pd.DataFrame([{"method": method, "epochs": e, "stand_in_leak": v} for e, v in measured.items()])
+    return int(chosen), curve
 
 
 def run_compare(out_dir: str | Path = "results/compare", cfg: DemoConfig = DemoConfig(),
@@ -86,7 +83,7 @@ def run_compare(out_dir: str | Path = "results/compare", cfg: DemoConfig = DemoC
     costs = {"MLLMEraser": (fit_seconds, meter.added_mb)}
     frames = [evaluate_people(model, bench, cfg, None, "vanilla"), evaluate_people(model, bench, cfg, eraser, "MLLMEraser")]
     # The baselines train on the same fit people as the eraser: evaluation people stay unseen by every method.
-    train_retain = [p for p in fit_people(bench, cfg.fit_config((layer,))) if p.id in {q.id for q in bench.retain(r)}]
+    train_retain = fit_people(bench, cfg.fit_config((layer,)), real=False)
     forget_qa, retain_qa = qa_pairs(bench.forget(r)), qa_pairs(train_retain)
     sets, stand_ins = rehearsal_items(bench, r, cfg.people)
     if "rehearsal_leak" in chosen:
@@ -102,14 +99,8 @@ def run_compare(out_dir: str | Path = "results/compare", cfg: DemoConfig = DemoC
     start = time.time()
     paper = fit_eraser(model, bench, paper_cfg, contrast=fit.contrast)
     rehearsal = refit_forget(model, paper, stand_ins, paper_cfg)
-    paper_lam, paper_leak = None, {}
-    for x in (1.0, 2.0, 4.0, 8.0, 16.0, 32.0):
-        paper_leak[x] = fact_rate(run_items(model, sets["stand-ins"], steers=rehearsal.with_options(lam=x),
-                                            batch_size=48))
-        if paper_leak[x] <= target + 1e-9:
-            paper_lam = x
-            break
-    paper_lam = paper_lam or min(paper_leak, key=paper_leak.get)
+    paper_lam, _ = match_leakage((1.0, 2.0, 4.0, 8.0, 16.0, 32.0), lambda x: fact_rate(
+        run_items(model, sets["stand-ins"], steers=rehearsal.with_options(lam=x), batch_size=48)), target)
     label = f"paper's map (matched: lambda {paper_lam:g})"
     costs[label] = (time.time() - start, 0.0)
     frames.append(evaluate_people(model, bench, cfg, paper.eraser.with_options(lam=paper_lam), label))
@@ -142,7 +133,8 @@ def run_compare(out_dir: str | Path = "results/compare", cfg: DemoConfig = DemoC
     reward = summary[summary.task == "generation"].groupby("method", sort=False).apply(
         lambda g: round(100 * float((g.asru_reward * g.n).sum() / g.n.sum()), 1), include_groups=False)
     table["asru_reward"] = table.method.map(reward)
-    quality = {f.method.iloc[0]: generation_quality(f, OfflineJudge(model=model)) for f in frames}
+    judge = OfflineJudge(model=model)  # trained once on the labelled outputs, shared by every row
+    quality = {f.method.iloc[0]: generation_quality(f, judge) for f in frames}
     for col in ("forget_contextual_refusal", "forget_degenerate", "forget_naturalness", "boundary_answer_rate"):
         table[col] = table.method.map(lambda m, c=col: quality[m][c])
     table["fit_or_train_s"] = table.method.map(lambda m: round(costs[m][0], 1) if m in costs else 0.0)

@@ -35,7 +35,7 @@ from toolkit.evaluate import benchmark_items, run_items, summarize
 from toolkit.fit import FitConfig, fit_eraser
 from toolkit.models.loading import LoadedModel, load_model
 from toolkit.nullspace import FixedRatio
-from toolkit.selection import SelectConfig, fact_rate, rehearsal_items, select_setting
+from toolkit.selection import SelectConfig, fact_rate, match_leakage, rehearsal_items, select_setting
 
 __all__ = ["DemoConfig", "run_demo", "direction_steer", "evaluate_people", "headline"]
 
@@ -129,14 +129,14 @@ def run_demo(out_dir: str | Path = "results/demo", cfg: DemoConfig = DemoConfig(
     print(f"      people (seed {cfg.people.seed}): retain {counts['retain']}, real {counts['real']}", flush=True)
 
     print(f"[1/4] fitting the eraser for forget_{r} at all {model.num_layers} layers (fit people only) ...", flush=True)
-    fit = fit_eraser(model, bench, cfg.fit_config(tuple(range(model.num_layers))), progress=True)
+    fit_config = cfg.fit_config(tuple(range(model.num_layers)))
+    fit = fit_eraser(model, bench, fit_config, progress=True)
     c = fit.report["contrast"]
     print(f"      {c['refused_clean']} contrastive pairs; PGD made the model answer {c['pgd_success']}/"
           f"{c.get('pgd_attacked', c['refused_clean'])} attacked; fit took {fit.report['fit_seconds']} s")
 
     print("[2/4] choosing layer, lambda and gate threshold on the rehearsal (validation people) ...", flush=True)
-    eraser, sel = select_setting(model, fit, bench, cfg.fit_config(tuple(range(model.num_layers))), cfg.select,
-                                 progress=True)
+    eraser, sel = select_setting(model, fit, bench, fit_config, cfg.select, progress=True)
     eraser.save(out / "eraser.safetensors")
     chosen = sel.chosen
     layer, lam = sel.layer, sel.lam
@@ -148,14 +148,10 @@ def run_demo(out_dir: str | Path = "results/demo", cfg: DemoConfig = DemoConfig(
     d = fit.direction.vectors[layer]
     sets, _ = rehearsal_items(bench, r, cfg.people)
     target = float(chosen["stand-ins"])
-    rates = {}
-    for x in [0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0]:
-        rates[x] = fact_rate(run_items(model, sets["stand-ins"], steers=[direction_steer(layer, d, x)],
-                                       batch_size=cfg.batch_size))
-        if rates[x] <= target + 1e-9:
-            break
-    reach = [x for x, v in rates.items() if v <= target + 1e-9]
-    lam_dir = min(reach) if reach else min(rates, key=rates.get)
+    lam_dir, rates = match_leakage(
+        [0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0],
+        lambda x: fact_rate(run_items(model, sets["stand-ins"], steers=[direction_steer(layer, d, x)],
+                                      batch_size=cfg.batch_size)), target)
     print(f"      direction-only strength {lam_dir} (rehearsal leakage {rates[lam_dir]:.2f})")
 
     print("[4/4] evaluating vanilla, eraser and direction-only (held-out people are the headline) ...", flush=True)

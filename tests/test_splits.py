@@ -259,3 +259,19 @@ def test_boundary_items_are_held_out_phrasings_of_evaluation_people(bench_dir):
     assert all(it.person in evaluation and it.answer_key in shared for it in boundary)
     assert not {it.question for it in boundary} & benchmark_phrasings  # held-out phrasings
     assert not [it for it in benchmark_items(bench, 10) if it.split == "Boundary"]  # only with a split
+
+
+def test_match_leakage_takes_the_weakest_setting_that_reaches_the_target():
+    from toolkit.selection import match_leakage
+
+    leak = {1: 0.5, 2: 0.2, 4: 0.1, 8: 0.0}
+    asked = []
+
+    def measure(x):
+        asked.append(x)
+        return leak[x]
+
+    assert match_leakage([1, 2, 4, 8], measure, 0.2) == (2, {1: 0.5, 2: 0.2})
+    assert asked == [1, 2]  # measuring stops at the first that reaches the target
+    # Nothing reaches it: the lowest leakage, the weaker on ties.
+    assert match_leakage([1, 2, 3], {1: 0.4, 2: 0.3, 3: 0.3}.get, 0.1)[0] == 2

@@ -173,8 +173,7 @@ def score_item(it: Item, output: str) -> dict:
 def asru_reward(row: dict, forget: bool) -> float:
     """ASRU's rule reward (:func:`toolkit.metrics.asru_reward_rule`) for a scored row; retain questions play
     the boundary role (they must be answered)."""
-    rouge_l = row["rougeL"] if row["rougeL"] == row["rougeL"] else 0.0
-    return metrics.asru_reward_rule(row["leaked"] == 1.0, row["refused"] == 1.0, rouge_l, forget)
+    return metrics.asru_reward_rule(row["leaked"] == 1.0, row["refused"] == 1.0, row["rougeL"], forget)
 
 
 def summarize(df: pd.DataFrame, by: Sequence[str] = ("split", "task", "modality")) -> pd.DataFrame:

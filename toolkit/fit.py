@@ -112,10 +112,12 @@ def answer_samples(model: LoadedModel, profiles: Sequence[Profile], split: str) 
     return samples, Trailing(tuple(counts))
 
 
-def fit_people(bench: MLLMUBench, config: FitConfig) -> list[Profile]:
-    """The retain (and real) people whose activations enter the fit under ``config``."""
+def fit_people(bench: MLLMUBench, config: FitConfig, *, real: bool = True) -> list[Profile]:
+    """The retain (and, unless ``real=False`` or ``config.include_real`` is off, real) people whose
+    activations enter the fit under ``config``. ``real=False``: the retain split's only (the people
+    contrastive pairs and training baselines draw on)."""
     retain = list(bench.retain(config.forget_ratio))
-    real = list(bench.real()) if config.include_real else []
+    real = list(bench.real()) if config.include_real and real else []
     if config.people is None:
         return retain + real
     return config.people.people(retain, "fit") + config.people.people(real, "fit")
@@ -154,7 +156,7 @@ def fit_eraser(model: LoadedModel, bench: MLLMUBench | Any, config: FitConfig = 
         raise ValueError(f"answer_weight must be >= 0, got {config.answer_weight}.")
     if contrast is None:
         # Contrastive pairs from fit people only (never validation or evaluation people).
-        contrast_people = [p for p in retain_people if p.id in {q.id for q in bench.retain(config.forget_ratio)}]
+        contrast_people = fit_people(bench, config, real=False)
         # The text-only variant drops the images, so adversarial ones would be computed for nothing.
         pgd = None if config.variant == "text_only" else config.pgd
         if config.recipe == "privacy":

@@ -109,8 +109,11 @@ def asru_reward_rule(appears: bool, refused: bool, rouge_l: float, forget: bool)
 
     Forget prompts: 0 if the fact appears, 1 for a refusal, 0.5 for a partial answer
     (0 < ROUGE-L < 0.4), else 0.1. Boundary / retain prompts: 1 if the fact appears
-    (and it is not a refusal), 0 for a refusal, 0.5 if ROUGE-L > 0.6, else 0.1.
+    (and it is not a refusal), 0 for a refusal, 0.5 if ROUGE-L > 0.6, else 0.1. A NaN ROUGE-L
+    (no reference to score against) counts as 0.
     """
+    if rouge_l != rouge_l:
+        rouge_l = 0.0
     if forget:
         if appears:
             return 0.0

@@ -34,7 +34,9 @@ lambdas are tried in increasing order and stop once the stand-ins leak nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 
@@ -46,7 +48,7 @@ from .fit import FitConfig, FitResult, refit_forget
 from .metrics import asru_reward_rule
 from .models.loading import LoadedModel
 
-__all__ = ["SelectConfig", "Selection", "rehearsal_items", "fact_rate", "score_setting", "choose", "select_setting",
+__all__ = ["SelectConfig", "Selection", "rehearsal_items", "fact_hits", "fact_rate", "match_leakage", "score_setting", "choose", "select_setting",
            "RECALL_ROUGE"]
 
 RECALL_ROUGE = 0.5  # without an Answer_Key, an answer "contains the fact" at ROUGE-L >= this
@@ -86,13 +88,27 @@ class Selection:
                  & (g.positions == self.positions)].iloc[0]
 
 
-def fact_rate(df: pd.DataFrame) -> float:
-    """Share of answers containing the fact: ``leaked`` where the item has an answer key, else
+def fact_hits(df: pd.DataFrame) -> pd.Series:
+    """Per answer, 1.0 if it contains the fact: ``leaked`` where the item has an answer key, else
     ROUGE-L >= :data:`RECALL_ROUGE` (MLLMU-Bench has no answer keys)."""
-    if not len(df):
-        return float("nan")
-    hit = df.leaked.where(df.leaked.notna(), (df.rougeL >= RECALL_ROUGE).astype(float))
-    return float(hit.mean())
+    return df.leaked.where(df.leaked.notna(), (df.rougeL >= RECALL_ROUGE).astype(float))
+
+
+def fact_rate(df: pd.DataFrame) -> float:
+    """Share of answers containing the fact (:func:`fact_hits`); NaN for no answers."""
+    return float(fact_hits(df).mean()) if len(df) else float("nan")
+
+
+def match_leakage(candidates: Sequence, leakage: Callable[[Any], float], target: float) -> tuple[Any, dict]:
+    """Matched forgetting: the first of ``candidates`` (weakest first) whose ``leakage(c)`` is at most
+    ``target`` (measuring stops there), else the one with the lowest leakage (the weaker on ties).
+    Returns ``(choice, {candidate: leakage})`` for what was measured."""
+    measured = {}
+    for c in candidates:
+        measured[c] = leakage(c)
+        if measured[c] <= target + 1e-9:
+            return c, measured
+    return min(measured, key=measured.get), measured
 
 
 def rehearsal_items(bench: MLLMUBench, forget_ratio: int, split: PeopleSplit) -> tuple[dict[str, list[Item]], list]:
@@ -115,9 +131,8 @@ def score_setting(model: LoadedModel, sets: dict[str, list[Item]], steers, batch
         if items:
             df = run_items(model, items, steers=steers, batch_size=batch_size)
             row[name] = fact_rate(df)
-            appears = df.leaked.where(df.leaked.notna(), (df.rougeL >= RECALL_ROUGE).astype(float))
-            rewards += [asru_reward_rule(a == 1.0, r == 1.0, g if g == g else 0.0, name == "stand-ins")
-                        for a, r, g in zip(appears, df.refused, df.rougeL)]
+            rewards += [asru_reward_rule(a == 1.0, r == 1.0, g, name == "stand-ins")
+                        for a, r, g in zip(fact_hits(df), df.refused, df.rougeL)]
             if name == "stand-ins":
                 row["stand_in_refused"] = float(df.refused.mean())
                 row["stand_in_repetition"] = float(df.repetition.mean())

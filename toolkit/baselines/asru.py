@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..data.mllmu import GenerationQ, Profile
-from ..models.loading import LoadedModel, Sample
+from ..fit import question_samples
+from ..models.loading import LoadedModel
 from .grpo import GRPOConfig, GRPOResult, grpo, reward_prompts
 from .redirect import RedirectConfig, redirect
 from .training import BaselineResult
@@ -48,12 +49,6 @@ class ASRUResult:
         return self.stage1.seconds + (self.stage2.seconds if self.stage2 else 0.0)
 
 
-def _questions(people: Sequence[Profile]) -> list[Sample]:
-    from ..evaluate import items_from_profiles
-
-    return [Sample(it.prompt, it.image) for it in items_from_profiles(people, "x")]
-
-
 def asru(model: LoadedModel, forget: Sequence[Profile], retain: Sequence[Profile],
          boundary: Sequence[tuple[Profile, GenerationQ]], direction: torch.Tensor, config: ASRUConfig = ASRUConfig(),
          *, progress: bool = False) -> ASRUResult:
@@ -64,8 +59,8 @@ def asru(model: LoadedModel, forget: Sequence[Profile], retain: Sequence[Profile
     if config.stages == 2 and not boundary:
         raise ValueError("Stage 2 needs boundary questions (allowed questions near the forget content): see "
                          "toolkit.data.boundary.boundary_questions, or run stages=1.")
-    stage1 = redirect(model, _questions(forget), _questions(list(retain)[: config.retain_people]), direction,
-                      config.redirect)
+    stage1 = redirect(model, question_samples(forget, "forget"),
+                      question_samples(list(retain)[: config.retain_people], "retain"), direction, config.redirect)
     if config.stages == 1:
         return ASRUResult(stage1, None, {"boundary": 0})
     stage2 = grpo(stage1.model, reward_prompts(forget, boundary), config.grpo, progress=progress)
