@@ -46,6 +46,9 @@ def _model_parent() -> argparse.ArgumentParser:
                         help="run traces through nnsight's remote execution (NDIF), or 'local' to test "
                              "serialisation")
     parent.add_argument("--batch-size", type=int, default=16, help="inputs per forward/generate batch")
+    parent.add_argument("--image-backend", default=None, choices=["pil", "torchvision"],
+                        help="the image processor's backend for a checkpoint (default: transformers' choice); "
+                             "PGD for LLaVA-NeXT and Idefics3 needs 'pil'")
     return parent
 
 
@@ -56,7 +59,8 @@ def _load(args: argparse.Namespace):
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}.")
     remote = {"ndif": True, "local": "local", None: False}[args.remote]
     dtype = DTYPES[args.dtype] if args.dtype else None
-    return load_model(args.model, dtype=dtype, device_map=args.device_map, remote=remote)
+    return load_model(args.model, dtype=dtype, device_map=args.device_map, remote=remote,
+                      image_backend=args.image_backend)
 
 
 def cmd_make_benchmark(args: argparse.Namespace) -> int:

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from toolkit import tracing
 from toolkit.baselines import METHODS, BaselineConfig, qa_pairs, unlearn
 from toolkit.baselines.losses import npo_loss, sequence_logprob
 from toolkit.data.mllmu import MLLMUBench

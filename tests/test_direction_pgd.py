@@ -7,7 +7,7 @@ from conftest import random_image
 from toolkit import tracing
 from toolkit.adversarial import PGDConfig, pgd_attack
 from toolkit.direction import erasure_direction
-from toolkit.models.loading import Sample
+from toolkit.models.loading import LoadedModel, Sample
 
 
 def test_direction_is_mean_difference(tiny_models):
@@ -54,35 +54,123 @@ def test_pgd_lowers_target_loss_within_eps(tiny_models):
     assert all(im.size == (32, 32) for im in res.images)
 
 
-@pytest.mark.parametrize("family", ["llava_next", "idefics3"])
-def test_pgd_refuses_tiling_families_with_what_to_do(family, tiny_models):
-    m = tiny_models(family)
-    with pytest.raises(NotImplementedError, match=f"not implemented for {family}.*Supported: llava, qwen2_vl, "
-                                                  "qwen2_5_vl, qwen3_vl, gemma3, paligemma.*--pgd-steps 0"):
-        pgd_attack(m, [Sample("x", random_image(0))], ["y"])
+def test_pgd_refuses_a_family_without_pixel_layout_and_a_torchvision_tiler(tiny_models):
+    import dataclasses
+
+    from toolkit.models.pixels import attack_canvas
+
+    m = tiny_models("llava_next")
+    bare = LoadedModel(m.module, m.processor, dataclasses.replace(m.adapter, pixel_layout=None))
+    with pytest.raises(NotImplementedError, match="not implemented for llava_next.*Supported: llava, llava_next, "
+                                                  "qwen2_vl.*idefics3.*--pgd-steps 0"):
+        pgd_attack(bare, [Sample("x", random_image(0))], ["y"])
+
+    class TorchvisionLike:  # any processor outside the PIL backend, whose resize kernels differ
+        pass
+
+    with pytest.raises(NotImplementedError, match="needs the PIL image processor.*--image-backend pil"):
+        attack_canvas("anyres", TorchvisionLike(), random_image(0))
+    with pytest.raises(NotImplementedError, match="assumes Idefics3's image processor.*--pgd-steps 0"):
+        attack_canvas("split", m.processor.image_processor, random_image(0))  # LLaVA-NeXT's, not Idefics3's
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3", "paligemma"])
+IMAGE_SIZES = ((32, 32), (48, 40), (20, 70), (100, 37))
+
+
+def _eight_bit(canvas):
+    import numpy as np
+    from PIL import Image
+
+    return Image.fromarray((canvas.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+
+
+@pytest.mark.parametrize("family", ["llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3",
+                                    "paligemma", "idefics3"])
 def test_differentiable_preprocessing_equals_the_processor(family, tiny_models):
     from toolkit.models.pixels import attack_canvas
 
     m = tiny_models(family)
     ip = m.processor.image_processor
-    for seed, size in ((0, (32, 32)), (1, (48, 40))):
-        image = random_image(seed, size[0]).resize(size)
+    kept = 0
+    for seed, size in enumerate(IMAGE_SIZES):
+        image = random_image(seed, max(size)).resize(size)
         canvas, extra, to_pixels = attack_canvas(m.adapter.pixel_layout, ip, image)
         assert canvas.ndim == 3 and canvas.shape[0] == 3 and 0 <= canvas.min() and canvas.max() <= 1
-        real = ip(images=[image], return_tensors="pt")
         pixels = to_pixels(canvas.requires_grad_(True))
+        # What the processor makes of the user's own image: all of it, but LLaVA-NeXT's whole-image
+        # view, which is resized from the canvas here and from the original there.
+        own = ip(images=[image], return_tensors="pt")
+        whole = slice(1, None) if m.adapter.pixel_layout == "anyres" else slice(None)
+        torch.testing.assert_close(pixels.detach().reshape(own["pixel_values"].shape)[:, whole],
+                                   own["pixel_values"].float()[:, whole], rtol=0, atol=1e-5)
+        pixels.sum().backward()  # differentiable down to the canvas
+        assert canvas.grad is not None and canvas.grad.abs().sum() > 0
+        # The canvas as an 8-bit image is what an attack hands back: the processor must see exactly the
+        # pixel values the attack optimised, and make the same canvas of it again. The tiny Qwen
+        # processors (min_pixels == max_pixels) keep only some sizes; PGD refuses the others up front.
+        again, _, _ = attack_canvas(m.adapter.pixel_layout, ip, _eight_bit(canvas.detach()))
+        if again.shape != canvas.shape:
+            assert m.adapter.pixel_layout == "patches"
+            with pytest.raises(ValueError, match="resizes an image of that size again.*a size this processor keeps"):
+                pgd_attack(m, [Sample("who is this", image)], ["y"], PGDConfig(steps=1))
+            continue
+        kept += 1
+        assert torch.equal(again, canvas.detach())
+        real = ip(images=[_eight_bit(canvas.detach())], return_tensors="pt")
         torch.testing.assert_close(pixels.detach().reshape(real["pixel_values"].shape),
                                    real["pixel_values"].float(), rtol=0, atol=1e-5)
         for k, v in extra.items():
             assert torch.equal(v, real[k])
-        pixels.sum().backward()  # differentiable down to the canvas
-        assert canvas.grad is not None and canvas.grad.abs().sum() > 0
+    assert kept >= 2
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl", "gemma3"])
+@pytest.mark.parametrize("layout", ["anyres", "split"])
+def test_tiling_layouts_at_the_released_processors_geometry(layout):
+    """LLaVA-NeXT's 336-pixel any-res grid and Idefics3's 1456/364 splitting (the released processors'
+    settings, LANCZOS included): exact views and a canvas that maps to itself."""
+    import transformers as tf
+
+    from toolkit.models.pixels import attack_canvas
+
+    ip = (tf.LlavaNextImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
+          if layout == "anyres" else tf.Idefics3ImageProcessorPil())
+    counts = set()
+    for seed, size in enumerate(((640, 480), (1000, 300), (336, 336))):
+        image = random_image(seed, max(size)).resize(size)
+        canvas, _, to_pixels = attack_canvas(layout, ip, image)
+        real = ip(images=[_eight_bit(canvas)], return_tensors="pt")["pixel_values"]
+        torch.testing.assert_close(to_pixels(canvas), real.float(), rtol=0, atol=1e-5)
+        again, _, _ = attack_canvas(layout, ip, _eight_bit(canvas))
+        assert torch.equal(again, canvas)
+        counts.add(real.shape[1])
+    assert len(counts) == 3  # three sizes, three different tilings
+
+
+def test_pil_resize_view_is_pil_in_value_and_gradient():
+    import numpy as np
+    from PIL import Image
+
+    from toolkit.models.pixels import pil_resized
+
+    rng = np.random.default_rng(0)
+    for resample in (Image.BICUBIC, Image.LANCZOS):
+        for (h, w, out_h, out_w) in ((48, 40, 32, 32), (37, 100, 64, 64), (100, 37, 64, 64)):
+            pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            canvas = torch.from_numpy(pixels).permute(2, 0, 1).float().div(255).requires_grad_(True)
+            out = pil_resized(canvas, out_h, out_w, resample)
+            pil8 = np.asarray(Image.fromarray(pixels).resize((out_w, out_h), resample=resample))
+            assert torch.equal((out.detach() * 255).round().to(torch.uint8), torch.from_numpy(pil8.copy()).permute(2, 0, 1))
+            # The gradient is PIL's float resize: <weights, resize(x)> differentiated is resize^T(weights),
+            # checked against PIL's own float-mode resize of each channel.
+            weights = torch.randn(3, out_h, out_w)
+            (grad,) = torch.autograd.grad((out * weights).sum(), canvas)
+            probe = torch.randn(3, h, w)
+            pil_float = torch.stack([torch.from_numpy(np.asarray(Image.fromarray(c.numpy(), mode="F").resize(
+                (out_w, out_h), resample=resample)).copy()) for c in probe])
+            torch.testing.assert_close((grad * probe).sum(), (weights * pil_float).sum(), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl", "gemma3", "llava_next", "idefics3"])
 def test_pgd_runs_for_patchified_and_other_families(family, tiny_models):
     m = tiny_models(family)
     samples = [Sample("who is this", random_image(0))]
@@ -90,3 +178,23 @@ def test_pgd_runs_for_patchified_and_other_families(family, tiny_models):
     res = pgd_attack(m, samples, ["this is a person"], cfg)
     assert res.loss_adversarial[0] < res.loss_clean[0]
     assert res.linf[0] <= cfg.eps + 1e-6
+
+
+def test_a_tiling_checkpoint_loaded_with_the_pil_backend_runs_pgd(tmp_path):
+    """The user's path: a LLaVA-NeXT checkpoint directory loaded with ``image_backend="pil"``
+    (``--image-backend pil``), then PGD from it."""
+    from transformers.image_processing_backends import PilBackend
+
+    from toolkit.models.loading import load_model
+    from toolkit.models.tiny import build_tiny
+
+    module, proc = build_tiny("llava_next")
+    module.save_pretrained(tmp_path)
+    proc.save_pretrained(tmp_path)
+    model = load_model(str(tmp_path), image_backend="pil")
+    assert isinstance(model.processor.image_processor, PilBackend)
+    res = pgd_attack(model, [Sample("who is this", random_image(3, 48).resize((48, 40)))], ["this is a person"],
+                     PGDConfig(steps=2))
+    assert res.images[0].size == (64, 54) and res.linf[0] <= 16 / 255 + 1e-6  # the 54 x 64 canvas, handed back
+    with pytest.raises(ValueError, match="image_backend must be 'pil', 'torchvision' or None"):
+        load_model(str(tmp_path), image_backend="PIL")

@@ -1,5 +1,5 @@
-"""Every vision family through the whole pipeline on its tiny model: a fit with PGD at one layer (without it
-where the family's processor tiles the image), a steered generation, and a baseline training step."""
+"""Every vision family through the whole pipeline on its tiny model: a fit with PGD at one layer, a steered
+generation, and a baseline training step."""
 
 import pytest
 import torch
@@ -21,14 +21,10 @@ def test_family_fit_pgd_steer_and_baseline_step(family, tiny_models):
                                                                  "what colour is it", "is it a photo"] * 3)]
     forget = [Sample("who is this person", random_image(40 + i)) for i in range(4)]
     refusal = [Sample("do not say who this is", random_image(60 + i)) for i in range(2)]
-    if model.adapter.pixel_layout:
-        attack = pgd_attack(model, refusal, ["this is anna"] * 2, PGDConfig(steps=2), max_new_tokens=3)
-        recall = [Sample(s.text, im) for s, im in zip(refusal, attack.images)]  # same text, attacked image
-        assert all(linf <= 16 / 255 + 1e-6 for linf in attack.linf)
-    else:  # LLaVA-NeXT, Idefics3: no pixel-space PGD; the recall side is the un-instructed question
-        with pytest.raises(NotImplementedError, match="--pgd-steps 0"):
-            pgd_attack(model, refusal, ["x"] * 2, PGDConfig(steps=1))
-        recall = [Sample("who is this", s.image) for s in refusal]
+    attack = pgd_attack(model, refusal, ["this is anna"] * 2, PGDConfig(steps=2), max_new_tokens=3)
+    recall = [Sample(s.text, im) for s, im in zip(refusal, attack.images)]  # same text, attacked image
+    assert all(linf <= 16 / 255 + 1e-6 for linf in attack.linf)
+    assert all(after < before for before, after in zip(attack.loss_clean, attack.loss_adversarial))
     eraser, fitter = fit_from_samples(model, forget=forget, retain=retain, contrast=(refusal, recall), layers=[1],
                                       policy=FixedRatio(0.5), gamma=1e-4, lam=20.0, positions="all")
     assert eraser.layers == (1,) and fitter.forget[1].count == 4

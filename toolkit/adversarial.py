@@ -9,9 +9,13 @@ forced, target tokens only) by signed-gradient steps. The returned images are
 quantised to 8 bits at the processor's resolution, and success is measured on
 those, i.e. on what a user would actually feed the model.
 
-Supported where the adapter names a pixel layout (LLaVA-1.5, Gemma3, PaliGemma,
-Qwen2/2.5/3-VL). LLaVA-NeXT (any-resolution tiles) and Idefics3 (image
-splitting) are refused with a message that says what to do instead.
+Supported where the adapter names a pixel layout: every image family here
+(LLaVA-1.5, LLaVA-NeXT's any-res tiles, Qwen2/2.5/3-VL patches, Gemma3,
+PaliGemma, Idefics3's splitting; the last two kinds through the processor's PIL
+backend). The attack starts from the canvas, i.e. the image at the size the
+processor tiles or patchifies; for LLaVA-NeXT that is the aspect-preserving
+resize of the user's image, whose whole-image view then differs from the
+original's by one resize.
 """
 
 from __future__ import annotations
@@ -70,8 +74,8 @@ def _check_supported(model: LoadedModel) -> None:
     if model.adapter.pixel_layout is None:
         ok = ", ".join(a.family for a in ADAPTERS if a.pixel_layout)
         raise NotImplementedError(
-            f"PGD in pixel space is not implemented for {model.adapter.family}: its processor tiles or crops the "
-            f"image into several views, and no differentiable re-implementation of that exists here yet. "
+            f"PGD in pixel space is not implemented for {model.adapter.family}: its adapter names no pixel layout "
+            f"(no differentiable re-implementation of its image preprocessing, toolkit.models.pixels). "
             f"Supported: {ok}. Fit without adversarial images instead (pgd=None; `mllmeraser fit --pgd-steps 0`): "
             "the direction then contrasts refusals with recalls on clean images.")
 
@@ -86,6 +90,11 @@ def _frozen(module: torch.nn.Module):
     finally:
         for p, f in zip(module.parameters(), flags):
             p.requires_grad_(f)
+
+
+def _to_image(canvas: torch.Tensor) -> Image.Image:
+    """``(3, H, W)`` in [0, 1] -> the 8-bit RGB image a user would save."""
+    return Image.fromarray((canvas.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8))
 
 
 def _target_loss(model: LoadedModel, batch: dict, pixels: torch.Tensor) -> torch.Tensor:
@@ -113,11 +122,18 @@ def pgd_attack(model: LoadedModel, samples: Sequence[Sample], targets: Sequence[
     adv_images, lin, loss0, loss1 = [], [], [], []
     with _frozen(model.module), torch.enable_grad():
         for sample, target in tqdm(list(zip(samples, targets)), desc="PGD", disable=not progress, leave=False):
-            image = load_image(sample.image)
-            x, _, to_pixels = attack_canvas(layout, ip, image)
-            # The family's own teacher-forcing batch (grids, token types...), target tokens labelled.
+            x, _, to_pixels = attack_canvas(layout, ip, load_image(sample.image))
+            again, _, _ = attack_canvas(layout, ip, _to_image(x))
+            if again.shape != x.shape:
+                raise ValueError(
+                    f"PGD hands back the image at the size the processor gives it ({x.shape[1]}x{x.shape[2]}), but "
+                    f"the processor resizes an image of that size again (to {again.shape[1]}x{again.shape[2]}), so the "
+                    "attack's image would not be the one measured. Give images of a size this processor keeps, "
+                    "or widen its min_pixels/max_pixels.")
+            # The family's own teacher-forcing batch (grids, image sizes, token types...) for the
+            # canvas as an 8-bit image, i.e. for what the attack hands back; target tokens labelled.
             batch = model.adapter.training_batch(model.processor, [model.format_prompt(sample.text, image=True)],
-                                                 [target], [image], eos=False)
+                                                 [target], [_to_image(x)], eos=False)
             batch = {k: v.to(model.device) for k, v in batch.items() if k != "pixel_values"}
             delta = torch.zeros_like(x)
             if config.random_start:
@@ -131,12 +147,8 @@ def pgd_attack(model: LoadedModel, samples: Sequence[Sample], targets: Sequence[
                 with torch.no_grad():
                     delta = (delta - config.step * grad.sign()).clamp(-config.eps, config.eps)
                     delta = (x + delta).clamp(0, 1) - x
-            adv = ((x + delta.detach()).clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-            adv_img = Image.fromarray(adv)
-            x_q, _, _ = attack_canvas(layout, ip, adv_img)
-            if x_q.shape != x.shape:
-                raise RuntimeError(f"The processor resizes its own {tuple(x.shape[1:])} output to "
-                                   f"{tuple(x_q.shape[1:])}: the attack's image would not be the one measured.")
+            adv_img = _to_image(x + delta.detach())
+            x_q, _, _ = attack_canvas(layout, ip, adv_img)  # the same size as x: checked above
             with torch.no_grad():
                 loss1.append(float(_target_loss(model, batch, to_pixels(x_q))))
             lin.append(float((x_q - x).abs().max()))

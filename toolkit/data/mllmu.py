@@ -11,7 +11,6 @@ profile fields, ``Classification_Task`` {``Image_Textual_Questions``,
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal

@@ -48,8 +48,9 @@ class Adapter:
     drop_keys: tuple[str, ...] = ("labels",)
     auto_class: str = "AutoModelForImageTextToText"
     # How pixel_values is built from the resized image (toolkit.models.pixels): "image" (one
-    # normalised 3 x H x W image), "patches" (Qwen-VL's flattened patches), or None (tiles or
-    # crops: no differentiable re-implementation yet, so no PGD in pixel space).
+    # normalised 3 x H x W image), "patches" (Qwen-VL's flattened patches), "anyres" (LLaVA-NeXT's
+    # tiles after a whole-image view), "split" (Idefics3's tiles before one), or None (no
+    # differentiable re-implementation: no PGD in pixel space).
     pixel_layout: str | None = None
     # token_type_ids mark the answer as the suffix of a prefix-LM (PaliGemma).
     suffix_token_types: bool = False
@@ -193,7 +194,7 @@ def _get_path(obj: Any, path: str) -> Any:
 
 LLAVA = Adapter("llava", ("llava",), "model.language_model.layers", "<image>", pixel_layout="image",
                 notes="LLaVA-1.5 (CLIP tower, Llama/Vicuna text model)")
-LLAVA_NEXT = Adapter("llava_next", ("llava_next",), "model.language_model.layers", "<image>",
+LLAVA_NEXT = Adapter("llava_next", ("llava_next",), "model.language_model.layers", "<image>", pixel_layout="anyres",
                      notes="LLaVA-NeXT / LLaVA-1.6 (any-resolution tiles)")
 QWEN2_VL = Adapter("qwen2_vl", ("qwen2_vl",), "model.language_model.layers", "<|image_pad|>", pixel_layout="patches")
 QWEN2_5_VL = Adapter("qwen2_5_vl", ("qwen2_5_vl",), "model.language_model.layers", "<|image_pad|>",
@@ -206,6 +207,7 @@ GEMMA3 = Adapter("gemma3", ("gemma3",), "model.language_model.layers", "<start_o
 PALIGEMMA = Adapter("paligemma", ("paligemma",), "model.language_model.layers", None, chat=False,
                     pixel_layout="image", suffix_token_types=True)
 IDEFICS3 = Adapter("idefics3", ("idefics3", "smolvlm"), "model.text_model.layers", "<image>", nested_images=True,
+                   pixel_layout="split",
                    notes="Idefics3 and SmolVLM")
 LLAMA = Adapter("llama", ("llama", "mistral"), "model.layers", None, supports_images=False,
                 auto_class="AutoModelForCausalLM")

@@ -320,6 +320,7 @@ def load_model(
     dtype: Any = None,
     remote: Any = False,
     trust_remote_code: bool = False,
+    image_backend: str | None = None,
     **kwargs: Any,
 ) -> LoadedModel:
     """Load a model for tracing.
@@ -333,6 +334,8 @@ def load_model(
         remote: nnsight's ``remote`` flag, passed to every trace the toolkit opens
             (``True`` for NDIF, ``"local"`` to test serialisation locally).
         trust_remote_code: only when you ask for it.
+        image_backend: the image processor's backend for a checkpoint ("pil" or "torchvision";
+            ``None``: transformers' choice). PGD for LLaVA-NeXT and Idefics3 needs "pil".
     """
     from . import tiny
 
@@ -363,7 +366,7 @@ def load_model(
         if adapter.supports_images:
             from .processors import load_processor
 
-            processor = load_processor(name, trust_remote_code=trust_remote_code)
+            processor = load_processor(name, trust_remote_code=trust_remote_code, image_backend=image_backend)
         else:
             processor = transformers.AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     return LoadedModel(module.eval(), processor, adapter, remote=remote, name=name)

@@ -57,15 +57,19 @@ def save_processor(processor, out) -> None:
             cls.get_attributes = own
 
 
-def load_processor(path: str | Path, trust_remote_code: bool = False) -> Any:
+def load_processor(path: str | Path, trust_remote_code: bool = False, image_backend: str | None = None) -> Any:
     """``AutoProcessor.from_pretrained(path)``, or, where that needs what is missing here (a video
     processor, a torchvision image processor), the same processor class built from its saved parts
-    with the PIL image processor."""
+    with the PIL image processor. ``image_backend``: transformers' ``backend`` ("pil" or
+    "torchvision"; ``None``: transformers' choice)."""
     import transformers as tf
 
+    if image_backend not in (None, "pil", "torchvision"):
+        raise ValueError(f"image_backend must be 'pil', 'torchvision' or None, got {image_backend!r}.")
+    extra = {"backend": image_backend} if image_backend else {}
     try:
         with allow_missing_video_processor():
-            return tf.AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+            return tf.AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code, **extra)
     except (OSError, ImportError, ValueError, TypeError) as err:
         config_file = Path(path) / "processor_config.json"
         if not config_file.exists():

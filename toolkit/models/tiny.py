@@ -133,7 +133,9 @@ def tiny_llava(seed: int = 0, num_layers: int = 3, hidden_size: int = 64, corpus
 def tiny_llava_next(seed: int = 0):
     _seed(seed)
     tok = _sp_tokenizer(["<image>"], LLAVA_TEMPLATE)
-    grid = [[IMAGE_SIZE, IMAGE_SIZE]]
+    # LLaVA-NeXT's any-res grid in miniature (the released one is 336 x {1,2,3} tiles): an image is
+    # padded to one of these, cut into 32 x 32 tiles and seen after one whole-image view.
+    grid = [[IMAGE_SIZE, 2 * IMAGE_SIZE], [2 * IMAGE_SIZE, IMAGE_SIZE], [2 * IMAGE_SIZE, 2 * IMAGE_SIZE]]
     ip = tf.LlavaNextImageProcessorPil(
         size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
         image_grid_pinpoints=grid, do_center_crop=True,
@@ -284,10 +286,12 @@ def tiny_idefics3(seed: int = 0):
     specials += [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
     tok = _sp_tokenizer(specials, IDEFICS3_TEMPLATE, add_bos=False)
     ip = tf.Idefics3ImageProcessorPil(
-        do_image_splitting=False, size={"longest_edge": IMAGE_SIZE},
+        do_image_splitting=True, size={"longest_edge": 2 * IMAGE_SIZE},
         max_image_size={"longest_edge": IMAGE_SIZE}, image_mean=[0.5] * 3, image_std=[0.5] * 3,
     )
-    # 32/8 = 4x4 patches, pixel-shuffle scale 2 -> 4 image tokens.
+    # Idefics3's splitting in miniature (released: longest edge 4 x 364, tiles of 364): the image is
+    # resized to multiples of 32 up to 64, cut into 32 x 32 tiles plus one whole-image tile.
+    # Each tile: 32/8 = 4x4 patches, pixel-shuffle scale 2 -> 4 image tokens.
     proc = tf.Idefics3Processor(image_processor=ip, tokenizer=tok, image_seq_len=4, chat_template=IDEFICS3_TEMPLATE)
     cfg = tf.Idefics3Config(
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
