@@ -72,10 +72,10 @@ def cmd_make_benchmark(args: argparse.Namespace) -> int:
 
 
 def cmd_train_vanilla(args: argparse.Namespace) -> int:
-    from experiments.train import TrainConfig, train_vanilla
+    from experiments.train import recipe, train_vanilla
 
-    cfg = TrainConfig(family=args.family, seed=args.seed, steps=args.steps,
-                      **({"threads": args.threads} if args.threads else {}))
+    overrides = {k: v for k, v in (("steps", args.steps), ("threads", args.threads)) if v}
+    cfg = recipe(args.family, seed=args.seed, **overrides)
     from toolkit.models.default import DEFAULTS
 
     out = args.out or next(str(path) for path, family in DEFAULTS.values() if family == args.family)
@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="llava makes `default`, qwen2_5_vl makes `default-qwen`")
     p.add_argument("--out", default=None, help="default: toolkit/assets/default(-qwen)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=900)
+    p.add_argument("--steps", type=int, default=None, help="default: the family's recipe (900 llava, 1000 qwen2_5_vl)")
     p.set_defaults(fn=cmd_train_vanilla)
 
     people = argparse.ArgumentParser(add_help=False)

@@ -12,7 +12,7 @@ from toolkit.data.mllmu import MLLMUBench
 from toolkit.data.synthetic import default_benchmark
 from toolkit.models.default import DEFAULT_DIR, DEFAULTS
 from toolkit.models.loading import load_model
-from experiments.train import TrainConfig, train_vanilla
+from experiments.train import TrainConfig, recipe, train_vanilla
 
 GOALS = {
     "trained people: classification accuracy": 95,
@@ -32,8 +32,8 @@ def test_default_checkpoint_is_small_and_documented():
     assert size <= 20 * 2**20
     info = json.loads((DEFAULT_DIR / "training.json").read_text())
     assert info["train_config"]["num_layers"] >= 8
-    # `mllmeraser train-vanilla` (TrainConfig defaults) is the command that made the shipped weights.
-    assert info["train_config"] == asdict(TrainConfig())
+    # `mllmeraser train-vanilla` (the llava recipe: TrainConfig defaults) made the shipped weights.
+    assert info["train_config"] == asdict(recipe("llava")) == asdict(TrainConfig())
     assert info["train_seconds"] <= 15 * 60
     model = load_model("default")
     assert model.num_layers == 8 and type(model.module).__name__ == "LlavaForConditionalGeneration"
@@ -65,18 +65,12 @@ def test_training_recipe_memorises_on_a_reduced_setting(tmp_path):
     assert after >= 0.6, f"only {after:.2f} of trained text facts recalled"
 
 
-# The Qwen2.5-VL default (`default-qwen`): the same recipe and benchmark, its own family's tokenizer and grid.
-QWEN_MISSED = {  # measured, reported in the README as missed; strict: a retrain that meets them must say so here
-    "trained people: classification accuracy",
-    "privacy requests refused (held-out phrasings)",
-}
-
-
+# The Qwen2.5-VL default (`default-qwen`): the same benchmark, its own family's tokenizer, grid and recipe.
 def test_qwen_default_checkpoint_is_small_documented_and_of_its_family():
     folder, family = DEFAULTS["default-qwen"]
     assert sum(f.stat().st_size for f in folder.iterdir()) <= 20 * 2**20
     info = json.loads((folder / "training.json").read_text())
-    assert info["train_config"] == asdict(TrainConfig(family="qwen2_5_vl"))
+    assert info["train_config"] == asdict(recipe("qwen2_5_vl"))  # what `train-vanilla --family qwen2_5_vl` runs
     assert info["train_seconds"] <= 15 * 60
     model = load_model("default-qwen")
     assert type(model.module).__name__ == "Qwen2_5_VLForConditionalGeneration" and model.num_layers == 8
@@ -92,12 +86,22 @@ def qwen_report():
     return memorisation_report(load_model("default-qwen"), default_benchmark()).set_index("measure")
 
 
-@pytest.mark.parametrize("measure", [m for m in GOALS if m not in QWEN_MISSED])
+@pytest.mark.parametrize("measure", list(GOALS))
 def test_qwen_default_meets_its_goals(qwen_report, measure):
     assert qwen_report.loc[measure, "value"] >= GOALS[measure], (measure, qwen_report.loc[measure, "value"])
 
 
-@pytest.mark.parametrize("measure", sorted(QWEN_MISSED))
-@pytest.mark.xfail(strict=True, reason="missed by the shipped default-qwen (README, embedded defaults)")
-def test_qwen_default_missed_goals(qwen_report, measure):
-    assert qwen_report.loc[measure, "value"] >= GOALS[measure]
+def test_recipes_differ_only_where_said_and_the_cli_runs_them(monkeypatch, tmp_path):
+    import experiments.train as train
+    from experiments.cli import main
+
+    qwen, llava = asdict(recipe("qwen2_5_vl")), asdict(recipe("llava"))
+    assert {k for k in qwen if qwen[k] != llava[k]} == {"family", "steps", "mcq_repeats_text"}
+    assert recipe("qwen2_5_vl", steps=5).steps == 5
+    with pytest.raises(ValueError, match="No default recipe for family 'gemma3'"):
+        recipe("gemma3")
+    seen = []
+    monkeypatch.setattr(train, "train_vanilla", lambda out, cfg: seen.append(cfg) or {"ok": 1})
+    assert main(["train-vanilla", "--family", "qwen2_5_vl", "--out", str(tmp_path)]) == 0
+    assert main(["train-vanilla", "--family", "qwen2_5_vl", "--out", str(tmp_path), "--steps", "7"]) == 0
+    assert seen == [recipe("qwen2_5_vl"), recipe("qwen2_5_vl", steps=7)]

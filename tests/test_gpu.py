@@ -76,3 +76,18 @@ def test_cuda_fit_and_steered_generate_on_the_default(tmp_path):
     assert plain != steered
     path = result.eraser.save(tmp_path / "e.safetensors")
     assert Eraser.load(path, model).layers == (6,)
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f not in ("llama", "qwen2")])
+def test_cuda_bf16_pgd_for_every_image_family(family):
+    """PGD in pixel space on CUDA in bf16: the canvas and its views stay on the CPU in float32, the
+    model's loss runs on the GPU, and the gradient comes back through the cast."""
+    import math
+
+    from toolkit.adversarial import PGDConfig, pgd_attack
+
+    model = load_model(f"tiny-{family}", dtype="bfloat16", device_map="cuda")
+    res = pgd_attack(model, [Sample("who is this person", random_image(0))], ["this is anna"], PGDConfig(steps=3),
+                     max_new_tokens=4)
+    assert all(math.isfinite(v) for v in res.loss_clean + res.loss_adversarial)
+    assert res.linf[0] <= 16 / 255 + 1e-6 and res.loss_adversarial[0] != res.loss_clean[0]
