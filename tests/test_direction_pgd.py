@@ -124,16 +124,19 @@ def test_differentiable_preprocessing_equals_the_processor(family, tiny_models):
     assert kept >= 2
 
 
-@pytest.mark.parametrize("layout", ["anyres", "split"])
-def test_tiling_layouts_at_the_released_processors_geometry(layout):
-    """LLaVA-NeXT's 336-pixel any-res grid and Idefics3's 1456/364 splitting (the released processors'
-    settings, LANCZOS included): exact views and a canvas that maps to itself."""
+@pytest.mark.parametrize("layout,processor", [("anyres", "LlavaNextImageProcessorPil"),
+                                              ("split", "Idefics3ImageProcessorPil"),
+                                              ("split", "SmolVLMImageProcessorPil")])
+def test_tiling_layouts_at_the_released_processors_geometry(layout, processor):
+    """LLaVA-NeXT's 336-pixel any-res grid, Idefics3's and SmolVLM's splitting (the released processors'
+    settings, LANCZOS included; SmolVLM shares Idefics3's adapter): exact views and a canvas that maps
+    to itself."""
     import transformers as tf
 
     from toolkit.models.pixels import attack_canvas
 
-    ip = (tf.LlavaNextImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
-          if layout == "anyres" else tf.Idefics3ImageProcessorPil())
+    kwargs = {"size": {"shortest_edge": 336}, "crop_size": {"height": 336, "width": 336}} if layout == "anyres" else {}
+    ip = getattr(tf, processor)(**kwargs)
     counts = set()
     for seed, size in enumerate(((640, 480), (1000, 300), (336, 336))):
         image = random_image(seed, max(size)).resize(size)
