@@ -74,7 +74,7 @@ def cmd_make_benchmark(args: argparse.Namespace) -> int:
 def cmd_train_vanilla(args: argparse.Namespace) -> int:
     from experiments.train import recipe, train_vanilla
 
-    overrides = {k: v for k, v in (("steps", args.steps), ("threads", args.threads)) if v}
+    overrides = {k: v for k, v in (("steps", args.steps), ("threads", args.threads)) if v is not None}
     cfg = recipe(args.family, seed=args.seed, **overrides)
     from toolkit.models.default import DEFAULTS
 

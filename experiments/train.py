@@ -32,7 +32,6 @@ __all__ = ["TrainConfig", "recipe", "build_processor", "build_default_architectu
            "encode_training_batch"]
 
 
-FAMILIES = ("llava", "qwen2_5_vl")
 
 
 @dataclass(frozen=True)
@@ -62,8 +61,9 @@ class TrainConfig:
     mcq_repeats_text: int = synthetic.MCQ_REPEATS_TEXT
 
 
-QWEN_STEPS = 1000
-QWEN_MCQ_REPEATS_TEXT = 11
+# Where each family's recipe departs from TrainConfig's defaults (LLaVA's recipe); see recipe().
+RECIPE_CHANGES: dict[str, dict] = {"llava": {}, "qwen2_5_vl": {"steps": 1000, "mcq_repeats_text": 11}}
+FAMILIES = tuple(RECIPE_CHANGES)
 
 
 def recipe(family: str = "llava", **overrides) -> TrainConfig:
@@ -75,8 +75,7 @@ def recipe(family: str = "llava", **overrides) -> TrainConfig:
     the second default), so the steps grew with them, within the 15-minute budget."""
     if family not in FAMILIES:
         raise ValueError(f"No default recipe for family {family!r}; choose one of {', '.join(FAMILIES)}.")
-    own = {"qwen2_5_vl": {"steps": QWEN_STEPS, "mcq_repeats_text": QWEN_MCQ_REPEATS_TEXT}}.get(family, {})
-    return TrainConfig(family=family, **{**own, **overrides})
+    return TrainConfig(family=family, **{**RECIPE_CHANGES[family], **overrides})
 
 
 def _corpus(examples) -> list[str]:

@@ -77,17 +77,10 @@ def test_pgd_refuses_a_family_without_pixel_layout_and_a_torchvision_tiler(tiny_
 IMAGE_SIZES = ((32, 32), (48, 40), (20, 70), (100, 37))
 
 
-def _eight_bit(canvas):
-    import numpy as np
-    from PIL import Image
-
-    return Image.fromarray((canvas.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
-
-
 @pytest.mark.parametrize("family", ["llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3",
                                     "paligemma", "idefics3"])
 def test_differentiable_preprocessing_equals_the_processor(family, tiny_models):
-    from toolkit.models.pixels import attack_canvas
+    from toolkit.models.pixels import attack_canvas, canvas_image
 
     m = tiny_models(family)
     ip = m.processor.image_processor
@@ -108,7 +101,7 @@ def test_differentiable_preprocessing_equals_the_processor(family, tiny_models):
         # The canvas as an 8-bit image is what an attack hands back: the processor must see exactly the
         # pixel values the attack optimised, and make the same canvas of it again. The tiny Qwen
         # processors (min_pixels == max_pixels) keep only some sizes; PGD refuses the others up front.
-        again, _, _ = attack_canvas(m.adapter.pixel_layout, ip, _eight_bit(canvas.detach()))
+        again, _, _ = attack_canvas(m.adapter.pixel_layout, ip, canvas_image(canvas.detach()))
         if again.shape != canvas.shape:
             assert m.adapter.pixel_layout == "patches"
             with pytest.raises(ValueError, match="resizes an image of that size again.*a size this processor keeps"):
@@ -116,7 +109,7 @@ def test_differentiable_preprocessing_equals_the_processor(family, tiny_models):
             continue
         kept += 1
         assert torch.equal(again, canvas.detach())
-        real = ip(images=[_eight_bit(canvas.detach())], return_tensors="pt")
+        real = ip(images=[canvas_image(canvas.detach())], return_tensors="pt")
         torch.testing.assert_close(pixels.detach().reshape(real["pixel_values"].shape),
                                    real["pixel_values"].float(), rtol=0, atol=1e-5)
         for k, v in extra.items():
@@ -133,7 +126,7 @@ def test_tiling_layouts_at_the_released_processors_geometry(layout, processor):
     to itself."""
     import transformers as tf
 
-    from toolkit.models.pixels import attack_canvas
+    from toolkit.models.pixels import attack_canvas, canvas_image
 
     kwargs = {"size": {"shortest_edge": 336}, "crop_size": {"height": 336, "width": 336}} if layout == "anyres" else {}
     ip = getattr(tf, processor)(**kwargs)
@@ -141,9 +134,9 @@ def test_tiling_layouts_at_the_released_processors_geometry(layout, processor):
     for seed, size in enumerate(((640, 480), (1000, 300), (336, 336))):
         image = random_image(seed, max(size)).resize(size)
         canvas, _, to_pixels = attack_canvas(layout, ip, image)
-        real = ip(images=[_eight_bit(canvas)], return_tensors="pt")["pixel_values"]
+        real = ip(images=[canvas_image(canvas)], return_tensors="pt")["pixel_values"]
         torch.testing.assert_close(to_pixels(canvas), real.float(), rtol=0, atol=1e-5)
-        again, _, _ = attack_canvas(layout, ip, _eight_bit(canvas))
+        again, _, _ = attack_canvas(layout, ip, canvas_image(canvas))
         assert torch.equal(again, canvas)
         counts.add(real.shape[1])
     assert len(counts) == 3  # three sizes, three different tilings

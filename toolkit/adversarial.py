@@ -24,7 +24,6 @@ import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
@@ -32,7 +31,7 @@ from tqdm.auto import tqdm
 from . import metrics, tracing
 from .models.adapters import ADAPTERS
 from .models.loading import LoadedModel, Sample, load_image
-from .models.pixels import attack_canvas
+from .models.pixels import attack_canvas, canvas_image
 
 __all__ = ["PGDConfig", "PGDResult", "pgd_attack"]
 
@@ -92,11 +91,6 @@ def _frozen(module: torch.nn.Module):
             p.requires_grad_(f)
 
 
-def _to_image(canvas: torch.Tensor) -> Image.Image:
-    """``(3, H, W)`` in [0, 1] -> the 8-bit RGB image a user would save."""
-    return Image.fromarray((canvas.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8))
-
-
 def _target_loss(model: LoadedModel, batch: dict, pixels: torch.Tensor) -> torch.Tensor:
     """Mean NLL of the target tokens given the prompt, with ``pixels`` as the image."""
     inputs = dict(batch, pixel_values=pixels.to(model.device, model.dtype))
@@ -123,7 +117,8 @@ def pgd_attack(model: LoadedModel, samples: Sequence[Sample], targets: Sequence[
     with _frozen(model.module), torch.enable_grad():
         for sample, target in tqdm(list(zip(samples, targets)), desc="PGD", disable=not progress, leave=False):
             x, _, to_pixels = attack_canvas(layout, ip, load_image(sample.image))
-            again, _, _ = attack_canvas(layout, ip, _to_image(x))
+            start = canvas_image(x)
+            again, _, _ = attack_canvas(layout, ip, start)
             if again.shape != x.shape:
                 raise ValueError(
                     f"PGD hands back the image at the size the processor gives it ({x.shape[1]}x{x.shape[2]}), but "
@@ -133,7 +128,7 @@ def pgd_attack(model: LoadedModel, samples: Sequence[Sample], targets: Sequence[
             # The family's own teacher-forcing batch (grids, image sizes, token types...) for the
             # canvas as an 8-bit image, i.e. for what the attack hands back; target tokens labelled.
             batch = model.adapter.training_batch(model.processor, [model.format_prompt(sample.text, image=True)],
-                                                 [target], [_to_image(x)], eos=False)
+                                                 [target], [start], eos=False)
             batch = {k: v.to(model.device) for k, v in batch.items() if k != "pixel_values"}
             delta = torch.zeros_like(x)
             if config.random_start:
@@ -147,7 +142,7 @@ def pgd_attack(model: LoadedModel, samples: Sequence[Sample], targets: Sequence[
                 with torch.no_grad():
                     delta = (delta - config.step * grad.sign()).clamp(-config.eps, config.eps)
                     delta = (x + delta).clamp(0, 1) - x
-            adv_img = _to_image(x + delta.detach())
+            adv_img = canvas_image(x + delta.detach())
             x_q, _, _ = attack_canvas(layout, ip, adv_img)  # the same size as x: checked above
             with torch.no_grad():
                 loss1.append(float(_target_loss(model, batch, to_pixels(x_q))))

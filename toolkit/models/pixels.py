@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-__all__ = ["LAYOUTS", "attack_canvas", "pil_resized"]
+__all__ = ["LAYOUTS", "attack_canvas", "canvas_image", "pil_resized"]
 
 
 def _stats(ip: Any, channels: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,6 +99,20 @@ def _require_pil_backend(ip: Any, family_layout: str) -> None:
             "(`--image-backend pil`; load_model(..., image_backend=\"pil\")), or fit without PGD (`--pgd-steps 0`).")
 
 
+def canvas_image(canvas: torch.Tensor) -> Image.Image:
+    """``(3, H, W)`` in [0, 1] -> the 8-bit RGB image a user would save (and a processor reads)."""
+    pixels = (canvas.detach().clamp(0, 1) * 255).round().to(torch.uint8)
+    return Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy())
+
+
+def _tiles(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``(3, H, W) -> (rows * cols, 3, size, size)``: the whole ``size x size`` tiles, row by row
+    (as transformers' ``divide_to_patches`` and Idefics3's ``split_images`` cut them)."""
+    rows, cols = x.shape[1] // size, x.shape[2] // size
+    grid = x[:, :rows * size, :cols * size].reshape(3, rows, size, cols, size).permute(1, 3, 0, 2, 4)
+    return grid.reshape(rows * cols, 3, size, size)
+
+
 @functools.lru_cache(maxsize=64)
 def _pil_kernel(n_in: int, n_out: int, resample: int) -> torch.Tensor:
     """``(n_out, n_in)``: PIL's 1-D resampling weights for ``n_in -> n_out`` pixels, read off by
@@ -121,8 +135,7 @@ def pil_resized(canvas: torch.Tensor, height: int, width: int, resample: int) ->
     r_w = _pil_kernel(w, width, int(resample)).to(canvas)
     linear = r_h @ canvas @ r_w.T
     with torch.no_grad():
-        pixels = (canvas.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-        exact = np.asarray(Image.fromarray(pixels).resize((width, height), resample=resample))
+        exact = np.asarray(canvas_image(canvas).resize((width, height), resample=resample))
         exact = torch.from_numpy(exact.copy()).permute(2, 0, 1).to(canvas) / 255
     return linear + (exact - linear).detach()
 
@@ -155,9 +168,8 @@ def _anyres_layout(ip: Any, image: Image.Image) -> tuple[torch.Tensor, dict, Cal
 
     def to_pixel_values(x: torch.Tensor) -> torch.Tensor:
         padded = F.pad(x, (left, best_w - new_w - left, top, best_h - new_h - top))  # zeros, as the processor
-        tiles = padded.reshape(3, rows, crop, cols, crop).permute(1, 3, 0, 2, 4).reshape(rows * cols, 3, crop, crop)
         whole = pil_resized(x, crop, crop, ip.resample)
-        return ((torch.cat([whole[None], tiles]) - mean) / std)[None]
+        return ((torch.cat([whole[None], _tiles(padded, crop)]) - mean) / std)[None]
 
     return canvas, {"image_sizes": torch.tensor([[new_h, new_w]])}, to_pixel_values
 
@@ -182,10 +194,8 @@ def _split_layout(ip: Any, image: Image.Image) -> tuple[torch.Tensor, dict, Call
         h, w = x.shape[-2:]
         if not ip.do_image_splitting:
             frames = pil_resized(x, tile, tile, ip.resample)[None]
-        elif h > tile or w > tile:
-            n_h, n_w = (h - tile) // tile + 1, (w - tile) // tile + 1
-            tiles = x[:, :n_h * tile, :n_w * tile].reshape(3, n_h, tile, n_w, tile).permute(1, 3, 0, 2, 4)
-            frames = torch.cat([tiles.reshape(n_h * n_w, 3, tile, tile), pil_resized(x, tile, tile, ip.resample)[None]])
+        elif h > tile or w > tile:  # Idefics3 cuts (h - tile) // tile + 1 = h // tile rows, likewise columns
+            frames = torch.cat([_tiles(x, tile), pil_resized(x, tile, tile, ip.resample)[None]])
         else:
             frames = x[None]
         return ((frames - mean) / std)[None]
