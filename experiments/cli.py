@@ -131,6 +131,21 @@ def _bench_path(arg: str | None) -> Path:
     return Path(arg) if arg else default_benchmark()
 
 
+def _gate_options(p: argparse.ArgumentParser) -> None:
+    from toolkit.gates import GATE_KINDS, READS
+
+    p.add_argument("--gate", default="linear", choices=list(GATE_KINDS),
+                   help="linear = the paper's null-space map; logistic / prototype = membership gates calibrated on "
+                        "validation people")
+    p.add_argument("--gate-reads", default="last+mean", choices=list(READS),
+                   help="what a membership gate reads: the last prompt token, or it and the prompt's mean state")
+    p.add_argument("--gate-fpr", type=float, default=0.05,
+                   help="membership gates: share of validation people's questions the gate may fire on")
+    p.add_argument("--gate-softness", type=float, default=0.0, help="> 0: a sigmoid gate around the threshold")
+    p.add_argument("--edit", default="add", choices=["add", "rotate"],
+                   help="add = h + lam g d (the paper); rotate = the same, norm-preserving")
+
+
 def _people(args: argparse.Namespace):
     from toolkit.data.splits import PeopleSplit
 
@@ -141,6 +156,16 @@ def _people(args: argparse.Namespace):
 
 def _floats(text: str) -> tuple[float, ...]:
     return tuple(float(x) for x in text.split(","))
+
+
+def _kinds(text: str) -> tuple[str, ...]:
+    from toolkit.gates import GATE_KINDS
+
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    bad = [k for k in kinds if k not in GATE_KINDS]
+    if bad or not kinds:
+        raise ValueError(f"Unknown gate kind(s) {bad or [text]}: use {', '.join(GATE_KINDS)} (comma-separated).")
+    return kinds
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -156,7 +181,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
                     positions=args.positions, include_real=not args.hold_out_real,
                     n_contrast=args.n_contrast or None, pgd_limit=args.pgd_limit or None,
                     pgd=PGDConfig(eps=args.eps, steps=args.pgd_steps) if args.pgd_steps > 0 else None,
-                    batch_size=args.batch_size, people=_people(args))
+                    batch_size=args.batch_size, people=_people(args), gate=args.gate, gate_reads=args.gate_reads,
+                    gate_fpr=args.gate_fpr, gate_softness=args.gate_softness, edit=args.edit,
+                    gate_rows=bool(args.select and any(k != "linear" for k in _kinds(args.gates or args.gate))))
     bench = MLLMUBench(_bench_path(args.bench))
     result = fit_eraser(model, bench, cfg, progress=True)
     eraser = result.eraser.with_options(threshold=args.threshold)
@@ -165,15 +192,20 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
         select = SelectConfig(layers=cfg.layers, lams=_floats(args.lams), thresholds=_floats(args.thresholds),
                               positions=tuple(None if p == "own" else p for p in args.select_positions.split(",")),
-                              leak_max=args.leak_max, rule=args.select_rule, batch_size=args.batch_size)
+                              leak_max=args.leak_max, rule=args.select_rule, batch_size=args.batch_size,
+                              gates=_kinds(args.gates or args.gate),
+                              gate_fprs=_floats(args.gate_fprs) if args.gate_fprs else (args.gate_fpr,))
         eraser, sel = select_setting(model, result, bench, cfg, select, progress=True)
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         sel.grid.to_csv(out.with_suffix(".selection.csv"), index=False)
         print(sel.grid.round(3).to_string(index=False))
         print(f"chosen on the rehearsal (validation people {len(sel.validation_people)}, stand-ins "
-              f"{len(sel.stand_ins)}): layer {sel.layer}, lambda {sel.lam}, threshold {sel.threshold}, positions "
-              f"{sel.positions}; {sel.rule}")
+              f"{len(sel.stand_ins)}): gate {sel.gate}, layer {sel.layer}, lambda {sel.lam}, threshold "
+              f"{sel.threshold}, positions {sel.positions}; {sel.rule}")
+        if sel.screening is not None:
+            sel.screening.to_csv(out.with_suffix(".screening.csv"), index=False)
+            print(sel.screening.round(3).to_string(index=False))
     path = eraser.save(args.out)
     print(json.dumps({k: v for k, v in result.report.items() if k not in ("fit_people", "forget_people")},
                      indent=1, default=str))
@@ -201,13 +233,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from toolkit.selection import SelectConfig
 
+    base = DemoConfig().select
+    select = SelectConfig(rule=args.select_rule, gates=_kinds(args.gates) if args.gates else base.gates,
+                          gate_fprs=_floats(args.gate_fprs) if args.gate_fprs else base.gate_fprs)
     cfg = DemoConfig(forget_ratio=args.forget, people=_people(args), in_fit_people=args.in_fit_people,
-                     select=SelectConfig(rule=args.select_rule))
+                     select=select)
     info = run_demo(args.out, cfg, model=_load(args))
     import pandas as pd
 
     print()
-    print(f"MLLMEraser at layer {info['layer']}, lambda {info['lam']}, threshold {info['threshold']}, positions "
+    print(f"MLLMEraser with a {info['gate']} gate at layer {info['layer']}, lambda {info['lam']}, threshold "
+          f"{info['threshold']}, positions "
           f"{info['positions']}; direction-only "
           f"lambda {info['direction_only_lam']}. Percent; leak / recall = the fact appears in the answer; retain_* "
           "and real_* are evaluation people (never in the fit or the selection), in_fit_* are fit people.")
@@ -395,6 +431,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-contrast", type=int, default=0,
                    help="contrastive questions (0: every image question of every fit person)")
     p.add_argument("--threshold", type=float, default=0.0, help="gate dead zone in [0, 1); 0 = the paper's map")
+    _gate_options(p)
+    p.add_argument("--gates", default=None,
+                   help="--select: gate kinds to choose among, e.g. prototype,logistic,linear (default: --gate)")
+    p.add_argument("--gate-fprs", default=None,
+                   help="--select: target false-positive rates screened for membership gates (default: --gate-fpr)")
     p.add_argument("--select", action="store_true",
                    help="choose layer (among --layers), lambda and threshold on the rehearsal (validation people)")
     p.add_argument("--lams", default="2,4,6,8,12,16", help="lambdas tried by --select")
@@ -465,6 +506,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--in-fit-people", type=int, default=20, help="fit people evaluated beside the held-out ones")
     p.add_argument("--select-rule", default="leakage", choices=["leakage", "reward"],
                    help="how the rehearsal chooses: the leakage rule (README) or the highest ASRU reward")
+    p.add_argument("--gates", default=None,
+                   help="gate kinds the rehearsal chooses among (default prototype,logistic,linear; linear = the "
+                        "paper's map alone)")
+    p.add_argument("--gate-fprs", default=None, help="target false-positive rates screened (default 0.02,0.05)")
     p.set_defaults(fn=cmd_demo)
 
     p = sub.add_parser("evaluate", parents=[model_opts, people],

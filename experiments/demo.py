@@ -32,7 +32,7 @@ from toolkit.data.mllmu import MLLMUBench
 from toolkit.data.splits import PeopleSplit
 from toolkit.data.synthetic import default_benchmark
 from toolkit.evaluate import benchmark_items, run_items, summarize
-from toolkit.fit import FitConfig, fit_eraser
+from toolkit.fit import FitConfig, eraser_with_gate, fit_eraser
 from toolkit.models.loading import LoadedModel, load_model
 from toolkit.nullspace import FixedRatio
 from toolkit.selection import SelectConfig, fact_rate, match_leakage, rehearsal_items, select_setting
@@ -52,7 +52,9 @@ class DemoConfig:
     retain_weight: float = 40.0
     answer_weight: float = 0.3
     people: PeopleSplit = PeopleSplit()
-    select: SelectConfig = SelectConfig()
+    # The gate kind, its layer and target false-positive rate are screened on the rehearsal (no
+    # generation), then lambda and positions are chosen by generating (toolkit.selection).
+    select: SelectConfig = SelectConfig(gates=("prototype", "logistic", "linear"), gate_fprs=(0.02, 0.05))
     in_fit_people: int = 20  # fit people evaluated beside the held-out ones (labelled "in fit")
     n_contrast: int | None = None  # every image question of every fit person
     pgd_steps: int = 20
@@ -65,7 +67,8 @@ class DemoConfig:
         return FitConfig(layers=layers, forget_ratio=self.forget_ratio, rank_policy=FixedRatio(self.rho),
                          gamma=self.gamma, retain_weight=self.retain_weight, answer_weight=self.answer_weight,
                          lam=lam, n_contrast=self.n_contrast, pgd=PGDConfig(steps=self.pgd_steps),
-                         pgd_limit=self.pgd_limit, people=self.people)
+                         pgd_limit=self.pgd_limit, people=self.people,
+                         gate_rows=any(k != "linear" for k in self.select.gates))
 
 
 def direction_steer(layer: int, direction: torch.Tensor, lam: float) -> tracing.Steer:
@@ -135,13 +138,18 @@ def run_demo(out_dir: str | Path = "results/demo", cfg: DemoConfig = DemoConfig(
     print(f"      {c['refused_clean']} contrastive pairs; PGD made the model answer {c['pgd_success']}/"
           f"{c.get('pgd_attacked', c['refused_clean'])} attacked; fit took {fit.report['fit_seconds']} s")
 
-    print("[2/4] choosing layer, lambda and gate threshold on the rehearsal (validation people) ...", flush=True)
+    print("[2/4] choosing gate, layer, lambda and positions on the rehearsal (validation people) ...", flush=True)
     eraser, sel = select_setting(model, fit, bench, fit_config, cfg.select, progress=True)
     eraser.save(out / "eraser.safetensors")
     chosen = sel.chosen
     layer, lam = sel.layer, sel.lam
-    print(f"      chosen: layer {layer}, lambda {lam}, threshold {sel.threshold}, positions {sel.positions} "
-          f"({sel.rule}; rehearsal leakage "
+    if sel.screening is not None:
+        best = sel.screening.sort_values("score", ascending=False).iloc[0]
+        print(f"      gate screening ({len(sel.screening)} candidates): {sel.gate} gate at {sel.gate_fpr:.0%} target "
+              f"false positives (held-out: caught {best.caught:.2f}, fired on {best.fp:.2f} of unseen people's "
+              "questions)")
+    print(f"      chosen: {sel.gate} gate, layer {layer}, lambda {lam}, threshold {sel.threshold}, positions "
+          f"{sel.positions} ({sel.rule}; rehearsal leakage "
           f"{chosen['stand-ins']:.2f}, validation recall {chosen['recall']:.2f})")
 
     print("[3/4] calibrating the unconditional direction to the same rehearsal forgetting ...", flush=True)
@@ -154,17 +162,27 @@ def run_demo(out_dir: str | Path = "results/demo", cfg: DemoConfig = DemoConfig(
                                       batch_size=cfg.batch_size)), target)
     print(f"      direction-only strength {lam_dir} (rehearsal leakage {rates[lam_dir]:.2f})")
 
-    print("[4/4] evaluating vanilla, eraser and direction-only (held-out people are the headline) ...", flush=True)
+    print("[4/4] evaluating vanilla, eraser, the linear gate and direction-only (held-out people are the "
+          "headline) ...", flush=True)
     frames = [evaluate_people(model, bench, cfg, None, "vanilla"),
-              evaluate_people(model, bench, cfg, eraser, "MLLMEraser"),
-              evaluate_people(model, bench, cfg, [direction_steer(layer, d, lam_dir)], "direction only")]
+              evaluate_people(model, bench, cfg, eraser, f"MLLMEraser ({sel.gate} gate)")]
+    if sel.gate != "linear":
+        # The paper's kind of gate (the same fit's null-space map) with the chosen edit: layer, lambda, positions.
+        linear = eraser_with_gate(model, fit, fit_config, "linear").with_options(
+            layers=[layer], lam=lam, positions=sel.positions, threshold=0.0)
+        frames.append(evaluate_people(model, bench, cfg, linear, "linear gate, same edit"))
+    frames.append(evaluate_people(model, bench, cfg, [direction_steer(layer, d, lam_dir)], "direction only"))
     results = pd.concat(frames, ignore_index=True)
     summary = pd.concat([summarize(f).assign(method=f.method.iloc[0]) for f in frames], ignore_index=True)
     table = headline(summary)
     results.to_csv(out / "results.csv", index=False)
     summary.to_csv(out / "summary.csv", index=False)
     sel.grid.to_csv(out / "selection_grid.csv", index=False)
+    if sel.screening is not None:
+        sel.screening.to_csv(out / "gate_screening.csv", index=False)
     info = {"forget_ratio": r, "layer": layer, "lam": lam, "threshold": sel.threshold, "positions": sel.positions,
+            "gate": sel.gate, "gate_fpr": sel.gate_fpr,
+            "gate_report": eraser.settings.get("report", {}).get("layers", {}).get(layer, {}),
             "direction_only_lam": lam_dir,
             "rehearsal_leak": target, "validation_recall": float(chosen["recall"]),
             "people": counts, "stand_ins": sel.stand_ins, "validation_people": sel.validation_people,
@@ -172,23 +190,28 @@ def run_demo(out_dir: str | Path = "results/demo", cfg: DemoConfig = DemoConfig(
             "fit_report": fit.report, "headline": table.to_dict("records"),
             "summary": summary.to_dict("records"), "seconds": round(time.time() - t0, 1)}
     (out / "metrics.json").write_text(json.dumps(info, indent=1, default=str))
-    _write_report(out, info, table, summary, sel.grid)
+    _write_report(out, info, table, summary, sel.grid, sel.screening)
     return info
 
 
-def _write_report(out: Path, info: dict, table: pd.DataFrame, summary: pd.DataFrame, grid: pd.DataFrame) -> None:
+def _write_report(out: Path, info: dict, table: pd.DataFrame, summary: pd.DataFrame, grid: pd.DataFrame,
+                  screening: pd.DataFrame | None = None) -> None:
     from toolkit.report import plot_summary
 
     plot_summary(summary).savefig(out / "metrics.png", dpi=110, bbox_inches="tight")
     lines = ["# MLLMEraser demo on the embedded default", "",
-             f"Forget split: forget_{info['forget_ratio']}. Eraser at layer {info['layer']}, lambda {info['lam']}, "
+             f"Forget split: forget_{info['forget_ratio']}. Eraser with a {info['gate']} gate at layer {info['layer']}, "
+             f"lambda {info['lam']}, "
              f"gate threshold {info['threshold']}, positions {info['positions']} (chosen by {info['selection']}). Direction-only alternative at "
              f"lambda {info['direction_only_lam']}, calibrated to the same rehearsal forgetting.", "",
              f"People: {json.dumps(info['people'])}. `retain_*` / `real_*`: evaluation people (never in the fit or "
              "the selection); `in_fit_*`: people whose activations built the fit.", "",
              "All numbers in percent. `leak` / `recall`: the ground-truth fact appears in the generated answer.", "",
              table.to_markdown(index=False), "", "## Selection grid (rehearsal, validation people)", "",
-             grid.round(3).to_markdown(index=False), "", "![metrics](metrics.png)", "",
+             grid.round(3).to_markdown(index=False), "",
+             *(["## Gate screening (rehearsal, validation people; no generation)", "",
+                screening.round(3).to_markdown(index=False), ""] if screening is not None else []),
+             "![metrics](metrics.png)", "",
              f"Fit report: `{json.dumps(info['fit_report'], default=str)[:2000]}`", "",
              f"Total time: {info['seconds']} s."]
     (out / "report.md").write_text("\n".join(lines))

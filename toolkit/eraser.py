@@ -35,10 +35,15 @@ from typing import Any
 import torch
 
 from . import __version__
+from .gates import Gate, GateStack, LinearGate, gate_from_parts
 from .nullspace import NullSpace
 from .steering import POSITIONS, GateLog, Steer, attached, intervene
 
-__all__ = ["solve_map", "dead_zone", "Eraser", "EraserLayer", "MismatchError"]
+__all__ = ["solve_map", "dead_zone", "Eraser", "EraserLayer", "MismatchError", "EDITS"]
+
+# How the gated direction enters the state: "add" (the paper: h + lam * g * d) or "rotate" (GUARD-IT's
+# norm-preserving form: the same sum rescaled to |h|, so a strong edit turns the state, never inflates it).
+EDITS = ("add", "rotate")
 
 
 def dead_zone(gate: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -96,34 +101,78 @@ class MismatchError(ValueError):
 
 @dataclass(frozen=True)
 class EraserLayer:
-    """One steered layer: shift = lam * (h @ gates) @ directions.
+    """One steered layer: shift = lam * gate(x) @ directions.
 
-    ``gates``: (d, r); ``directions``: (r, d). r = 1 for the shared target.
+    ``gates``: the paper's map as a (d, r) tensor (the linear gate ``h @ gates``), or any
+    :class:`~toolkit.gates.Gate` (a membership gate: logistic, prototype, ...) giving (B, r)
+    weights; ``directions``: (r, d). r = 1 for the shared target.
     """
 
     layer: int
-    gates: torch.Tensor
+    gates: torch.Tensor | Gate
     directions: torch.Tensor
 
-    def shift(self, h: torch.Tensor, lam: float, threshold: float = 0.0) -> torch.Tensor:
-        """``(..., d) -> (..., d)`` in ``h``'s dtype; O(r d) per row.
+    @property
+    def gate_object(self) -> Gate:
+        """The gate as a :class:`~toolkit.gates.Gate` (a tensor is the linear gate)."""
+        return LinearGate(self.gates) if isinstance(self.gates, torch.Tensor) else self.gates
 
-        The gate is computed in float32 whatever ``h``'s dtype: in bf16 the rounding
+    @property
+    def kind(self) -> str:
+        return self.gate_object.kind
+
+    @property
+    def reads(self) -> str:
+        """What the gate reads: ``"last"`` (the state) or ``"last+mean"`` (state and prompt mean, 2 d)."""
+        return self.gate_object.reads
+
+    @property
+    def width(self) -> int:
+        return self.gate_object.width
+
+    @property
+    def rank(self) -> int:
+        return self.gate_object.rank
+
+    def weights(self, x: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
+        """The gate's (B, r) weights in float32: the dead zone ``threshold`` applies to linear columns only
+        (a membership gate has its own calibrated threshold)."""
+        gate = self.gate_object
+        parts = gate.parts if isinstance(gate, GateStack) else (gate,)
+        cols = []
+        for part in parts:
+            w = part(x)
+            cols.append(dead_zone(w, threshold) if threshold and part.kind == "linear" else w)
+        return cols[0] if len(cols) == 1 else torch.cat(cols, -1)
+
+    def shift(self, x: torch.Tensor, lam: float, threshold: float = 0.0, edit: str = "add") -> torch.Tensor:
+        """``(B, f) -> (B, d)`` in ``x``'s dtype; ``x`` is the state (f = d) or, for a ``"last+mean"``
+        gate, ``[state, prompt mean]`` (f = 2 d). O(r d) per row for the linear gate.
+
+        The gate is computed in float32 whatever ``x``'s dtype: in bf16 the rounding
         of ``w`` (8 bits of mantissa) destroys the cancellation ``h_retain . w ~ 0``.
-        ``threshold`` > 0: the gate passes through :func:`dead_zone` first.
+        ``edit="rotate"``: ``|h| (h + delta) / |h + delta| - h`` instead of ``delta``.
         """
-        gate = self.gate(h)
-        if threshold:
-            gate = dead_zone(gate, threshold)
-        return (lam * (gate @ self.directions.to(h.device, torch.float32))).to(h.dtype)
+        d = self.directions.shape[1]
+        state = x[..., :d].float()
+        delta = lam * (self.weights(x, threshold) @ self.directions.to(x.device, torch.float32))
+        if edit == "rotate":
+            target = state + delta
+            delta = target * (state.norm(dim=-1, keepdim=True)
+                              / target.norm(dim=-1, keepdim=True).clamp_min(1e-12)) - state
+        return delta.to(x.dtype)
 
-    def gate(self, h: torch.Tensor) -> torch.Tensor:
-        """Gate values ``h @ gates`` in float32: ``(..., r)``."""
-        return h.float() @ self.gates.to(h.device, torch.float32)
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        """Gate values in float32: ``(..., r)`` (``h @ gates`` for the linear gate, before any dead zone)."""
+        if isinstance(self.gates, torch.Tensor):
+            return x.float() @ self.gates.to(x.device, torch.float32)
+        flat = x.reshape(-1, x.shape[-1])
+        return self.gates(flat).reshape(*x.shape[:-1], -1)
 
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> "EraserLayer":
-        return EraserLayer(self.layer, self.gates.to(device, dtype or self.gates.dtype),
-                           self.directions.to(device, dtype or self.directions.dtype))
+        gates = self.gates.to(device, dtype or self.gates.dtype) if isinstance(self.gates, torch.Tensor) \
+            else self.gates.to(device, dtype)
+        return EraserLayer(self.layer, gates, self.directions.to(device, dtype or self.directions.dtype))
 
 
 @dataclass(frozen=True)
@@ -140,7 +189,8 @@ class Eraser:
         layers: the steered layers, in order.
         lam: steering strength (positive: toward refusal).
         positions: ``"prompt"`` (reference), ``"last"`` or ``"all"``.
-        threshold: gate dead zone in [0, 1) (:func:`dead_zone`); 0 is the paper's linear map.
+        threshold: gate dead zone in [0, 1) (:func:`dead_zone`) for linear gates; 0 is the paper's map.
+        edit: ``"add"`` (the paper) or ``"rotate"`` (norm-preserving, :data:`EDITS`).
         fingerprint: identity of the model it was fitted on.
         settings: the fit settings and diagnostics (JSON-serialisable).
     """
@@ -151,8 +201,11 @@ class Eraser:
     fingerprint: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
     threshold: float = 0.0
+    edit: str = "add"
 
     def __post_init__(self) -> None:
+        if self.edit not in EDITS:
+            raise ValueError(f"The eraser's edit must be one of {EDITS}, got {self.edit!r}.")
         if self.positions not in POSITIONS:
             raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}.")
         try:
@@ -168,12 +221,18 @@ class Eraser:
         if not ok:
             raise ValueError(f"The eraser's gate threshold must be a number in [0, 1), got {self.threshold!r}.")
         for m in self.maps:
-            if not (torch.isfinite(m.gates).all() and torch.isfinite(m.directions).all()):
+            gate = m.gate_object
+            if not (gate.finite() and torch.isfinite(m.directions).all()):
                 raise ValueError(f"The map of layer {m.layer} contains NaN/inf: refit the eraser.")
-            if m.gates.ndim != 2 or m.directions.ndim != 2 or m.gates.shape[1] != m.directions.shape[0] \
-                    or m.gates.shape[0] != m.directions.shape[1]:
-                raise ValueError(f"The map of layer {m.layer} has gates {tuple(m.gates.shape)} and directions "
+            if isinstance(m.gates, torch.Tensor) and m.gates.ndim != 2:
+                raise ValueError(f"The map of layer {m.layer} has gates {tuple(m.gates.shape)}; expected (d, r).")
+            if m.directions.ndim != 2 or gate.rank != m.directions.shape[0] or gate.width != m.directions.shape[1]:
+                shape = tuple(m.gates.shape) if isinstance(m.gates, torch.Tensor) else f"{gate.kind} (d={gate.width}, r={gate.rank})"
+                raise ValueError(f"The map of layer {m.layer} has gates {shape} and directions "
                                  f"{tuple(m.directions.shape)}; expected (d, r) and (r, d).")
+            if gate.reads == "last+mean" and self.positions == "all":
+                raise ValueError(f"The {gate.kind} gate of layer {m.layer} reads the prompt's mean state, so it "
+                                 "decides once per prompt: use positions='prompt' or 'last', not 'all'.")
         layers = [m.layer for m in self.maps]
         if len(set(layers)) != len(layers):
             raise ValueError(f"An eraser steers each layer once; got layers {layers}.")
@@ -184,7 +243,12 @@ class Eraser:
 
     @property
     def rank(self) -> int:
-        return max(m.gates.shape[1] for m in self.maps)
+        return max(m.rank for m in self.maps)
+
+    @property
+    def gate_kinds(self) -> tuple[str, ...]:
+        """The gate kind of each steered layer (``"linear"`` for the paper's map)."""
+        return tuple(m.kind for m in self.maps)
 
     def layer_map(self, layer: int) -> EraserLayer:
         for m in self.maps:
@@ -192,17 +256,22 @@ class Eraser:
                 return m
         raise KeyError(f"This eraser steers layers {list(self.layers)}, not {layer}.")
 
-    def __call__(self, layer: int, h: torch.Tensor) -> torch.Tensor:
-        """The steered state ``h + lam * (h @ w) d`` for layer ``layer``; ``h``: (..., d)."""
-        return h + self.layer_map(layer).shift(h, self.lam, self.threshold)
+    def __call__(self, layer: int, h: torch.Tensor, prompt_mean: torch.Tensor | None = None) -> torch.Tensor:
+        """The steered state ``h + lam * g(h) d`` for layer ``layer``; ``h``: (B, d). A ``"last+mean"``
+        gate also needs ``prompt_mean`` (B, d), the mean of the prompt's states at that layer."""
+        m = self.layer_map(layer)
+        x = h if m.reads == "last" else torch.cat([h, _need_mean(prompt_mean, m)], -1)
+        return h + m.shift(x, self.lam, self.threshold, self.edit)
 
     def with_options(self, *, lam: float | None = None, positions: str | None = None,
-                     layers: Sequence[int] | None = None, threshold: float | None = None) -> "Eraser":
-        """A copy with another strength, position mode, gate threshold or subset of layers."""
+                     layers: Sequence[int] | None = None, threshold: float | None = None,
+                     edit: str | None = None) -> "Eraser":
+        """A copy with another strength, position mode, gate threshold, edit or subset of layers."""
         maps = self.maps if layers is None else tuple(self.layer_map(l) for l in layers)
         return replace(self, maps=maps, lam=self.lam if lam is None else lam,
                        positions=self.positions if positions is None else positions,
-                       threshold=self.threshold if threshold is None else threshold)
+                       threshold=self.threshold if threshold is None else threshold,
+                       edit=self.edit if edit is None else edit)
 
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> "Eraser":
         """A copy with every factor on ``device`` (and ``dtype``; keep float32 for the gate's sake)."""
@@ -227,25 +296,27 @@ class Eraser:
         model.check_layers(list(self.layers))
         out = []
         for m in self.maps:
-            if m.gates.shape[0] != model.hidden_size:
-                raise MismatchError(f"Layer {m.layer} map has width {m.gates.shape[0]}, the model {model.hidden_size}.")
+            if m.width != model.hidden_size:
+                raise MismatchError(f"Layer {m.layer} map has width {m.width}, the model {model.hidden_size}.")
             # Moved once, in float32, to the device of the layer it steers (a device_map can spread
             # layers over GPUs); the shift then creates nothing on another device.
             moved = m.to(model.layer_device(m.layer), torch.float32)
-            out.append(Steer(m.layer, lambda h, m=moved: m.shift(h, self.lam, self.threshold), self.positions,
-                             gate=moved.gate))
+            out.append(Steer(m.layer, lambda h, m=moved: m.shift(h, self.lam, self.threshold, self.edit),
+                             self.positions, gate=moved.gate, reads=m.reads))
         return out
 
     # -- the three routes (toolkit.steering) ---------------------------------------
     def intervene(self, model: Any, *, steps: int | None = None, generating: bool = True,
-                  log: GateLog | None = None) -> dict[int, torch.Tensor]:
+                  log: GateLog | None = None, mask: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
         """Apply this eraser inside your own ``with model.nn.trace(...)`` / ``model.nn.generate(...)`` block.
 
         See :func:`toolkit.steering.intervene` (with ``positions="all"`` in a
         generate, call it last in its invoke, or pass ``steps=max_new_tokens``;
-        in a ``trace``, pass ``generating=False``).
+        in a ``trace``, pass ``generating=False``). ``mask``: the batch's attention
+        mask, needed by gates that read the prompt's mean state (``"last+mean"``)
+        when a batch holds more than one row.
         """
-        return intervene(model, self, steps=steps, generating=generating, log=log)
+        return intervene(model, self, steps=steps, generating=generating, log=log, mask=mask)
 
     def attached(self, model: Any, *, record_gates: bool = False):
         """``with eraser.attached(model) as log:`` every forward/generate of ``model`` (its HF module or
@@ -259,12 +330,18 @@ class Eraser:
 
         path = Path(path)
         tensors = {}
+        gate_meta = {}
         for m in self.maps:
-            tensors[f"layer{m.layer}.gates"] = m.gates.detach().cpu().contiguous()
+            if isinstance(m.gates, torch.Tensor):
+                tensors[f"layer{m.layer}.gates"] = m.gates.detach().cpu().contiguous()
+            else:
+                gate_meta[str(m.layer)] = m.gates.meta()
+                for k, v in m.gates.tensors().items():
+                    tensors[f"layer{m.layer}.gate.{k}"] = v.detach().cpu().contiguous()
             tensors[f"layer{m.layer}.directions"] = m.directions.detach().cpu().contiguous()
         meta = {"format": "mllmeraser.eraser/1", "toolkit_version": __version__, "lam": json.dumps(self.lam),
                 "positions": self.positions, "layers": json.dumps(list(self.layers)),
-                "threshold": json.dumps(self.threshold),
+                "threshold": json.dumps(self.threshold), "edit": self.edit, "gates": json.dumps(gate_meta),
                 "fingerprint": json.dumps(self.fingerprint), "settings": json.dumps(self.settings, default=str)}
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(path), metadata=meta)
@@ -290,16 +367,37 @@ class Eraser:
             raise ValueError(f"{str(path)!r} is a safetensors file but not an mllmeraser eraser "
                              f"(format {meta.get('format')!r}).")
         layers = json.loads(meta["layers"])
-        missing = [l for l in layers if f"layer{l}.gates" not in tensors or f"layer{l}.directions" not in tensors]
+        gate_meta = json.loads(meta.get("gates", "{}"))
+
+        def gate_names(l: int) -> set[str]:
+            if str(l) not in gate_meta:
+                return {f"layer{l}.gates"}
+            return {k for k in tensors if k.startswith(f"layer{l}.gate.")}
+
+        missing = [l for l in layers if not (gate_names(l) and gate_names(l) <= set(tensors))
+                   or f"layer{l}.directions" not in tensors]
         if missing:
             raise ValueError(f"Eraser file {str(path)!r} lacks the maps of layers {missing}: it is incomplete.")
-        stray = sorted(set(tensors) - {f"layer{l}.{part}" for l in layers for part in ("gates", "directions")})
+        expected = {f"layer{l}.directions" for l in layers} | {k for l in layers for k in gate_names(l)}
+        stray = sorted(set(tensors) - expected)
         if stray:
             raise ValueError(f"Eraser file {str(path)!r} holds tensors {stray} that its header (layers {layers}) "
                              "does not list: the file was edited or is corrupt. Re-save it with Eraser.save.")
-        maps = tuple(EraserLayer(l, tensors[f"layer{l}.gates"], tensors[f"layer{l}.directions"]) for l in layers)
+
+        def gate(l: int) -> torch.Tensor | Gate:
+            if str(l) not in gate_meta:
+                return tensors[f"layer{l}.gates"]
+            prefix = f"layer{l}.gate."
+            try:
+                return gate_from_parts(gate_meta[str(l)], {k[len(prefix):]: v for k, v in tensors.items()
+                                                           if k.startswith(prefix)})
+            except KeyError as err:
+                raise ValueError(f"Eraser file {str(path)!r}: the gate of layer {l} lacks {err}; the file is "
+                                 "incomplete. Re-save it with Eraser.save.") from None
+
+        maps = tuple(EraserLayer(l, gate(l), tensors[f"layer{l}.directions"]) for l in layers)
         eraser = cls(maps, json.loads(meta["lam"]), meta["positions"], json.loads(meta["fingerprint"]),
-                     json.loads(meta["settings"]), json.loads(meta.get("threshold", "0.0")))
+                     json.loads(meta["settings"]), json.loads(meta.get("threshold", "0.0")), meta.get("edit", "add"))
         if model is not None:
             eraser.check_model(model)
         return eraser
@@ -320,11 +418,33 @@ class Eraser:
         if len(thresholds) > 1:
             raise ValueError(f"Erasers with different gate thresholds {sorted(thresholds)} cannot be merged; "
                              "apply them together: generate(..., steers=[e1, e2]) or attached(model, [e1, e2]).")
-        by_layer: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        edits = {e.edit for e in erasers}
+        if edits != {"add"}:
+            # Two rotations applied together add their shifts; one rotation of the summed edit does not equal that.
+            raise ValueError("Only additive erasers (edit='add') merge into one; apply rotating ones together: "
+                             "generate(..., steers=[e1, e2]) or attached(model, [e1, e2]).")
+        by_layer: dict[int, list[tuple[torch.Tensor | Gate, torch.Tensor]]] = {}
         for e in erasers:
             for m in e.maps:
                 by_layer.setdefault(m.layer, []).append((m.gates, e.lam * m.directions))
-        maps = tuple(EraserLayer(l, torch.cat([g for g, _ in parts], 1), torch.cat([d for _, d in parts], 0))
+
+        def merged(gates: list) -> torch.Tensor | Gate:
+            if all(isinstance(g, torch.Tensor) for g in gates):
+                return torch.cat(gates, 1)  # the paper's maps: still one (d, r) factor
+            parts = []
+            for g in gates:
+                g = LinearGate(g) if isinstance(g, torch.Tensor) else g
+                parts.extend(g.parts if isinstance(g, GateStack) else (g,))
+            return GateStack(tuple(parts))
+
+        maps = tuple(EraserLayer(l, merged([g for g, _ in parts]), torch.cat([d for _, d in parts], 0))
                      for l, parts in sorted(by_layer.items()))
         return Eraser(maps, 1.0, modes.pop(), erasers[0].fingerprint,
                       {"composed_of": [e.settings for e in erasers]}, thresholds.pop())
+
+
+def _need_mean(prompt_mean: torch.Tensor | None, m: EraserLayer) -> torch.Tensor:
+    if prompt_mean is None:
+        raise ValueError(f"The {m.kind} gate of layer {m.layer} reads the prompt's mean state: pass prompt_mean "
+                         "(B, d), the mean of the layer's output over the prompt's tokens.")
+    return prompt_mean

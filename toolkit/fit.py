@@ -49,7 +49,7 @@ from .nullspace import FixedRatio, NullSpace, RankPolicy
 from .tracing import Trailing
 
 __all__ = ["FitConfig", "FitResult", "fit_eraser", "refit_forget", "fit_people", "question_samples",
-           "answer_samples"]
+           "answer_samples", "calibration_samples", "eraser_with_gate", "gate_rows"]
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,29 @@ class FitConfig:
     batch_size: int = 32
     # Who may enter the fit: the retain / real people whose role is "fit". None: all of them (the reference).
     people: PeopleSplit | None = PeopleSplit()
+    # The gate (toolkit.gates): "linear" is the paper's null-space map; "logistic" / "prototype" are
+    # membership gates fitted on the forget vs fit-retain question rows and calibrated to gate_fpr on
+    # validation people (so they need people=PeopleSplit(...)). gate_reads: what a membership gate reads
+    # ("last+mean": the last prompt token and the prompt's mean state; it then steers at prefill only).
+    gate: str = "linear"
+    gate_reads: str = "last+mean"
+    gate_fpr: float = 0.05
+    gate_softness: float = 0.0  # > 0: a sigmoid around the threshold (temperature = softness x score std)
+    edit: str = "add"  # "add" (the paper) or "rotate" (norm-preserving)
+    # Keep the rows membership gates need even for a linear gate (the selection compares kinds).
+    gate_rows: bool = False
+
+    @property
+    def keeps_gate_rows(self) -> bool:
+        return self.gate != "linear" or self.gate_rows
+
+    def steer_positions(self) -> str:
+        """Where the eraser steers: ``positions``, else "all" with answer rows and a gate reading the state
+        (the answer gate acts on generated tokens), else "prompt" (the reference)."""
+        if self.positions:
+            return self.positions
+        reads_mean = self.gate != "linear" and self.gate_reads == "last+mean"
+        return "all" if self.answer_weight and not reads_mean else "prompt"
 
 
 @dataclass
@@ -123,6 +146,19 @@ def fit_people(bench: MLLMUBench, config: FitConfig, *, real: bool = True) -> li
     return config.people.people(retain, "fit") + config.people.people(real, "fit")
 
 
+def calibration_samples(bench: MLLMUBench, config: FitConfig, exclude: Sequence[str] = ()
+                        ) -> tuple[list[Sample], list[str]]:
+    """Every question of every validation person (retain and real, not in ``exclude``), with their
+    ids: the rows membership gates set their threshold on. Empty without ``config.people``."""
+    if config.people is None:
+        return [], []
+    retain = config.people.people(bench.retain(config.forget_ratio), "validation")
+    real = config.people.people(bench.real(), "validation") if config.include_real else []
+    drop = set(exclude)
+    items = items_from_profiles([p for p in retain + real if p.id not in drop], "calibration")
+    return [Sample(it.prompt, it.image) for it in items], [it.person for it in items]
+
+
 def _forget_sets(model: LoadedModel, forget: Sequence[Profile], config: FitConfig) -> list[SampleSet]:
     sets = [SampleSet(question_samples(forget, "forget"), label="forget")]
     if config.answer_weight:
@@ -154,6 +190,9 @@ def fit_eraser(model: LoadedModel, bench: MLLMUBench | Any, config: FitConfig = 
                          "contain the forget activations. Fix the splits.")
     if config.answer_weight < 0:
         raise ValueError(f"answer_weight must be >= 0, got {config.answer_weight}.")
+    if config.keeps_gate_rows and config.people is None:
+        raise ValueError(f"A {config.gate} gate sets its threshold on validation people: fit with "
+                         "FitConfig(people=PeopleSplit(...)), not people=None.")
     if contrast is None:
         # Contrastive pairs from fit people only (never validation or evaluation people).
         contrast_people = fit_people(bench, config, real=False)
@@ -172,12 +211,16 @@ def fit_eraser(model: LoadedModel, bench: MLLMUBench | Any, config: FitConfig = 
     if config.answer_weight:
         samples, where = answer_samples(model, retain_people, "retain")
         retain_sets.append(SampleSet(samples, where, formatted=True, label="retain answers"))
-    positions = config.positions or ("all" if config.answer_weight else "prompt")
+    positions = config.steer_positions()
     eraser, fitter = fit_from_samples(model, forget=_forget_sets(model, forget, config), retain=retain_sets,
                                       contrast=(plus, minus), layers=layers, policy=config.rank_policy,
                                       gamma=config.gamma, retain_weight=config.retain_weight, lam=config.lam,
                                       positions=positions, variant=config.variant, batch_size=config.batch_size,
-                                      progress=progress)
+                                      progress=progress, gate=config.gate,
+                                      gate_reads=config.gate_reads if config.keeps_gate_rows else None,
+                                      calibration=calibration_samples(bench, config) if config.keeps_gate_rows
+                                      else None, gate_fpr=config.gate_fpr, gate_softness=config.gate_softness,
+                                      edit=config.edit)
     direction = fitter.direction()
     spaces = {l: fitter.null_space(l, config.rank_policy) for l in layers}
     report = {"layers": eraser.settings["layers_report"], "contrast": contrast.info,
@@ -211,15 +254,52 @@ def refit_forget(model: LoadedModel, result: FitResult, forget: Sequence[Profile
     if clash:
         raise ValueError(f"People {clash[:5]} are in the fit's retain set; they cannot be forgotten by it.")
     old = result.fitter
-    fitter = EraserFitter(old.hidden_size, old.layers)
+    if config.keeps_gate_rows and old.gate_reads != config.gate_reads:
+        raise ValueError(f"The fit kept {'no' if old.gate_reads is None else repr(old.gate_reads)} gate rows; a "
+                         f"{config.gate} gate reading {config.gate_reads!r} needs FitConfig(gate_rows=True, "
+                         f"gate_reads={config.gate_reads!r}) at fit time.")
+    fitter = EraserFitter(old.hidden_size, old.layers, gate_reads=old.gate_reads)
     fitter.retain = old.retain  # shared, read-only: solve() never changes them (eigh cache included)
+    # Shared likewise: the retain and calibration rows of membership gates (forget rows are new).
+    fitter.gate_rows["retain"], fitter.gate_rows["calibration"] = old.gate_rows["retain"], old.gate_rows["calibration"]
+    fitter.calibration_people = old.calibration_people
     fitter.set_direction(result.direction)
     for part in _forget_sets(model, list(forget), config):
         fitter.add_samples(model, "forget", part.samples, positions=part.positions, weight=part.weight,
                            formatted=part.formatted, batch_size=config.batch_size,
-                           progress=progress and f"{part.label} activations")
-    positions = config.positions or ("all" if config.answer_weight else "prompt")
+                           progress=progress and f"{part.label} activations",
+                           gate_rows=old.gate_reads is not None and part.positions == "last" and not part.formatted)
+    # The people now "forgotten" are validation people: they leave the calibration rows.
     eraser = fitter.eraser(config.rank_policy, config.gamma, retain_weight=config.retain_weight, lam=config.lam,
-                           positions=positions, fingerprint=model.fingerprint())
+                           positions=config.steer_positions(), fingerprint=model.fingerprint(), gate=config.gate,
+                           gate_fpr=config.gate_fpr, gate_softness=config.gate_softness, edit=config.edit,
+                           exclude_calibration=[p.id for p in forget])
     report = dict(result.report, forget_people=[p.id for p in forget], rehearsal=True)
     return replace(eraser, settings=_settings(config, dict(report, layers=eraser.settings["layers_report"])))
+
+
+def eraser_with_gate(model: LoadedModel, result: FitResult, config: FitConfig, gate: str) -> Eraser:
+    """The same fit's eraser with another gate kind (no new capture; the fit must have kept gate rows
+    for a membership kind: ``FitConfig(gate_rows=True)``)."""
+    if result.fitter is None:
+        raise ValueError("This FitResult keeps no fitter statistics; refit with fit_eraser.")
+    config = replace(config, gate=gate)
+    eraser = result.fitter.eraser(config.rank_policy, config.gamma, retain_weight=config.retain_weight,
+                                  lam=config.lam, positions=config.steer_positions(),
+                                  fingerprint=model.fingerprint(), gate=gate, gate_fpr=config.gate_fpr,
+                                  gate_softness=config.gate_softness, edit=config.edit)
+    return replace(eraser, settings=_settings(config, dict(result.report, layers=eraser.settings["layers_report"])))
+
+
+def gate_rows(model: LoadedModel, result: FitResult, people: Sequence[Profile], config: FitConfig
+              ) -> dict[int, "torch.Tensor"]:
+    """``{layer: (n, f)}``: every question of ``people`` read as the fit's membership gates read it,
+    in question order (per person: MCQ, generation, cloze)."""
+    from .tracing import capture
+
+    reads = result.fitter.gate_reads if result.fitter is not None else None
+    if reads is None:
+        raise ValueError("The fit kept no gate rows: fit with FitConfig(gate_rows=True) or a membership gate.")
+    acts = capture(model, question_samples(people, "rows"), list(result.fitter.layers), reads,
+                   batch_size=config.batch_size)
+    return {l: acts[l] for l in result.fitter.layers}

@@ -15,6 +15,13 @@ or from plain :class:`~toolkit.models.loading.Sample` lists with
 :func:`fit_from_samples`. Each layer's retain moment is eigendecomposed once
 (:meth:`toolkit.nullspace.SecondMoment.eigh` caches it), and the probes read the
 same cache.
+
+Membership gates (:mod:`toolkit.gates`: logistic, prototype) need rows, not
+moments: with ``gate_reads`` set the fitter also keeps, per layer, the forget
+rows, up to ``max_retain_rows`` retain rows (a seeded reservoir beyond that) and
+calibration rows of people outside the fit, each with its person's id, in the
+features the gate reads (``(n, d)`` for ``"last"``, ``(n, 2d)`` for ``"last+mean"``;
+memory ``4 f (n_f + n_r + n_c)`` bytes a layer).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import torch
 
 from .direction import Direction, MeanAccumulator, erasure_direction
 from .eraser import Eraser, EraserLayer, solve_map
+from .gates import READS, auroc, calibrate, fit_gate
 from .models.loading import LoadedModel, Sample
 from .nullspace import NullSpace, RankPolicy, SecondMoment, null_space
 from .tracing import CapturePositions, iter_capture
@@ -49,12 +57,16 @@ class EraserFitter:
     """Accumulates retain, forget and contrast statistics per layer; :meth:`eraser` solves.
 
     Activations may live on any device and dtype (CUDA bf16 included); they are
-    accumulated in float64 on the CPU.
+    accumulated in float64 on the CPU. ``gate_reads`` (``"last"`` or ``"last+mean"``):
+    also keep the rows membership gates are fitted and calibrated on (module docstring).
     """
 
-    def __init__(self, hidden_size: int, layers: Sequence[int]) -> None:
+    def __init__(self, hidden_size: int, layers: Sequence[int], *, gate_reads: str | None = None,
+                 max_retain_rows: int = 8192, seed: int = 0) -> None:
         if not layers:
             raise ValueError("Give at least one layer to fit.")
+        if gate_reads is not None and gate_reads not in READS:
+            raise ValueError(f"gate_reads must be one of {READS} or None, got {gate_reads!r}.")
         self.hidden_size = hidden_size
         self.layers = tuple(layers)
         self.retain = {l: SecondMoment(hidden_size) for l in self.layers}
@@ -62,6 +74,12 @@ class EraserFitter:
         self.refusal = MeanAccumulator()
         self.recall = MeanAccumulator()
         self.direction_override: Direction | None = None
+        self.gate_reads = gate_reads
+        self.max_retain_rows = max_retain_rows
+        self._generator = torch.Generator().manual_seed(seed)
+        self.gate_rows: dict[str, dict[int, torch.Tensor]] = {"forget": {}, "retain": {}, "calibration": {}}
+        self.retain_rows_seen = 0
+        self.calibration_people: list[str] = []
 
     # -- from activations -----------------------------------------------------------------
     def update_retain(self, acts: dict[int, torch.Tensor] | torch.Tensor, weight: float = 1.0) -> "EraserFitter":
@@ -92,6 +110,66 @@ class EraserFitter:
             raise ValueError(f"The direction has no vector for layers {missing}.")
         self.direction_override = direction
         return self
+
+    def update_gate_rows(self, kind: str, rows: dict[int, torch.Tensor] | torch.Tensor,
+                         people: Sequence[str] | None = None) -> "EraserFitter":
+        """Keep rows ``{layer: (n, f)}`` for membership gates: ``kind`` forget, retain or calibration
+        (rows of people outside the fit, ``people`` their ids, one per row)."""
+        if self.gate_reads is None:
+            raise ValueError("This fitter keeps no gate rows: create it with gate_reads='last' or 'last+mean'.")
+        width = self.hidden_size * (2 if self.gate_reads == "last+mean" else 1)
+        rows = {l: r.detach().to("cpu", torch.float32) for l, r in _rows(rows, self.layers).items()}
+        n = next(iter(rows.values())).shape[0]
+        for l, r in rows.items():
+            if r.ndim != 2 or r.shape[1] != width:
+                raise ValueError(f"Gate rows must have shape (n, {width}) for reads={self.gate_reads!r}; layer {l} "
+                                 f"got {tuple(r.shape)}.")
+        store = self.gate_rows[kind]
+        if kind == "calibration":
+            if people is None or len(people) != n:
+                raise ValueError("Calibration rows need one person id per row (people=...).")
+            self.calibration_people.extend(people)
+        if kind == "retain":
+            # A seeded reservoir (algorithm R): at most max_retain_rows rows, every row seen equally likely to stay.
+            cap, seen = self.max_retain_rows, self.retain_rows_seen
+            room = max(0, cap - seen)
+            for l, r in rows.items():
+                store[l] = torch.cat([store[l], r[:room]]) if l in store else r[:room].clone()
+            for i in range(room, n):
+                j = int(torch.randint(0, seen + i + 1, (1,), generator=self._generator))
+                if j < cap:
+                    for l, r in rows.items():
+                        store[l][j] = r[i]
+            self.retain_rows_seen += n
+            return self
+        for l, r in rows.items():
+            store[l] = torch.cat([store[l], r]) if l in store else r
+        return self
+
+    def gate(self, layer: int, kind: str, *, fpr: float = 0.05, softness: float = 0.0,
+             exclude: Sequence[str] = (), **options: Any):
+        """A calibrated membership gate at ``layer``: fitted on the kept forget vs retain rows, its
+        threshold set on the calibration rows of people not in ``exclude`` (:func:`toolkit.gates.calibrate`).
+
+        Returns ``(gate, report)``; the report holds the threshold, the calibration false-positive
+        rate and the AUROC of forget rows against the calibration rows.
+        """
+        rows = self.gate_rows
+        if self.gate_reads is None or layer not in rows["forget"] or layer not in rows["retain"]:
+            raise ValueError(f"No gate rows at layer {layer}: a {kind} gate is fitted on kept rows (EraserFitter("
+                             "gate_reads=...), then add_samples(..., gate_rows=True) for forget and retain).")
+        outside = rows["calibration"].get(layer)
+        if outside is None:
+            raise ValueError(f"No calibration rows at layer {layer}: the {kind} gate's threshold is set on people "
+                             "outside the fit (validation people); add them with kind='calibration'.")
+        drop = set(exclude)
+        keep = torch.tensor([p not in drop for p in self.calibration_people], dtype=torch.bool)
+        gate = fit_gate(kind, rows["forget"][layer], rows["retain"][layer], reads=self.gate_reads, **options)
+        gate, report = calibrate(gate, outside[keep], fpr, softness)
+        report.update(kind=kind, reads=self.gate_reads, n_forget_rows=int(len(rows["forget"][layer])),
+                      n_retain_rows=int(len(rows["retain"][layer])),
+                      auroc_forget_vs_calibration=auroc(gate.score(rows["forget"][layer]), gate.score(outside[keep])))
+        return gate, report
 
     # -- results ------------------------------------------------------------------------------
     def direction(self) -> Direction:
@@ -134,26 +212,58 @@ class EraserFitter:
         return maps, spaces, stats
 
     def eraser(self, policy: RankPolicy, gamma: float, *, retain_weight: float = 0.0, lam: float = 1.0,
-               positions: str = "prompt", fingerprint: dict | None = None, settings: dict | None = None) -> Eraser:
-        """The fitted :class:`~toolkit.eraser.Eraser` (``2 d`` numbers a layer)."""
-        maps, _, stats = self.solve(policy, gamma, retain_weight)
+               positions: str = "prompt", fingerprint: dict | None = None, settings: dict | None = None,
+               gate: str = "linear", gate_fpr: float = 0.05, gate_softness: float = 0.0, edit: str = "add",
+               exclude_calibration: Sequence[str] = ()) -> Eraser:
+        """The fitted :class:`~toolkit.eraser.Eraser`.
+
+        ``gate="linear"``: the paper's map (``2 d`` numbers a layer). ``"logistic"`` / ``"prototype"``:
+        a membership gate per layer (:meth:`gate`), calibrated to ``gate_fpr`` on the calibration rows
+        of people not in ``exclude_calibration``; the map's direction is the same.
+        """
+        maps, _, stats = self.solve(policy, gamma, retain_weight) if gate == "linear" else ({}, {}, {})
+        if gate != "linear":
+            direction = self.direction()
+            for l in self.layers:
+                g, report = self.gate(l, gate, fpr=gate_fpr, softness=gate_softness, exclude=exclude_calibration)
+                maps[l] = EraserLayer(l, g, direction.vectors[l][None].to(torch.float32))
+                stats[l] = dict(report, direction_norm=float(direction.vectors[l].norm()))
         return Eraser(tuple(maps[l] for l in self.layers), lam, positions, fingerprint or {},
-                      dict(settings or {}, layers_report=stats))
+                      dict(settings or {}, layers_report=stats), edit=edit)
 
     # -- from samples -----------------------------------------------------------------------
     def add_samples(self, model: LoadedModel, kind: str, samples: Sequence[Sample], *,
                     positions: CapturePositions = "last", weight: float = 1.0, formatted: bool = False,
-                    batch_size: int = 32, progress: bool | str = False) -> "EraserFitter":
-        """Capture ``samples`` at this fitter's layers and add them as ``kind``: retain, forget, refusal or recall."""
+                    batch_size: int = 32, progress: bool | str = False, gate_rows: bool = False,
+                    people: Sequence[str] | None = None) -> "EraserFitter":
+        """Capture ``samples`` at this fitter's layers and add them as ``kind``: retain, forget, refusal,
+        recall or calibration (gate rows only; ``people``: one id per sample).
+
+        ``gate_rows=True`` (with ``positions="last"``): also keep the rows for membership gates, in
+        the features the fitter's gates read (one capture pass for both).
+        """
         update = {"retain": lambda a: self.update_retain(a, weight), "forget": lambda a: self.update_forget(a, weight),
                   "refusal": lambda a: self.update_contrast(refusal=a),
-                  "recall": lambda a: self.update_contrast(recall=a)}
+                  "recall": lambda a: self.update_contrast(recall=a), "calibration": lambda a: None}
         if kind not in update:
             raise ValueError(f"kind must be one of {', '.join(update)}, got {kind!r}.")
         if not samples:
             raise ValueError(f"The {kind} set is empty.")
-        for _, acts in iter_capture(model, samples, list(self.layers), positions, batch_size=batch_size,
-                                    progress=progress, formatted=formatted):
+        keep = gate_rows or kind == "calibration"
+        if keep and (positions != "last" or kind not in ("forget", "retain", "calibration")):
+            raise ValueError("Gate rows are the last prompt token's (positions='last') of forget, retain or "
+                             "calibration samples.")
+        if kind == "calibration" and (people is None or len(people) != len(samples)):
+            raise ValueError("Calibration samples need one person id each (people=...).")
+        read = self.gate_reads if keep else positions
+        if keep and read is None:
+            raise ValueError("This fitter keeps no gate rows: create it with gate_reads='last' or 'last+mean'.")
+        d = self.hidden_size
+        for index, acts in iter_capture(model, samples, list(self.layers), read, batch_size=batch_size,
+                                        progress=progress, formatted=formatted):
+            if keep:
+                self.update_gate_rows(kind, acts, [people[i] for i in index.tolist()] if people else None)
+                acts = {l: a[:, :d] for l, a in acts.items()}
             update[kind](acts)
         return self
 
@@ -181,7 +291,10 @@ def _sets(value: Any, name: str) -> list[SampleSet]:
 def fit_from_samples(model: LoadedModel, *, forget: Any, retain: Any, contrast: Any, layers: Sequence[int],
                      policy: RankPolicy, gamma: float, retain_weight: float = 0.0, lam: float = 1.0,
                      positions: str = "prompt", variant: str = "multimodal", batch_size: int = 32,
-                     settings: dict | None = None, progress: bool = False) -> tuple[Eraser, EraserFitter]:
+                     settings: dict | None = None, progress: bool = False, gate: str = "linear",
+                     gate_reads: str | None = None, calibration: tuple[Sequence[Sample], Sequence[str]] | None = None,
+                     gate_fpr: float = 0.05, gate_softness: float = 0.0, edit: str = "add",
+                     max_retain_rows: int = 8192) -> tuple[Eraser, EraserFitter]:
     """Fit an Eraser from plain sample lists.
 
     Args:
@@ -190,11 +303,19 @@ def fit_from_samples(model: LoadedModel, *, forget: Any, retain: Any, contrast: 
         contrast: ``(refusal_samples, recall_samples)`` (direction by :func:`erasure_direction`
             with ``variant``), or a ready :class:`~toolkit.direction.Direction`.
         policy, gamma, retain_weight, lam, positions: as :class:`~toolkit.fit.FitConfig`.
+        gate, gate_reads, gate_fpr, gate_softness, edit: the gate kind and its features, its calibration
+            target and softness, and the edit (as :class:`~toolkit.fit.FitConfig`). With ``gate_reads``
+            set, the rows of the forget and retain sets read at the last prompt token are kept for
+            membership gates (whatever ``gate``, so another kind can be fitted from the same fitter).
+        calibration: ``(samples, person ids)`` of people outside the fit and the forget list
+            (validation people): membership gates set their threshold on them.
 
     Returns ``(eraser, fitter)``; the fitter keeps the statistics (for the probes).
     """
     layers = model.check_layers(list(layers))
-    fitter = EraserFitter(model.hidden_size, layers)
+    if gate != "linear" and gate_reads is None:
+        raise ValueError(f"A {gate} gate is fitted on kept rows: give gate_reads ('last' or 'last+mean').")
+    fitter = EraserFitter(model.hidden_size, layers, gate_reads=gate_reads, max_retain_rows=max_retain_rows)
     if isinstance(contrast, Direction):
         direction = contrast
     else:
@@ -206,7 +327,14 @@ def fit_from_samples(model: LoadedModel, *, forget: Any, retain: Any, contrast: 
         for part in _sets(value, kind):
             fitter.add_samples(model, kind, part.samples, positions=part.positions, weight=part.weight,
                                formatted=part.formatted, batch_size=batch_size,
-                               progress=progress and f"{part.label or kind} activations")
+                               progress=progress and f"{part.label or kind} activations",
+                               gate_rows=gate_reads is not None and part.positions == "last" and not part.formatted)
+    if calibration is not None and gate_reads is not None:
+        samples, people = calibration
+        if len(samples):
+            fitter.add_samples(model, "calibration", list(samples), people=list(people), batch_size=batch_size,
+                               progress=progress and "calibration activations")
     eraser = fitter.eraser(policy, gamma, retain_weight=retain_weight, lam=lam, positions=positions,
-                           fingerprint=model.fingerprint(), settings=settings)
+                           fingerprint=model.fingerprint(), settings=settings, gate=gate, gate_fpr=gate_fpr,
+                           gate_softness=gate_softness, edit=edit)
     return eraser, fitter

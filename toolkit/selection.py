@@ -27,6 +27,20 @@ cost (on the default's forget_10 that would keep 47% validation recall to leak
 person's answers or a benchmark column MLLMU-Bench lacks: where a question has no
 ``Answer_Key``, "the fact appears" is read as ROUGE-L >= 0.5 against the ground truth.
 
+Gate kinds (:mod:`toolkit.gates`). With ``SelectConfig.gates`` naming membership
+kinds, a screening comes first, with no generation (:func:`screen_gates`): for each
+layer x kind x target false-positive rate, the rehearsal's gate is fitted on the
+stand-ins' questions and *caught* is the share of them it fires on (as the real
+gate is fitted on the forget questions and must fire on them), its threshold is set
+on one half of the other validation people and its false positives counted on the
+other half, never seen by the fit or the threshold (and the halves swapped): *fp*.
+The highest ``caught - fp`` wins; the generation grid then runs for that (layer,
+kind, rate) only, over position modes and lambdas. (Holding out some of each
+stand-in's questions instead was tried: another question about the same person
+looks like another person's question at these layers, so every kind scored
+<= 0.33 there while catching 94-99% of the forget people's Test_Set images and
+paraphrases; validation people have one image and no paraphrases to hold out.)
+
 Cost: one generation pass over the three groups per candidate (about 3.5 s for
 330 questions on the default, 2 CPU cores); along each (layer, threshold) the
 lambdas are tried in increasing order and stop once the stand-ins leak nothing.
@@ -35,20 +49,22 @@ lambdas are tried in increasing order and stop once the stand-ins leak nothing.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pandas as pd
+import torch
 
 from .data.mllmu import MLLMUBench
 from .data.splits import PeopleSplit
 from .eraser import Eraser
 from .evaluate import Item, items_from_profiles, run_items
-from .fit import FitConfig, FitResult, refit_forget
+from .fit import FitConfig, FitResult, eraser_with_gate, gate_rows, refit_forget
+from .gates import auroc, calibrate, fit_gate
 from .metrics import asru_reward_rule
 from .models.loading import LoadedModel
 
-__all__ = ["SelectConfig", "Selection", "rehearsal_items", "fact_hits", "fact_rate", "match_leakage", "score_setting", "choose", "select_setting",
+__all__ = ["SelectConfig", "Selection", "screen_gates", "rehearsal_items", "fact_hits", "fact_rate", "match_leakage", "score_setting", "choose", "select_setting",
            "RECALL_ROUGE"]
 
 RECALL_ROUGE = 0.5  # without an Answer_Key, an answer "contains the fact" at ROUGE-L >= this
@@ -68,6 +84,10 @@ class SelectConfig:
     # validation people as boundary prompts), no threshold on anything.
     rule: str = "leakage"
     batch_size: int = 48
+    # Gate kinds to choose among (toolkit.gates); ("linear",) is the paper's map alone (no screening).
+    gates: tuple[str, ...] = ("linear",)
+    # Target false-positive rates a membership gate is calibrated to (screened with the kinds).
+    gate_fprs: tuple[float, ...] = (0.05,)
 
 
 @dataclass
@@ -80,6 +100,9 @@ class Selection:
     validation_people: list[str]
     rule: str = field(default="")
     positions: str = ""
+    gate: str = "linear"
+    gate_fpr: float = float("nan")
+    screening: pd.DataFrame | None = None
 
     @property
     def chosen(self) -> pd.Series:
@@ -173,6 +196,67 @@ def choose(grid: pd.DataFrame, leak_max: float, repetition_max: float = 0.25, ru
                   f"minus rehearsal leakage{note}")
 
 
+def _halves(ids: Sequence[str]) -> tuple[set[str], set[str]]:
+    import hashlib
+
+    order = sorted(set(ids), key=lambda i: hashlib.sha256(f"halves:{i}".encode()).hexdigest())
+    return set(order[0::2]), set(order[1::2])
+
+
+def screen_gates(fit: FitResult, rehearsal_forget: dict[int, torch.Tensor], stand_ins: Sequence[str],
+                 kinds: Sequence[str], layers: Sequence[int], fprs: Sequence[float], config: FitConfig,
+                 rehearsal: Eraser | None = None) -> pd.DataFrame:
+    """Each (layer, kind, fpr) without generating (module docstring): ``caught`` on the stand-ins'
+    questions, ``fp`` on held-out validation people, ``auroc`` between the two, ``score = caught - fp``.
+
+    ``rehearsal_forget``: the stand-ins' gate rows ``{layer: (n, f)}`` in question order; ``rehearsal``:
+    the linear rehearsal eraser (scored on the same rows, for ``"linear"`` in ``kinds``).
+    """
+    fitter = fit.fitter
+    people = fitter.calibration_people
+    others = [p for p in dict.fromkeys(people) if p not in set(stand_ins)]
+    first, second = _halves(others)
+    if not first or not second:
+        raise ValueError("The gate screening needs at least two validation people besides the stand-ins.")
+    rows = []
+    for layer in layers:
+        outside = fitter.gate_rows["calibration"][layer]
+        pos = rehearsal_forget[layer]
+        train = held = pos
+        masks = [torch.tensor([p in half for p in people]) for half in (first, second)]
+        for kind in kinds:
+            if kind == "linear":
+                if rehearsal is None:
+                    continue
+                m = rehearsal.layer_map(layer)
+                d = m.width
+
+                def score(x, m=m, d=d):
+                    return m.gate(x[:, :d])[:, 0]
+                gates = [(score, None)]
+            else:
+                gate = fit_gate(kind, train, fitter.gate_rows["retain"][layer], reads=fitter.gate_reads)
+                gates = [(gate.score, gate)]
+            for fpr in (fprs if kind != "linear" else fprs[:1]):
+                caught, fp, aucs = [], [], []
+                for a, b in ((0, 1), (1, 0)):
+                    score, gate = gates[0]
+                    cal, test = outside[masks[a]], outside[masks[b]]
+                    if gate is not None:
+                        tuned, _ = calibrate(gate, cal, fpr)
+                        caught.append(float((tuned(held)[:, 0] > 0.5).float().mean()))
+                        fp.append(float((tuned(test)[:, 0] > 0.5).float().mean()))
+                    else:  # the linear gate: its score thresholded at the same quantile, for comparison only
+                        thr = float(torch.quantile(score(cal).double(), 1 - fpr, interpolation="higher"))
+                        caught.append(float((score(held) > thr).float().mean()))
+                        fp.append(float((score(test) > thr).float().mean()))
+                    aucs.append(auroc(score(held), score(test)))
+                c, f = sum(caught) / 2, sum(fp) / 2
+                rows.append({"layer": layer, "gate": kind, "gate_fpr": fpr, "caught": c, "fp": f,
+                             "auroc": sum(aucs) / 2, "score": c - f})
+    return pd.DataFrame(rows)
+
+
 def select_setting(model: LoadedModel, fit: FitResult, bench: MLLMUBench, config: FitConfig,
                    select: SelectConfig = SelectConfig(), *, progress: bool = False) -> tuple[Eraser, Selection]:
     """The fitted eraser restricted to the chosen layer, with the chosen strength and threshold."""
@@ -183,15 +267,34 @@ def select_setting(model: LoadedModel, fit: FitResult, bench: MLLMUBench, config
         raise ValueError("Selection needs validation people: fit with FitConfig(people=PeopleSplit(...)), not "
                          "people=None (then every retain person is in the fit and none is left to choose on).")
     sets, stand = rehearsal_items(bench, config.forget_ratio, split)
-    rehearsal = refit_forget(model, fit, stand, config)
     layers = list(select.layers or fit.eraser.layers[len(fit.eraser.layers) // 2:])
     missing = [l for l in layers if l not in fit.eraser.layers]
     if missing:
         raise ValueError(f"Layers {missing} were not fitted (fitted: {list(fit.eraser.layers)}).")
+    kinds = tuple(select.gates)
+    screening = None
+    gate_kind, gate_fpr = (kinds[0] if len(kinds) == 1 else None), config.gate_fpr
+    if any(k != "linear" for k in kinds):
+        if fit.fitter is None or fit.fitter.gate_reads is None:
+            raise ValueError(f"Choosing among gates {list(kinds)} needs the fit's gate rows: fit with "
+                             "FitConfig(gate_rows=True) (or a membership gate).")
+        linear_cfg = replace(config, gate="linear")
+        rehearsal_linear = refit_forget(model, fit, stand, linear_cfg) if "linear" in kinds else None
+        stand_rows = gate_rows(model, fit, stand, config)
+        screening = screen_gates(fit, stand_rows, [p.id for p in stand], kinds, layers, select.gate_fprs, config,
+                                 rehearsal_linear)
+        best_gate = screening.sort_values(["score", "gate_fpr"], ascending=[False, True], kind="stable").iloc[0]
+        gate_kind, gate_fpr, layers = str(best_gate.gate), float(best_gate.gate_fpr), [int(best_gate.layer)]
+    config = replace(config, gate=gate_kind or config.gate, gate_fpr=gate_fpr)
+    rehearsal = refit_forget(model, fit, stand, config)
     rows = [{"layer": -1, "positions": "", "lam": 0.0, "threshold": 0.0,
              **score_setting(model, sets, None, select.batch_size)}]
-    modes = list(dict.fromkeys(p or fit.eraser.positions for p in select.positions))
-    combos = [(l, p, t) for l in layers for p in modes for t in select.thresholds]
+    own = config.steer_positions()
+    modes = list(dict.fromkeys(p or own for p in select.positions))
+    if config.gate != "linear" and config.gate_reads == "last+mean":
+        modes = [m for m in modes if m != "all"] or ["prompt"]  # such a gate decides at prefill
+    thresholds = select.thresholds if config.gate == "linear" else (0.0,)
+    combos = [(l, p, t) for l in layers for p in modes for t in thresholds]
     bar = tqdm(total=len(combos) * len(select.lams), desc="selection", disable=not progress, leave=False)
     for layer, mode, t in combos:
         for lam in sorted(select.lams):
@@ -207,6 +310,9 @@ def select_setting(model: LoadedModel, fit: FitResult, bench: MLLMUBench, config
     grid = pd.DataFrame(rows)
     best, rule = choose(grid, select.leak_max, select.repetition_max, select.rule)
     layer, lam, t = int(best.layer), float(best.lam), float(best.threshold)
-    eraser = fit.eraser.with_options(layers=[layer], lam=lam, threshold=t, positions=best.positions)
+    final = fit.eraser if config.gate == "linear" == fit.eraser.gate_kinds[0] \
+        else eraser_with_gate(model, fit, config, config.gate)
+    eraser = final.with_options(layers=[layer], lam=lam, threshold=t, positions=best.positions)
     val_people = sorted({it.person for n in ("retain", "real") for it in sets[n]})
-    return eraser, Selection(layer, lam, t, grid, [p.id for p in stand], val_people, rule, best.positions)
+    return eraser, Selection(layer, lam, t, grid, [p.id for p in stand], val_people, rule, best.positions,
+                             config.gate, config.gate_fpr if config.gate != "linear" else float("nan"), screening)

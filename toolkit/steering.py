@@ -54,16 +54,25 @@ class Steer:
     stream already carries the steers of earlier layers). Several steers on one
     layer see the same state and their shifts add. ``gate`` (optional) maps the
     same states to the ``(B, r)`` gate values behind ``fn``, for :class:`GateLog`.
+    ``reads="last+mean"``: ``fn`` and ``gate`` receive ``[state, prompt mean]`` (B, 2d) at
+    prefill (the masked mean of the layer's unsteered output over the prompt) and still
+    return (B, d) shifts; such a steer acts at prefill only (positions ``"prompt"`` or ``"last"``).
     """
 
     layer: int
     fn: Callable[[torch.Tensor], torch.Tensor]
     positions: Positions = "prompt"
     gate: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, compare=False)
+    reads: str = "last"
 
     def __post_init__(self) -> None:
         if self.positions not in POSITIONS:
             raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}.")
+        if self.reads not in ("last", "last+mean"):
+            raise ValueError(f"reads must be 'last' or 'last+mean', got {self.reads!r}.")
+        if self.reads == "last+mean" and self.positions == "all":
+            raise ValueError("A steer that reads the prompt's mean state decides at prefill: positions 'prompt' "
+                             "or 'last', not 'all'.")
 
 
 @dataclass
@@ -122,19 +131,32 @@ def group_by_layer(model: Any, steers: Sequence[Steer]) -> dict[int, list[Steer]
     return dict(sorted(by_layer.items()))
 
 
+def _prompt_mean(h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of ``h`` (B, T, d) over the prompt's real tokens, float32 (B, d); all tokens without a mask."""
+    if mask is None:
+        return h.float().mean(1)
+    w = mask.to(h.device, torch.float32)[:, :, None]
+    return (h.float() * w).sum(1) / w.sum(1).clamp_min(1.0)
+
+
+def _source(steer: Steer, last: torch.Tensor, mean: Callable[[], torch.Tensor]) -> torch.Tensor:
+    return last if steer.reads == "last" else torch.cat([last, mean()], -1)
+
+
 def _shift(steer: Steer, source: torch.Tensor, check: bool = True) -> torch.Tensor:
-    """``steer.fn(source)`` checked: same shape as the source, finite (when ``check``: a device sync, so
+    """``steer.fn(source)`` checked: same shape as the state, finite (when ``check``: a device sync, so
     only at prefill), on the source's device, float32."""
+    width = source.shape[-1] // (2 if steer.reads == "last+mean" else 1)
     try:
         shift = steer.fn(source)
     except RuntimeError as err:
         raise RuntimeError(f"The steer at layer {steer.layer} failed on a {tuple(source.shape)} "
                            f"{source.dtype} state on {source.device}: {err}. Keep the steer's tensors on the "
                            "state's device (h.device), or use an Eraser, which moves with the model.") from None
-    if not isinstance(shift, torch.Tensor) or shift.shape != source.shape:
+    if not isinstance(shift, torch.Tensor) or shift.shape != (*source.shape[:-1], width):
         got = tuple(shift.shape) if isinstance(shift, torch.Tensor) else type(shift).__name__
         raise ValueError(f"The steer at layer {steer.layer} returned a shift of shape {got}; it must map the "
-                         f"(batch, d) states {tuple(source.shape)} to shifts of the same shape.")
+                         f"(batch, d) states {(*source.shape[:-1], width)} to shifts of the same shape.")
     if check and not torch.isfinite(shift).all():
         raise FloatingPointError(f"The steer at layer {steer.layer} returned NaN/inf shifts; the model would "
                                  "generate nothing meaningful. Check its strength and vectors.")
@@ -154,17 +176,31 @@ def shifted(h: torch.Tensor, steers: Sequence[Steer], *, prefill: bool, mask: to
     active = list(steers) if prefill else [s for s in steers if s.positions == "all"]
     if not active:
         return h
-    source = h[:, -1].float()
+    last = h[:, -1].float()
+    cache: dict[str, torch.Tensor] = {}
+
+    def mean() -> torch.Tensor:  # computed once per call, only if a steer reads it
+        if not prefill:
+            raise ValueError("A steer that reads the prompt's mean state cannot act on a decoding step.")
+        if mask is None and h.shape[0] > 1:
+            raise ValueError("A gate that reads the prompt's mean state needs the batch's attention mask (left "
+                             "padding would enter the mean): intervene(..., mask=enc['attention_mask']), or call "
+                             "the model with attention_mask=.")
+        if "mean" not in cache:
+            cache["mean"] = _prompt_mean(h, mask)
+        return cache["mean"]
+
     if log is not None:
         for s in active:
             if s.gate is not None:
-                log.add(s.layer, prefill, s.gate(source))
-    zero = torch.zeros_like(source)
+                log.add(s.layer, prefill, s.gate(_source(s, last, mean)))
+    zero = torch.zeros_like(last)
     # Shifts from steers that act along the whole prompt (or on the new token) vs. at one position.
-    spread = sum((_shift(s, source, check=prefill) for s in active if s.positions != "last" or not prefill), zero)
+    spread = sum((_shift(s, _source(s, last, mean), check=prefill) for s in active
+                  if s.positions != "last" or not prefill), zero)
     if not prefill:
         return h + spread.to(h.dtype)[:, None, :]
-    point = sum((_shift(s, source) for s in active if s.positions == "last"), zero)
+    point = sum((_shift(s, _source(s, last, mean)) for s in active if s.positions == "last"), zero)
     weights = torch.ones(h.shape[:2], device=h.device) if mask is None else mask.to(h.device, torch.float32)
     new = h + (spread[:, None, :] * weights[:, :, None]).to(h.dtype)
     last = torch.zeros_like(h)

@@ -63,7 +63,7 @@ class Trailing:
         return mask
 
 
-CapturePositions = Literal["last", "prompt"] | Trailing | Callable[[dict], torch.Tensor]
+CapturePositions = Literal["last", "prompt", "last+mean"] | Trailing | Callable[[dict], torch.Tensor]
 
 
 @dataclass
@@ -122,7 +122,9 @@ def iter_capture(
 
     Use it to accumulate statistics over more inputs than fit in memory.
     ``positions``: ``"last"`` (one row per sample), ``"prompt"`` (every non-pad
-    prompt token), a :class:`Trailing` window per sample, or a callable
+    prompt token), ``"last+mean"`` (one (2d) row per sample: the last token and the
+    mean over the prompt's tokens, what a ``"last+mean"`` gate reads), a
+    :class:`Trailing` window per sample, or a callable
     ``encoding -> (B, T) bool mask``. With
     ``steers`` (or active ones), captures see the steered stream; a steered
     layer's capture is its output after the steer.
@@ -154,10 +156,11 @@ def iter_capture(
                                  f"{tuple(enc['input_ids'].shape)}.")
         elif positions == "prompt":
             mask = enc["attention_mask"].bool()
-        elif positions == "last":
+        elif positions in ("last", "last+mean"):
             mask = None
         else:
-            raise ValueError(f"positions must be 'last', 'prompt', a Trailing or a mask function, got {positions!r}.")
+            raise ValueError(f"positions must be 'last', 'prompt', 'last+mean', a Trailing or a mask function, got "
+                             f"{positions!r}.")
         saved = []
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -170,11 +173,16 @@ def iter_capture(
                         out = model.layers[layer].output
                         h = out[0] if isinstance(out, tuple) else out
                     if layer in layer_ids:
-                        saved.append(nnsight.save(h[:, -1] if mask is None else h))
+                        saved.append(nnsight.save(h[:, -1] if mask is None and positions == "last" else h))
         rows = torch.as_tensor(idx)
         out = {}
         for layer, h in zip(layer_ids, saved):
             h = h.detach().to("cpu", torch.float32) if to_cpu else h.detach()
+            if positions == "last+mean":
+                # What a "last+mean" gate reads at prefill (toolkit.steering): [last token, masked prompt mean].
+                w = enc["attention_mask"].to(h.device, torch.float32)[:, :, None]
+                mean = ((h.float() * w).sum(1) / w.sum(1).clamp_min(1.0)).to(h.dtype)
+                h = torch.cat([h[:, -1], mean], -1)
             if mask is not None:
                 h = h[mask.to(h.device)]
             if not torch.isfinite(h).all():

@@ -1,0 +1,355 @@
+"""Gates: how much an input belongs to the forget set, as swappable parts.
+
+An eraser's shift at layer ``l`` is ``lam * g(x) @ D`` (or a rotation by it, see
+:mod:`toolkit.eraser`): ``D`` (r x d) the erasure direction(s), ``g`` a gate that
+maps the layer's state to ``(B, r)`` weights. What the gate reads:
+
+* ``"last"``: the state ``h`` (B, d) the shift is computed from (the last prompt
+  token at prefill, the new token at each decoding step);
+* ``"last+mean"``: ``[h_last, mean of the prompt's states]`` (B, 2d), read at
+  prefill only (the mean carries the image tokens, so the face, which the last
+  token of "What is the name of the person in the image?" does not). Such a gate
+  decides once per prompt: its eraser steers ``positions="prompt"`` or ``"last"``.
+
+Kinds (each a frozen dataclass; all computed in float32 on the state's device):
+
+* :class:`LinearGate` the paper's null-space map ``h @ W`` (W: d x r), unbounded;
+  the eraser's dead zone ``threshold`` applies to it. Memory ``r d``.
+* :class:`LogisticGate` a membership classifier (forget rows vs fit-retain rows):
+  logit ``((x - center) / scale) @ coef + bias``; the weight is
+  ``1[logit > threshold]`` (hard) or ``sigmoid((logit - threshold) / temperature)``
+  (soft). Memory ``3 f`` (f = features: d or 2d).
+* :class:`PrototypeGate` nearness: in the retain-standardised space
+  ``z = (x - center) / scale`` (the fit-retain rows' mean and standard deviation),
+  score = max cosine to the forget exemplars minus max cosine to the retain
+  exemplars; weight as above. Memory ``(n_f + n_r + 2) f``: the forget rows are kept
+  whole (a few hundred), the retain rows subsampled to at most ``max_retain``.
+
+Membership gates get their threshold from :func:`calibrate`: a quantile of their
+scores on rows of people outside the fit (validation people), so that a target
+share of them is steered; GUARD-IT and Dynamic SAE Guardrails set thresholds the
+same way. The rate then seen on evaluation people is reported, never used.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+__all__ = ["Gate", "LinearGate", "LogisticGate", "PrototypeGate", "GateStack", "GATE_KINDS", "READS",
+           "fit_gate", "fit_logistic", "fit_prototype", "calibrate", "auroc", "gate_from_parts"]
+
+READS = ("last", "last+mean")
+GATE_KINDS = ("linear", "logistic", "prototype")
+
+
+class Gate:
+    """Interface: ``gate(x)`` -> ``(B, r)`` float32 weights; ``score(x)`` -> ``(B,)`` raw score.
+
+    ``x``: ``(B, f)`` with ``f = width`` (``d``) for ``reads == "last"`` and ``2 d`` for ``"last+mean"``.
+    """
+
+    kind = "gate"
+    reads = "last"
+
+    @property
+    def width(self) -> int:  # the residual width d
+        raise NotImplementedError
+
+    @property
+    def rank(self) -> int:
+        return 1
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def to(self, device: Any, dtype: torch.dtype | None = None) -> "Gate":
+        raise NotImplementedError
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def meta(self) -> dict:
+        raise NotImplementedError
+
+    def finite(self) -> bool:
+        return all(bool(torch.isfinite(t).all()) for t in self.tensors().values())
+
+
+def _check_features(x: torch.Tensor, features: int, gate: str) -> torch.Tensor:
+    if x.shape[-1] != features:
+        raise ValueError(f"The {gate} gate reads {features} features per row, got {x.shape[-1]}: "
+                         "a 'last+mean' gate needs [last, prompt mean] (2 d) rows.")
+    return x.float()
+
+
+def _weight(score: torch.Tensor, threshold: float, temperature: float) -> torch.Tensor:
+    if temperature > 0:
+        return torch.sigmoid((score - threshold) / temperature)
+    return (score > threshold).float()
+
+
+@dataclass(frozen=True)
+class LinearGate(Gate):
+    """The paper's gate ``h @ weights`` (weights: d x r). Reads the state only."""
+
+    weights: torch.Tensor
+    kind = "linear"
+    reads = "last"
+
+    @property
+    def width(self) -> int:
+        return self.weights.shape[0]
+
+    @property
+    def rank(self) -> int:
+        return self.weights.shape[1]
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x)[:, 0]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float() @ self.weights.to(x.device, torch.float32)
+
+    def to(self, device: Any, dtype: torch.dtype | None = None) -> "LinearGate":
+        return LinearGate(self.weights.to(device, dtype or self.weights.dtype))
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"weights": self.weights}
+
+    def meta(self) -> dict:
+        return {"kind": self.kind}
+
+
+@dataclass(frozen=True)
+class LogisticGate(Gate):
+    """Membership classifier: ``logit = ((x - center) / scale) @ coef + bias``. Vectors: (f,)."""
+
+    coef: torch.Tensor
+    bias: float
+    center: torch.Tensor
+    scale: torch.Tensor
+    threshold: float = 0.0
+    temperature: float = 0.0
+    reads: str = "last"
+    kind = "logistic"
+
+    @property
+    def width(self) -> int:
+        return self.coef.shape[0] // (2 if self.reads == "last+mean" else 1)
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        x = _check_features(x, self.coef.shape[0], self.kind)
+        dev = x.device
+        z = (x - self.center.to(dev, torch.float32)) / self.scale.to(dev, torch.float32)
+        return z @ self.coef.to(dev, torch.float32) + self.bias
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return _weight(self.score(x), self.threshold, self.temperature)[:, None]
+
+    def to(self, device: Any, dtype: torch.dtype | None = None) -> "LogisticGate":
+        return replace(self, coef=self.coef.to(device, dtype or self.coef.dtype),
+                       center=self.center.to(device, dtype or self.center.dtype),
+                       scale=self.scale.to(device, dtype or self.scale.dtype))
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"coef": self.coef, "center": self.center, "scale": self.scale}
+
+    def meta(self) -> dict:
+        return {"kind": self.kind, "bias": self.bias, "threshold": self.threshold,
+                "temperature": self.temperature, "reads": self.reads}
+
+
+@dataclass(frozen=True)
+class PrototypeGate(Gate):
+    """Nearness: ``max_i cos(z, forget_i) - max_j cos(z, retain_j)`` with ``z = (x - center) / scale``.
+
+    ``forget`` (n_f, f) and ``retain`` (n_r, f) are stored already standardised and unit-normed.
+    """
+
+    forget: torch.Tensor
+    retain: torch.Tensor
+    center: torch.Tensor
+    scale: torch.Tensor
+    threshold: float = 0.0
+    temperature: float = 0.0
+    reads: str = "last"
+    kind = "prototype"
+
+    @property
+    def width(self) -> int:
+        return self.center.shape[0] // (2 if self.reads == "last+mean" else 1)
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        x = _check_features(x, self.center.shape[0], self.kind)
+        dev = x.device
+        z = torch.nn.functional.normalize((x - self.center.to(dev, torch.float32))
+                                          / self.scale.to(dev, torch.float32), dim=-1)
+        near_forget = (z @ self.forget.to(dev, torch.float32).T).max(-1).values
+        near_retain = (z @ self.retain.to(dev, torch.float32).T).max(-1).values
+        return near_forget - near_retain
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return _weight(self.score(x), self.threshold, self.temperature)[:, None]
+
+    def to(self, device: Any, dtype: torch.dtype | None = None) -> "PrototypeGate":
+        return replace(self, **{k: v.to(device, dtype or v.dtype) for k, v in self.tensors().items()})
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"forget": self.forget, "retain": self.retain, "center": self.center, "scale": self.scale}
+
+    def meta(self) -> dict:
+        return {"kind": self.kind, "threshold": self.threshold, "temperature": self.temperature,
+                "reads": self.reads}
+
+
+@dataclass(frozen=True)
+class GateStack(Gate):
+    """Several gates side by side (an eraser composed of others): their weight columns concatenated.
+    All parts read the same features."""
+
+    parts: tuple[Gate, ...]
+    kind = "stack"
+
+    def __post_init__(self) -> None:
+        reads = {p.reads for p in self.parts}
+        if len(reads) > 1:
+            raise ValueError(f"Gates reading {sorted(reads)} cannot share one layer's map; apply the erasers "
+                             "together instead: generate(..., steers=[e1, e2]).")
+
+    @property
+    def reads(self) -> str:  # type: ignore[override]
+        return self.parts[0].reads
+
+    @property
+    def width(self) -> int:
+        return self.parts[0].width
+
+    @property
+    def rank(self) -> int:
+        return sum(p.rank for p in self.parts)
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x).sum(-1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([p(x) for p in self.parts], -1)
+
+    def to(self, device: Any, dtype: torch.dtype | None = None) -> "GateStack":
+        return GateStack(tuple(p.to(device, dtype) for p in self.parts))
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {f"{i}.{k}": v for i, p in enumerate(self.parts) for k, v in p.tensors().items()}
+
+    def meta(self) -> dict:
+        return {"kind": self.kind, "parts": [p.meta() for p in self.parts]}
+
+
+def gate_from_parts(meta: dict, tensors: dict[str, torch.Tensor]) -> Gate:
+    """Rebuild a gate from :meth:`Gate.meta` and :meth:`Gate.tensors` (the eraser file's layout)."""
+    kind = meta.get("kind")
+    if kind == "linear":
+        return LinearGate(tensors["weights"])
+    if kind == "logistic":
+        return LogisticGate(tensors["coef"], float(meta["bias"]), tensors["center"], tensors["scale"],
+                            float(meta["threshold"]), float(meta["temperature"]), meta.get("reads", "last"))
+    if kind == "prototype":
+        return PrototypeGate(tensors["forget"], tensors["retain"], tensors["center"], tensors["scale"],
+                             float(meta["threshold"]), float(meta["temperature"]), meta.get("reads", "last"))
+    if kind == "stack":
+        parts = []
+        for i, m in enumerate(meta["parts"]):
+            prefix = f"{i}."
+            parts.append(gate_from_parts(m, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}))
+        return GateStack(tuple(parts))
+    raise ValueError(f"Unknown gate kind {kind!r} in the eraser file (known: {', '.join(GATE_KINDS)}, stack).")
+
+
+# ------------------------------------------------------------------------------------------ fitting
+def _standardiser(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = rows.double()
+    return x.mean(0).float(), (x.std(0) + 1e-6).float()
+
+
+def fit_logistic(forget: torch.Tensor, retain: torch.Tensor, *, l2: float = 10.0, reads: str = "last",
+                 forget_weight: torch.Tensor | None = None) -> LogisticGate:
+    """L2-regularised logistic regression, forget rows (1) against retain rows (0), classes balanced.
+
+    ``forget`` (n_f, f), ``retain`` (n_r, f); features standardised by the pooled rows' mean and
+    standard deviation; ``l2`` is sklearn's ``1 / C``. Threshold 0 (p = 0.5) until :func:`calibrate`.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    rows = torch.cat([forget, retain]).float()
+    center, scale = _standardiser(rows)
+    x = ((rows - center) / scale).double().numpy()
+    y = [1] * len(forget) + [0] * len(retain)
+    weights = None
+    if forget_weight is not None:
+        weights = torch.cat([forget_weight.double(), torch.ones(len(retain), dtype=torch.float64)]).numpy()
+    clf = LogisticRegression(C=1.0 / l2, class_weight="balanced", max_iter=5000, tol=1e-6)
+    clf.fit(x, y, sample_weight=weights)
+    return LogisticGate(torch.tensor(clf.coef_[0], dtype=torch.float32), float(clf.intercept_[0]),
+                        center, scale, 0.0, 0.0, reads)
+
+
+def fit_prototype(forget: torch.Tensor, retain: torch.Tensor, *, max_retain: int = 2048, reads: str = "last",
+                  seed: int = 0) -> PrototypeGate:
+    """Exemplars in the retain-standardised space; at most ``max_retain`` retain rows (a seeded subsample)."""
+    center, scale = _standardiser(retain)
+    if len(retain) > max_retain:
+        keep = torch.randperm(len(retain), generator=torch.Generator().manual_seed(seed))[:max_retain]
+        retain = retain[keep.sort().values]
+
+    def unit(rows: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize((rows.float() - center) / scale, dim=-1)
+
+    return PrototypeGate(unit(forget), unit(retain), center, scale, 0.0, 0.0, reads)
+
+
+def fit_gate(kind: str, forget: torch.Tensor, retain: torch.Tensor, *, reads: str = "last", **options: Any) -> Gate:
+    """A membership gate of ``kind`` (``logistic`` or ``prototype``) from forget and retain rows."""
+    if kind == "logistic":
+        return fit_logistic(forget, retain, reads=reads, **options)
+    if kind == "prototype":
+        return fit_prototype(forget, retain, reads=reads, **options)
+    raise ValueError(f"Unknown membership gate {kind!r}: use logistic or prototype (linear is the fitted map).")
+
+
+def calibrate(gate: Gate, outside: torch.Tensor, fpr: float = 0.05, softness: float = 0.0) -> tuple[Gate, dict]:
+    """Set a membership gate's threshold so that a share ``fpr`` of the rows ``outside`` (people neither
+    forgotten nor fitted) scores above it; ``softness > 0`` makes the gate a sigmoid around the threshold
+    with temperature ``softness`` x the standard deviation of those scores.
+
+    Returns ``(calibrated gate, {"threshold", "fpr_target", "fpr_calibration", "n_calibration"})``;
+    ``fpr_calibration`` is the share of ``outside`` rows whose weight exceeds 0.5.
+    """
+    if not 0 <= fpr < 1:
+        raise ValueError(f"The gate's target false-positive rate must be in [0, 1), got {fpr}.")
+    if softness < 0:
+        raise ValueError(f"The gate's softness must be >= 0, got {softness}.")
+    if not len(outside):
+        raise ValueError("No calibration rows: the gate's threshold is set on people outside the fit "
+                         "(validation people). Give the split validation people.")
+    scores = gate.score(outside).double()
+    threshold = float(torch.quantile(scores, 1.0 - fpr, interpolation="higher")) if fpr > 0 \
+        else float(scores.max())
+    temperature = float(softness * scores.std()) if softness else 0.0
+    tuned = replace(gate, threshold=threshold, temperature=temperature)
+    seen = float((tuned(outside)[:, 0] > 0.5).double().mean())
+    return tuned, {"threshold": threshold, "temperature": temperature, "fpr_target": fpr,
+                   "fpr_calibration": seen, "n_calibration": int(len(outside))}
+
+
+def auroc(positive: torch.Tensor, negative: torch.Tensor) -> float:
+    """Area under the ROC curve of scores (ties count one half): P(score_pos > score_neg)."""
+    if not len(positive) or not len(negative):
+        return math.nan
+    p, n = positive.double()[:, None], negative.double()[None, :]
+    return float(((p > n).double() + 0.5 * (p == n).double()).mean())
