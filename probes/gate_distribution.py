@@ -29,10 +29,13 @@ def gate_distribution(model: LoadedModel, eraser, groups: Mapping[str, Sequence[
     columns for a composed eraser) at the last prompt token."""
     layers = list(layers or eraser.layers)
     rows = []
+    reads = {eraser.layer_map(l).reads for l in layers}
     for name, samples in groups.items():
-        acts = capture(model, list(samples), layers, "last", batch_size=batch_size)
+        # What each layer's gate reads: the last prompt token, or it and the prompt's mean state.
+        acts = {r: capture(model, list(samples), layers, r, batch_size=batch_size) for r in reads}
         for layer in layers:
-            gate = eraser.layer_map(layer).gate(acts[layer]).sum(-1)
+            m = eraser.layer_map(layer)
+            gate = m.gate(acts[m.reads][layer]).sum(-1)
             rows += [{"group": name, "layer": layer, "gate": float(g)} for g in gate]
     return pd.DataFrame(rows)
 

@@ -151,7 +151,7 @@ def gate_text_probes(model: LoadedModel, items: list[Item], eraser) -> list[_Pro
     layer = eraser.layers[0]
     m = eraser.layer_map(layer)
     candidates = [Sample(f"{it.prompt} {s}", it.image) for it in items for s in GATE_SUFFIXES]
-    acts = tracing.capture(model, candidates, [layer])[layer]
+    acts = tracing.capture(model, candidates, [layer], m.reads)[layer]  # what this gate reads
     gates = m.gate(acts)[:, 0].reshape(len(items), len(GATE_SUFFIXES))
     best = gates.argmin(1)
     return [_Probe(it, candidates[i * len(GATE_SUFFIXES) + int(b)], keys=_keys(it)) for i, (it, b) in
