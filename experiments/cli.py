@@ -238,7 +238,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                           gate_fprs=_floats(args.gate_fprs) if args.gate_fprs else base.gate_fprs)
     cfg = DemoConfig(forget_ratio=args.forget, people=_people(args), in_fit_people=args.in_fit_people,
                      select=select)
-    info = run_demo(args.out, cfg, model=_load(args))
+    info = run_demo(args.out, cfg, model=_load(args), bench_root=args.bench)
     import pandas as pd
 
     print()
@@ -510,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="gate kinds the rehearsal chooses among (default prototype,logistic,linear; linear = the "
                         "paper's map alone)")
     p.add_argument("--gate-fprs", default=None, help="target false-positive rates screened (default 0.02,0.05)")
+    p.add_argument("--bench", default=None, help="benchmark dir (default: the synthetic one the default learnt)")
     p.set_defaults(fn=cmd_demo)
 
     p = sub.add_parser("evaluate", parents=[model_opts, people],

@@ -54,7 +54,8 @@ class DemoConfig:
     people: PeopleSplit = PeopleSplit()
     # The gate kind, its layer and target false-positive rate are screened on the rehearsal (no
     # generation), then lambda and positions are chosen by generating (toolkit.selection).
-    select: SelectConfig = SelectConfig(gates=("prototype", "logistic", "linear"), gate_fprs=(0.02, 0.05))
+    select: SelectConfig = SelectConfig(gates=("prototype_whitened", "prototype", "logistic", "linear"),
+                                        gate_fprs=(0.02, 0.05))
     in_fit_people: int = 20  # fit people evaluated beside the held-out ones (labelled "in fit")
     n_contrast: int | None = None  # every image question of every fit person
     pgd_steps: int = 20

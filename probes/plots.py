@@ -87,3 +87,22 @@ def plot_epsilon_sweep(sweep: pd.DataFrame):
     axes[1].set(xscale="log", xlabel="eps (x/255)", ylabel="target NLL", title="target loss")
     fig.tight_layout()
     return fig
+
+
+def plot_gate_roc(curves: pd.DataFrame):
+    """ROC per gate kind, one panel per layer (from :func:`probes.gate_roc.gate_roc`); false positives on a
+    log axis, where the operating points (2-5%) lie."""
+    layers = sorted(curves.layer.unique())
+    fig, axes = plt.subplots(1, len(layers), figsize=(3.4 * len(layers), 3.3), squeeze=False, sharey=True)
+    for ax, layer in zip(axes[0], layers):
+        c = curves[(curves.layer == layer) & (curves.fpr > 0)]
+        sns.lineplot(c, x="fpr", y="tpr", hue="gate", ax=ax, legend=layer == layers[-1], errorbar=None,
+                     estimator=None, sort=False)
+        ax.axvline(0.05, color="grey", lw=0.8, ls=":")
+        ax.set(xscale="log", xlim=(1e-3, 1), ylim=(0, 1.02), title=f"layer {layer}",
+               xlabel="fires on unseen validation people", ylabel="fires on the stand-ins' questions")
+    if len(layers):
+        axes[0][-1].legend(title="gate", loc="lower right", fontsize=8)
+    fig.suptitle("gate kinds on the rehearsal (validation people only)")
+    fig.tight_layout()
+    return fig

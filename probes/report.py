@@ -15,7 +15,7 @@ from toolkit.fit import FitConfig, FitResult, fit_eraser, fit_people, question_s
 from toolkit.models.loading import LoadedModel, Sample
 from toolkit.tracing import capture
 
-from . import direction_stability, gate_distribution, nullspace_rank, plots, separability, steering_effects
+from . import direction_stability, gate_distribution, gate_roc, nullspace_rank, plots, separability, steering_effects
 
 __all__ = ["ProbeReport", "probe_report"]
 
@@ -34,6 +34,7 @@ class ProbeReport:
     stability: pd.DataFrame  # cosine between directions from disjoint halves of the contrast set
     gate_groups: pd.DataFrame  # gate per group of people (forget, in fit, validation), per layer
     figures: dict = field(default_factory=dict)
+    gate_roc: pd.DataFrame | None = None  # each gate kind's AUROC / TPR per layer on validation people
 
     def save(self, out: str | Path) -> Path:
         out = Path(out)
@@ -41,6 +42,8 @@ class ProbeReport:
         for name in ("direction_separability", "forget_retain_separability", "ranks", "gates", "grid", "window",
                      "stability", "gate_groups"):
             getattr(self, name).to_csv(out / f"{name}.csv", index=False)
+        if self.gate_roc is not None:
+            self.gate_roc.to_csv(out / "gate_roc.csv", index=False)
         self.cosines.to_csv(out / "cosines.csv")
         for name, fig in self.figures.items():
             fig.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
@@ -66,7 +69,7 @@ def probe_report(model: LoadedModel, bench: MLLMUBench, *, forget_ratio: int = 1
     if layers is None:  # the fit's layers when a fit config is given (probing others would need their maps)
         layers = list(fit_config.layers) if fit_config is not None else list(range(model.num_layers))
     layers = model.check_layers(layers)
-    cfg = fit_config or FitConfig(layers=tuple(layers), forget_ratio=forget_ratio)
+    cfg = fit_config or FitConfig(layers=tuple(layers), forget_ratio=forget_ratio, gate_rows=True)
     missing = sorted(set(layers) - set(model.check_layers(list(cfg.layers))))
     if missing:
         raise ValueError(f"Layers {missing} are probed but not fitted (fit_config.layers = {list(cfg.layers)}); "
@@ -112,4 +115,10 @@ def probe_report(model: LoadedModel, bench: MLLMUBench, *, forget_ratio: int = 1
                "gates": plots.plot_gates(gates[gates.layer == layers[-1]], f"gates at layer {layers[-1]}"),
                "gate_groups": plots.plot_gate_groups(gate_groups),
                "grid": plots.plot_grid(grid)}
-    return ProbeReport(dir_sep, fr_sep, cos, ranks, gates, grid, window, rec, fit, stability, gate_groups, figures)
+    roc = None
+    if fit.fitter is not None and fit.fitter.gate_reads is not None:
+        kinds = gate_roc.gate_roc(model, fit, bench, cfg, layers)
+        roc = kinds.summary
+        figures["gate_roc"] = plots.plot_gate_roc(kinds.curves[kinds.curves.layer.isin(layers[-3:])])
+    return ProbeReport(dir_sep, fr_sep, cos, ranks, gates, grid, window, rec, fit, stability, gate_groups, figures,
+                       roc)

@@ -68,9 +68,26 @@ def test_prototype_gate_equals_a_loop():
     np.testing.assert_allclose(gate.score(x).numpy(), want, rtol=1e-4, atol=1e-5)
 
 
+def test_whitened_prototype_gate_equals_the_formula():
+    forget, retain, x = rows(12, 6, 1.0, 14), rows(80, 6, 0.0, 15), rows(7, 6, 0.5, 16)
+    gate = fit_prototype(forget, retain, whiten=True, shrinkage=0.1)
+    assert gate.kind == "prototype_whitened"
+    r = retain.double()
+    cov = (r - r.mean(0)).T @ (r - r.mean(0)) / (len(r) - 1)
+    eig, vec = torch.linalg.eigh(cov)
+    w = vec @ torch.diag((eig + 0.1 * eig.mean()) ** -0.5) @ vec.T
+    assert torch.allclose(w @ (cov + 0.1 * eig.mean() * torch.eye(6)) @ w, torch.eye(6, dtype=torch.float64), atol=1e-8)
+
+    def z(a):
+        return torch.nn.functional.normalize((a.double() - r.mean(0)) @ w, dim=-1)
+
+    want = (z(x) @ z(forget).T).max(1).values - (z(x) @ z(retain).T).max(1).values
+    np.testing.assert_allclose(gate.score(x).numpy(), want.numpy(), rtol=1e-4, atol=1e-5)
+
+
 def test_calibration_hits_its_target_rate_and_auroc_is_the_pair_count():
     forget, retain, outside = rows(30, 8, 1.5, 7), rows(300, 8, 0, 8), rows(400, 8, 0, 9)
-    for gate in (fit_logistic(forget, retain), fit_prototype(forget, retain)):
+    for gate in (fit_logistic(forget, retain), fit_prototype(forget, retain), fit_prototype(forget, retain, whiten=True)):
         for fpr in (0.02, 0.05, 0.2):
             tuned, report = calibrate(gate, outside, fpr)
             fired = float((tuned(outside)[:, 0] > 0.5).float().mean())
@@ -92,7 +109,8 @@ def membership_eraser(model, kind, positions, reads="last+mean", edit="add", lay
     maps = []
     for l in layers:
         forget, retain = torch.randn(8, f, generator=g), torch.randn(40, f, generator=g)
-        gate = fit_logistic(forget, retain, reads=reads) if kind == "logistic" else fit_prototype(forget, retain, reads=reads)
+        gate = fit_logistic(forget, retain, reads=reads) if kind == "logistic" else \
+            fit_prototype(forget, retain, reads=reads, whiten=kind == "prototype_whitened")
         # A soft gate with a low threshold: it fires partly on every input, so the routes are compared on an edit.
         gate = type(gate)(**{**gate.__dict__, "threshold": -1e3 if kind == "logistic" else -1.0, "temperature": 5.0})
         maps.append(EraserLayer(l, gate, torch.randn(1, d, generator=g)))
@@ -119,6 +137,7 @@ def routes(model, eraser, samples):
 
 @pytest.mark.parametrize("family", ["llava", "qwen2_5_vl"])
 @pytest.mark.parametrize("kind,reads,positions,edit", [("logistic", "last+mean", "prompt", "add"),
+                                                       ("prototype_whitened", "last+mean", "prompt", "add"),
                                                        ("prototype", "last+mean", "last", "rotate"),
                                                        ("prototype", "last", "all", "add")])
 def test_every_gate_kind_gives_identical_ids_through_the_three_routes(family, kind, reads, positions, edit,
@@ -163,7 +182,7 @@ def test_rotate_edit_preserves_the_norm_and_a_closed_gate_changes_nothing():
         Eraser((layer,), 1.0, "prompt", edit="scale")
 
 
-@pytest.mark.parametrize("kind", ["logistic", "prototype"])
+@pytest.mark.parametrize("kind", ["logistic", "prototype", "prototype_whitened"])
 def test_an_eraser_file_with_each_gate_kind_round_trips(kind, tiny_models, tmp_path):
     model = tiny_models("llava")
     eraser = membership_eraser(model, kind, "prompt", edit="rotate")
@@ -243,11 +262,11 @@ def test_the_rehearsal_screens_gate_kinds_and_chooses_one(tiny_models, bench_dir
     m = tiny_models("llava")
     cfg = config(gate_rows=True)
     fit = fit_eraser(m, bench_dir, cfg, contrast=given_contrast())
-    select = SelectConfig(layers=(2,), lams=(2.0,), gates=("prototype", "logistic", "linear"),
+    select = SelectConfig(layers=(2,), lams=(2.0,), gates=("prototype_whitened", "prototype", "logistic", "linear"),
                           gate_fprs=(0.05, 0.2), positions=(None,))
     eraser, sel = select_setting(m, fit, MLLMUBench(bench_dir), cfg, select)
     s = sel.screening
-    assert set(s.gate) == {"prototype", "logistic", "linear"} and set(s.layer) == {2}
+    assert set(s.gate) == {"prototype_whitened", "prototype", "logistic", "linear"} and set(s.layer) == {2}
     assert np.allclose(s.score, s.caught - s.fp)
     best = s.sort_values(["score", "gate_fpr"], ascending=[False, True], kind="stable").iloc[0]
     assert sel.gate == best.gate and eraser.gate_kinds == (sel.gate,) and eraser.layers == (2,)

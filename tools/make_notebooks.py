@@ -150,6 +150,14 @@ print(f"fit people {len(fit.report['fit_people'])}, stand-ins {len(stand_ins)}, 
 gates = gate_distribution.gate_distribution(model, fit.eraser, groups, layers[-3:])
 display(gate_distribution.gate_summary(gates).round(3))
 plots.plot_gate_groups(gates)"""),
+    new_markdown_cell("## Gate kinds side by side: ROC on validation people (no generation)\n\n"
+                      "The paper's linear gate against membership gates (`toolkit.gates`), each fitted on the "
+                      "stand-ins' questions and scored on them and on the other validation people."),
+    new_code_cell("""from probes.gate_roc import gate_roc
+
+roc = gate_roc(model, fit, bench, fit_cfg, layers[-3:])
+display(roc.summary.round(3))
+plots.plot_gate_roc(roc.curves)"""),
     new_markdown_cell("## One layer at a time (next token, rehearsal)"),
     new_code_cell("""single = steering_effects.steering_grid(model, steer, sets, layers, lams, answers=answers)
 plots.plot_grid(single)"""),
