@@ -76,7 +76,11 @@ def run_compare(out_dir: str | Path = "results/compare", cfg: DemoConfig = DemoC
     # Time the eraser's fit for the chosen layer alone: what a user pays once the setting is known.
     with PeakMemory() as meter:
         start = time.time()
-        fit = fit_eraser(model, bench, cfg.fit_config((layer,), lam))
+        # The demo's gate (kind and target rate, chosen on its rehearsal) at the demo's layer.
+        gate = chosen.get("gate", "linear")
+        gated = replace(cfg.fit_config((layer,), lam), gate=gate,
+                        gate_fpr=chosen["gate_fpr"] if gate != "linear" else 0.05)
+        fit = fit_eraser(model, bench, gated)
         fit_seconds = time.time() - start
     eraser = fit.eraser.with_options(threshold=chosen.get("threshold", 0.0),
                                      positions=chosen.get("positions") or fit.eraser.positions)

@@ -69,7 +69,7 @@ class DemoConfig:
                          gamma=self.gamma, retain_weight=self.retain_weight, answer_weight=self.answer_weight,
                          lam=lam, n_contrast=self.n_contrast, pgd=PGDConfig(steps=self.pgd_steps),
                          pgd_limit=self.pgd_limit, people=self.people,
-                         gate_rows=any(k != "linear" for k in self.select.gates))
+                         gate_rows=any(k != "linear" for k in (self.select.gates or ())))
 
 
 def direction_steer(layer: int, direction: torch.Tensor, lam: float) -> tracing.Steer:

@@ -13,14 +13,20 @@ def plot_summary(summary: pd.DataFrame):
     """Bars per split: answer leakage (generation) and MCQ accuracy, one hue per method."""
     gen = summary[summary.task == "generation"].copy()
     mcq = summary[summary.task == "classification"].copy()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.2), gridspec_kw={"width_ratios": [1.4, 1]})
     for ax, df, col, title in ((axes[0], gen, "leaked", "generation: fact in the answer"),
                                (axes[1], mcq, "accuracy", "classification accuracy")):
         df = df.assign(value=100 * df[col], where=df.split + " / " + df.modality)
-        sns.barplot(df, x="where", y="value", hue="method", ax=ax)
-        ax.set(title=title, xlabel="", ylabel="%", ylim=(0, 105))
-        ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
+        sns.barplot(df, x="where", y="value", hue="method", ax=ax, legend=ax is axes[0])
+        ax.set(title=title, xlabel="split / modality", ylabel="% of answers", ylim=(0, 105))
+        for label in ax.get_xticklabels():
+            label.set_rotation(40)
+            label.set_horizontalalignment("right")
+    # One legend, below the panels: never over the bars.
+    handles, labels = axes[0].get_legend_handles_labels()
+    axes[0].get_legend().remove()
+    fig.legend(handles, labels, title="method", loc="lower center", ncol=len(labels), frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     return fig
 
 

@@ -37,9 +37,10 @@ other half, never seen by the fit or the threshold (and the halves swapped): *fp
 The highest ``caught - fp`` wins; the generation grid then runs for that (layer,
 kind, rate) only, over position modes and lambdas. (Holding out some of each
 stand-in's questions instead was tried: another question about the same person
-looks like another person's question at these layers, so every kind scored
-<= 0.33 there while catching 94-99% of the forget people's Test_Set images and
-paraphrases; validation people have one image and no paraphrases to hold out.)
+looks like another person's question at these layers, so no membership kind caught
+more than 33% there, while the same kinds catch 94-99% of the forget people's
+Test_Set images and paraphrases; validation people have one image and no
+paraphrases to hold out.)
 
 Cost: one generation pass over the three groups per candidate (about 3.5 s for
 330 questions on the default, 2 CPU cores); along each (layer, threshold) the
@@ -84,8 +85,9 @@ class SelectConfig:
     # validation people as boundary prompts), no threshold on anything.
     rule: str = "leakage"
     batch_size: int = 48
-    # Gate kinds to choose among (toolkit.gates); ("linear",) is the paper's map alone (no screening).
-    gates: tuple[str, ...] = ("linear",)
+    # Gate kinds to choose among (toolkit.gates); None: the fit config's own kind ("linear": the paper's
+    # map alone, no screening).
+    gates: tuple[str, ...] | None = None
     # Target false-positive rates a membership gate is calibrated to (screened with the kinds).
     gate_fprs: tuple[float, ...] = (0.05,)
 
@@ -204,7 +206,7 @@ def _halves(ids: Sequence[str]) -> tuple[set[str], set[str]]:
 
 
 def screen_gates(fit: FitResult, rehearsal_forget: dict[int, torch.Tensor], stand_ins: Sequence[str],
-                 kinds: Sequence[str], layers: Sequence[int], fprs: Sequence[float], config: FitConfig,
+                 kinds: Sequence[str], layers: Sequence[int], fprs: Sequence[float],
                  rehearsal: Eraser | None = None) -> pd.DataFrame:
     """Each (layer, kind, fpr) without generating (module docstring): ``caught`` on the stand-ins'
     questions, ``fp`` on held-out validation people, ``auroc`` between the two, ``score = caught - fp``.
@@ -219,38 +221,30 @@ def screen_gates(fit: FitResult, rehearsal_forget: dict[int, torch.Tensor], stan
     if not first or not second:
         raise ValueError("The gate screening needs at least two validation people besides the stand-ins.")
     rows = []
+    masks = [torch.tensor([p in half for p in people]) for half in (first, second)]
     for layer in layers:
-        outside = fitter.gate_rows["calibration"][layer]
-        pos = rehearsal_forget[layer]
-        train = held = pos
-        masks = [torch.tensor([p in half for p in people]) for half in (first, second)]
+        outside, pos = fitter.gate_rows["calibration"][layer], rehearsal_forget[layer]
         for kind in kinds:
             if kind == "linear":
                 if rehearsal is None:
                     continue
                 m = rehearsal.layer_map(layer)
-                d = m.width
-
-                def score(x, m=m, d=d):
-                    return m.gate(x[:, :d])[:, 0]
-                gates = [(score, None)]
+                gate, score = None, (lambda x, m=m: m.gate(x[:, :m.width])[:, 0])
             else:
-                gate = fit_gate(kind, train, fitter.gate_rows["retain"][layer], reads=fitter.gate_reads)
-                gates = [(gate.score, gate)]
-            for fpr in (fprs if kind != "linear" else fprs[:1]):
+                gate = fit_gate(kind, pos, fitter.gate_rows["retain"][layer], reads=fitter.gate_reads)
+                score = gate.score
+            for fpr in (fprs if gate is not None else fprs[:1]):
                 caught, fp, aucs = [], [], []
-                for a, b in ((0, 1), (1, 0)):
-                    score, gate = gates[0]
-                    cal, test = outside[masks[a]], outside[masks[b]]
+                for cal, test in ((outside[masks[0]], outside[masks[1]]), (outside[masks[1]], outside[masks[0]])):
                     if gate is not None:
                         tuned, _ = calibrate(gate, cal, fpr)
-                        caught.append(float((tuned(held)[:, 0] > 0.5).float().mean()))
-                        fp.append(float((tuned(test)[:, 0] > 0.5).float().mean()))
-                    else:  # the linear gate: its score thresholded at the same quantile, for comparison only
+                        fires = lambda x, t=tuned: t(x)[:, 0] > 0.5  # noqa: E731
+                    else:  # the linear gate: its score cut at the same quantile, for comparison only
                         thr = float(torch.quantile(score(cal).double(), 1 - fpr, interpolation="higher"))
-                        caught.append(float((score(held) > thr).float().mean()))
-                        fp.append(float((score(test) > thr).float().mean()))
-                    aucs.append(auroc(score(held), score(test)))
+                        fires = lambda x, thr=thr: score(x) > thr  # noqa: E731
+                    caught.append(float(fires(pos).float().mean()))
+                    fp.append(float(fires(test).float().mean()))
+                    aucs.append(auroc(score(pos), score(test)))
                 c, f = sum(caught) / 2, sum(fp) / 2
                 rows.append({"layer": layer, "gate": kind, "gate_fpr": fpr, "caught": c, "fp": f,
                              "auroc": sum(aucs) / 2, "score": c - f})
@@ -271,7 +265,7 @@ def select_setting(model: LoadedModel, fit: FitResult, bench: MLLMUBench, config
     missing = [l for l in layers if l not in fit.eraser.layers]
     if missing:
         raise ValueError(f"Layers {missing} were not fitted (fitted: {list(fit.eraser.layers)}).")
-    kinds = tuple(select.gates)
+    kinds = tuple(select.gates or (config.gate,))
     screening = None
     gate_kind, gate_fpr = (kinds[0] if len(kinds) == 1 else None), config.gate_fpr
     if any(k != "linear" for k in kinds):
@@ -281,7 +275,7 @@ def select_setting(model: LoadedModel, fit: FitResult, bench: MLLMUBench, config
         linear_cfg = replace(config, gate="linear")
         rehearsal_linear = refit_forget(model, fit, stand, linear_cfg) if "linear" in kinds else None
         stand_rows = gate_rows(model, fit, stand, config)
-        screening = screen_gates(fit, stand_rows, [p.id for p in stand], kinds, layers, select.gate_fprs, config,
+        screening = screen_gates(fit, stand_rows, [p.id for p in stand], kinds, layers, select.gate_fprs,
                                  rehearsal_linear)
         best_gate = screening.sort_values(["score", "gate_fpr"], ascending=[False, True], kind="stable").iloc[0]
         gate_kind, gate_fpr, layers = str(best_gate.gate), float(best_gate.gate_fpr), [int(best_gate.layer)]

@@ -1,9 +1,10 @@
 """Gate kinds and edits side by side on the LLaVA default (forget_10): the README's gate table.
 
-For each gate kind (the demo's fit: prototype and logistic membership gates at a
-5% target rate, the same fit's linear null-space map) x edit (``add``: the
-paper's ``h + lam g d``; ``rotate``: the same sum rescaled to ``|h|``) x lambda,
-at the layer the demo chose (4) with ``positions="prompt"``:
+For each gate kind (the demo's fit: whitened prototype, prototype and logistic
+membership gates at the demo's 2% target rate, the same fit's linear null-space
+map) x edit (``add``: the paper's ``h + lam g d``; ``rotate``: the same sum
+rescaled to ``|h|``) x lambda, at the layer the demo chose for forget_10 (5)
+with ``positions="prompt"``:
 
 * on the rehearsal (validation people only): stand-in leakage, refusals and
   3-gram repetition, validation recall;
@@ -12,7 +13,7 @@ at the layer the demo chose (4) with ``positions="prompt"``:
 
 Nothing here chooses a setting: the demo's choice comes from its own rehearsal.
 
-    .venv/bin/python tools/gate_study.py          # about 6 minutes on 2 CPU cores
+    .venv/bin/python tools/gate_study.py          # about 8 minutes on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ from toolkit.selection import rehearsal_items, score_setting
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--layer", type=int, default=4)
-    ap.add_argument("--lams", default="1,2,4,8,16")
+    ap.add_argument("--layer", type=int, default=5)
+    ap.add_argument("--gate-fpr", type=float, default=0.02)
+    ap.add_argument("--lams", default="1,2,4,8")
     ap.add_argument("--eval-lams", default="2,8", help="lambdas also measured on evaluation people")
     ap.add_argument("--out", default="results/gate_study.csv")
     args = ap.parse_args()
@@ -45,11 +47,11 @@ def main() -> None:
     model = load_model("default")
     bench = MLLMUBench(default_benchmark())
     demo = DemoConfig(in_fit_people=0)
-    cfg = replace(demo.fit_config((args.layer,)), gate="prototype", gate_fpr=0.05, positions="prompt")
+    cfg = replace(demo.fit_config((args.layer,)), gate="prototype_whitened", gate_fpr=args.gate_fpr, positions="prompt")
     fit = fit_eraser(model, bench, cfg)
     sets, stand = rehearsal_items(bench, demo.forget_ratio, demo.people)
     rows = []
-    for kind in ("prototype", "logistic", "linear"):
+    for kind in ("prototype_whitened", "prototype", "logistic", "linear"):
         kcfg = replace(cfg, gate=kind)
         final = eraser_with_gate(model, fit, kcfg, kind)
         rehearsal = refit_forget(model, fit, stand, kcfg)
