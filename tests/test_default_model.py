@@ -86,6 +86,7 @@ def qwen_report():
     return memorisation_report(load_model("default-qwen"), default_benchmark()).set_index("measure")
 
 
+@pytest.mark.slow  # the second default's acceptance table (about 50 s); the LLaVA default's stays in make test
 @pytest.mark.parametrize("measure", list(GOALS))
 def test_qwen_default_meets_its_goals(qwen_report, measure):
     assert qwen_report.loc[measure, "value"] >= GOALS[measure], (measure, qwen_report.loc[measure, "value"])

@@ -34,6 +34,9 @@ def test_notebook_runs(path, tmp_path):
         assert "Retain           recall drop" in text and "Real             recall drop" in text
 
 
+# Slow (about 400 s on 2 cores): notebook 3 again on a stripped copy; `mllmeraser probe` on published columns
+# only stays in the default suite (tests/test_splits.py).
+@pytest.mark.slow
 def test_layer_sensitivity_notebook_runs_on_published_columns_only(tmp_path):
     """Notebook 3 pointed at a copy of the default benchmark holding only MLLMU-Bench's published folders and
     columns (no names, answer keys, paraphrases, refusal or unknown sets): it chooses on validation people."""
