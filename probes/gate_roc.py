@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from toolkit.data.mllmu import MLLMUBench
-from toolkit.fit import FitConfig, FitResult, gate_rows, refit_forget
+from toolkit.fit import FitConfig, FitResult, refit_fitter, rehearsal_eraser
 from toolkit.gates import GATE_KINDS, auroc, fit_gate
 from toolkit.models.loading import LoadedModel
 
@@ -48,10 +48,12 @@ def gate_roc(model: LoadedModel, fit: FitResult, bench: MLLMUBench, config: FitC
     layers = list(layers or fit.eraser.layers)
     stand, _ = config.people.rehearsal(bench.retain(config.forget_ratio), len(bench.forget(config.forget_ratio)))
     stand_ids = {p.id for p in stand}
-    positives = gate_rows(model, fit, stand, config)
+    stand_fit = refit_fitter(model, fit, stand, config)  # one capture of the stand-ins for every kind
+    positives = stand_fit.gate_rows["forget"]
     fitter = fit.fitter
     outside = torch.tensor([p not in stand_ids for p in fitter.calibration_people])
-    linear = refit_forget(model, fit, stand, replace(config, gate="linear")) if "linear" in kinds else None
+    linear = rehearsal_eraser(model, fit, stand_fit, stand, replace(config, gate="linear")) if "linear" in kinds \
+        else None
     rows, curves = [], []
     for layer in layers:
         pos_rows, neg_rows = positives[layer], fitter.gate_rows["calibration"][layer][outside]

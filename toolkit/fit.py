@@ -49,7 +49,7 @@ from .nullspace import FixedRatio, NullSpace, RankPolicy
 from .tracing import Trailing
 
 __all__ = ["FitConfig", "FitResult", "fit_eraser", "refit_forget", "fit_people", "question_samples",
-           "answer_samples", "calibration_samples", "eraser_with_gate", "gate_rows"]
+           "answer_samples", "calibration_samples", "eraser_with_gate", "refit_fitter", "rehearsal_eraser"]
 
 
 @dataclass(frozen=True)
@@ -240,13 +240,10 @@ def _settings(config: FitConfig, report: dict) -> dict:
     return settings
 
 
-def refit_forget(model: LoadedModel, result: FitResult, forget: Sequence[Profile], config: FitConfig,
-                 *, progress: bool = False) -> Eraser:
-    """The same fit (retain statistics, null spaces, direction) with another forget group.
-
-    Only the forget rows are captured anew; used by the rehearsal (settings chosen by
-    "forgetting" validation people, see :mod:`toolkit.data.splits`).
-    """
+def refit_fitter(model: LoadedModel, result: FitResult, forget: Sequence[Profile], config: FitConfig,
+                 *, progress: bool = False) -> EraserFitter:
+    """The fit's statistics with another forget group (only its forget rows are captured anew):
+    what :func:`refit_forget` solves, kept so that several gates can be read off one capture."""
     if result.fitter is None:
         raise ValueError("This FitResult keeps no fitter statistics; refit with fit_eraser.")
     fitted = set(result.report.get("fit_people", []))
@@ -254,10 +251,6 @@ def refit_forget(model: LoadedModel, result: FitResult, forget: Sequence[Profile
     if clash:
         raise ValueError(f"People {clash[:5]} are in the fit's retain set; they cannot be forgotten by it.")
     old = result.fitter
-    if config.keeps_gate_rows and old.gate_reads != config.gate_reads:
-        raise ValueError(f"The fit kept {'no' if old.gate_reads is None else repr(old.gate_reads)} gate rows; a "
-                         f"{config.gate} gate reading {config.gate_reads!r} needs FitConfig(gate_rows=True, "
-                         f"gate_reads={config.gate_reads!r}) at fit time.")
     fitter = EraserFitter(old.hidden_size, old.layers, gate_reads=old.gate_reads)
     fitter.retain = old.retain  # shared, read-only: solve() never changes them (eigh cache included)
     # Shared likewise: the retain and calibration rows of membership gates (forget rows are new).
@@ -267,15 +260,41 @@ def refit_forget(model: LoadedModel, result: FitResult, forget: Sequence[Profile
     for part in _forget_sets(model, list(forget), config):
         fitter.add_samples(model, "forget", part.samples, positions=part.positions, weight=part.weight,
                            formatted=part.formatted, batch_size=config.batch_size,
-                           progress=progress and f"{part.label} activations",
-                           gate_rows=old.gate_reads is not None and part.positions == "last" and not part.formatted)
-    # The people now "forgotten" are validation people: they leave the calibration rows.
+                           progress=progress and f"{part.label} activations")
+    return fitter
+
+
+def _eraser(model: LoadedModel, fitter: EraserFitter, config: FitConfig, report: dict,
+            exclude: Sequence[str] = ()) -> Eraser:
+    """``fitter``'s eraser with ``config``'s gate, map and edit; ``exclude``: people left out of the calibration."""
+    if config.keeps_gate_rows and fitter.gate_reads != config.gate_reads:
+        raise ValueError(f"The fit kept {'no' if fitter.gate_reads is None else repr(fitter.gate_reads)} gate rows; "
+                         f"a {config.gate} gate reading {config.gate_reads!r} needs FitConfig(gate_rows=True, "
+                         f"gate_reads={config.gate_reads!r}) at fit time.")
     eraser = fitter.eraser(config.rank_policy, config.gamma, retain_weight=config.retain_weight, lam=config.lam,
                            positions=config.steer_positions(), fingerprint=model.fingerprint(), gate=config.gate,
                            gate_fpr=config.gate_fpr, gate_softness=config.gate_softness, edit=config.edit,
-                           exclude_calibration=[p.id for p in forget])
-    report = dict(result.report, forget_people=[p.id for p in forget], rehearsal=True)
+                           exclude_calibration=exclude)
     return replace(eraser, settings=_settings(config, dict(report, layers=eraser.settings["layers_report"])))
+
+
+def rehearsal_eraser(model: LoadedModel, result: FitResult, fitter: EraserFitter, forget: Sequence[Profile],
+                     config: FitConfig) -> Eraser:
+    """The eraser of a :func:`refit_fitter` for ``forget`` under ``config`` (any gate kind). The people
+    now "forgotten" are validation people: they leave the calibration rows."""
+    report = dict(result.report, forget_people=[p.id for p in forget], rehearsal=True)
+    return _eraser(model, fitter, config, report, exclude=[p.id for p in forget])
+
+
+def refit_forget(model: LoadedModel, result: FitResult, forget: Sequence[Profile], config: FitConfig,
+                 *, progress: bool = False) -> Eraser:
+    """The same fit (retain statistics, null spaces, direction) with another forget group.
+
+    Only the forget rows are captured anew; used by the rehearsal (settings chosen by
+    "forgetting" validation people, see :mod:`toolkit.data.splits`).
+    """
+    fitter = refit_fitter(model, result, forget, config, progress=progress)
+    return rehearsal_eraser(model, result, fitter, forget, config)
 
 
 def eraser_with_gate(model: LoadedModel, result: FitResult, config: FitConfig, gate: str) -> Eraser:
@@ -283,23 +302,4 @@ def eraser_with_gate(model: LoadedModel, result: FitResult, config: FitConfig, g
     for a membership kind: ``FitConfig(gate_rows=True)``)."""
     if result.fitter is None:
         raise ValueError("This FitResult keeps no fitter statistics; refit with fit_eraser.")
-    config = replace(config, gate=gate)
-    eraser = result.fitter.eraser(config.rank_policy, config.gamma, retain_weight=config.retain_weight,
-                                  lam=config.lam, positions=config.steer_positions(),
-                                  fingerprint=model.fingerprint(), gate=gate, gate_fpr=config.gate_fpr,
-                                  gate_softness=config.gate_softness, edit=config.edit)
-    return replace(eraser, settings=_settings(config, dict(result.report, layers=eraser.settings["layers_report"])))
-
-
-def gate_rows(model: LoadedModel, result: FitResult, people: Sequence[Profile], config: FitConfig
-              ) -> dict[int, "torch.Tensor"]:
-    """``{layer: (n, f)}``: every question of ``people`` read as the fit's membership gates read it,
-    in question order (per person: MCQ, generation, cloze)."""
-    from .tracing import capture
-
-    reads = result.fitter.gate_reads if result.fitter is not None else None
-    if reads is None:
-        raise ValueError("The fit kept no gate rows: fit with FitConfig(gate_rows=True) or a membership gate.")
-    acts = capture(model, question_samples(people, "rows"), list(result.fitter.layers), reads,
-                   batch_size=config.batch_size)
-    return {l: acts[l] for l in result.fitter.layers}
+    return _eraser(model, result.fitter, replace(config, gate=gate), result.report)

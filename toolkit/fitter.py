@@ -234,14 +234,19 @@ class EraserFitter:
     # -- from samples -----------------------------------------------------------------------
     def add_samples(self, model: LoadedModel, kind: str, samples: Sequence[Sample], *,
                     positions: CapturePositions = "last", weight: float = 1.0, formatted: bool = False,
-                    batch_size: int = 32, progress: bool | str = False, gate_rows: bool = False,
+                    batch_size: int = 32, progress: bool | str = False, gate_rows: bool | None = None,
                     people: Sequence[str] | None = None) -> "EraserFitter":
         """Capture ``samples`` at this fitter's layers and add them as ``kind``: retain, forget, refusal,
         recall or calibration (gate rows only; ``people``: one id per sample).
 
         ``gate_rows=True`` (with ``positions="last"``): also keep the rows for membership gates, in
-        the features the fitter's gates read (one capture pass for both).
+        the features the fitter's gates read (one capture pass for both). ``None`` (default): keep them
+        where a fitter with ``gate_reads`` wants them: forget and retain question rows (``positions="last"``,
+        not templated).
         """
+        if gate_rows is None:
+            gate_rows = (self.gate_reads is not None and kind in ("forget", "retain") and positions == "last"
+                         and not formatted)
         update = {"retain": lambda a: self.update_retain(a, weight), "forget": lambda a: self.update_forget(a, weight),
                   "refusal": lambda a: self.update_contrast(refusal=a),
                   "recall": lambda a: self.update_contrast(recall=a), "calibration": lambda a: None}
@@ -327,8 +332,7 @@ def fit_from_samples(model: LoadedModel, *, forget: Any, retain: Any, contrast: 
         for part in _sets(value, kind):
             fitter.add_samples(model, kind, part.samples, positions=part.positions, weight=part.weight,
                                formatted=part.formatted, batch_size=batch_size,
-                               progress=progress and f"{part.label or kind} activations",
-                               gate_rows=gate_reads is not None and part.positions == "last" and not part.formatted)
+                               progress=progress and f"{part.label or kind} activations")
     if calibration is not None and gate_reads is not None:
         samples, people = calibration
         if len(samples):

@@ -60,7 +60,7 @@ from .data.mllmu import MLLMUBench
 from .data.splits import PeopleSplit
 from .eraser import Eraser
 from .evaluate import Item, items_from_profiles, run_items
-from .fit import FitConfig, FitResult, eraser_with_gate, gate_rows, refit_forget
+from .fit import FitConfig, FitResult, eraser_with_gate, refit_fitter, rehearsal_eraser
 from .gates import auroc, calibrate, fit_gate
 from .metrics import asru_reward_rule
 from .models.loading import LoadedModel
@@ -266,21 +266,21 @@ def select_setting(model: LoadedModel, fit: FitResult, bench: MLLMUBench, config
     if missing:
         raise ValueError(f"Layers {missing} were not fitted (fitted: {list(fit.eraser.layers)}).")
     kinds = tuple(select.gates or (config.gate,))
+    stand_fit = refit_fitter(model, fit, stand, config)  # one capture of the stand-ins serves every gate below
     screening = None
     gate_kind, gate_fpr = (kinds[0] if len(kinds) == 1 else None), config.gate_fpr
     if any(k != "linear" for k in kinds):
         if fit.fitter is None or fit.fitter.gate_reads is None:
             raise ValueError(f"Choosing among gates {list(kinds)} needs the fit's gate rows: fit with "
                              "FitConfig(gate_rows=True) (or a membership gate).")
-        linear_cfg = replace(config, gate="linear")
-        rehearsal_linear = refit_forget(model, fit, stand, linear_cfg) if "linear" in kinds else None
-        stand_rows = gate_rows(model, fit, stand, config)
-        screening = screen_gates(fit, stand_rows, [p.id for p in stand], kinds, layers, select.gate_fprs,
-                                 rehearsal_linear)
+        rehearsal_linear = rehearsal_eraser(model, fit, stand_fit, stand, replace(config, gate="linear")) \
+            if "linear" in kinds else None
+        screening = screen_gates(fit, stand_fit.gate_rows["forget"], [p.id for p in stand], kinds, layers,
+                                 select.gate_fprs, rehearsal_linear)
         best_gate = screening.sort_values(["score", "gate_fpr"], ascending=[False, True], kind="stable").iloc[0]
         gate_kind, gate_fpr, layers = str(best_gate.gate), float(best_gate.gate_fpr), [int(best_gate.layer)]
     config = replace(config, gate=gate_kind or config.gate, gate_fpr=gate_fpr)
-    rehearsal = refit_forget(model, fit, stand, config)
+    rehearsal = rehearsal_eraser(model, fit, stand_fit, stand, config)
     rows = [{"layer": -1, "positions": "", "lam": 0.0, "threshold": 0.0,
              **score_setting(model, sets, None, select.batch_size)}]
     own = config.steer_positions()

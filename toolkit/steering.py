@@ -39,7 +39,7 @@ from typing import Any, Literal
 import torch
 
 __all__ = ["Steer", "POSITIONS", "GateLog", "as_steers", "group_by_layer", "shifted", "edit_envoy", "intervene",
-           "attached", "steering", "active_steers"]
+           "attached", "steering", "active_steers", "prompt_mean"]
 
 Positions = Literal["prompt", "last", "all"]
 POSITIONS = ("prompt", "last", "all")
@@ -131,7 +131,7 @@ def group_by_layer(model: Any, steers: Sequence[Steer]) -> dict[int, list[Steer]
     return dict(sorted(by_layer.items()))
 
 
-def _prompt_mean(h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def prompt_mean(h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Mean of ``h`` (B, T, d) over the prompt's real tokens, float32 (B, d); all tokens without a mask."""
     if mask is None:
         return h.float().mean(1)
@@ -187,7 +187,7 @@ def shifted(h: torch.Tensor, steers: Sequence[Steer], *, prefill: bool, mask: to
                              "padding would enter the mean): intervene(..., mask=enc['attention_mask']), or call "
                              "the model with attention_mask=.")
         if "mean" not in cache:
-            cache["mean"] = _prompt_mean(h, mask)
+            cache["mean"] = prompt_mean(h, mask)
         return cache["mean"]
 
     if log is not None:

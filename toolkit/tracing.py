@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from .models.loading import LoadedModel, Sample, as_sample
 from .steering import (POSITIONS, GateLog, Steer, active_steers, as_steers, attached, edit_envoy, group_by_layer,
+                       prompt_mean,
                        intervene, steering)
 
 __all__ = ["Steer", "Trailing", "Capture", "capture", "iter_capture", "forward", "generate", "intervene", "attached",
@@ -180,9 +181,7 @@ def iter_capture(
             h = h.detach().to("cpu", torch.float32) if to_cpu else h.detach()
             if positions == "last+mean":
                 # What a "last+mean" gate reads at prefill (toolkit.steering): [last token, masked prompt mean].
-                w = enc["attention_mask"].to(h.device, torch.float32)[:, :, None]
-                mean = ((h.float() * w).sum(1) / w.sum(1).clamp_min(1.0)).to(h.dtype)
-                h = torch.cat([h[:, -1], mean], -1)
+                h = torch.cat([h[:, -1], prompt_mean(h, enc["attention_mask"]).to(h.dtype)], -1)
             if mask is not None:
                 h = h[mask.to(h.device)]
             if not torch.isfinite(h).all():
