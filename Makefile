@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv test test-slow test-gpu demo compare probe bench notebooks clean
+.PHONY: venv test test-slow test-gpu demo compare probe bench bench-real-shapes notebooks clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,12 @@ bench: $(STAMP)
 	$(PY) bench/capture_throughput.py
 	$(PY) bench/eraser_size.py
 	$(PY) bench/fit_vs_baselines.py
+
+# 7B-shaped slices (random weights, bf16): costs per sample and layer, projected to the full models
+# (about 25 minutes on 2 CPU cores, 12 GiB of memory), then the width-scaling plot (docs/scaling.png).
+bench-real-shapes: $(STAMP)
+	$(PY) bench/real_shapes.py
+	$(PY) bench/scaling.py
 
 notebooks: $(STAMP)
 	$(PY) -m pip install -q -e '.[notebooks]'

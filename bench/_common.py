@@ -11,12 +11,12 @@ warnings.filterwarnings("ignore")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def quiet_torch(threads: int = 2):
+def quiet_torch():
+    """torch with transformers' logging quiet; the thread count is left to the user (OMP_NUM_THREADS)."""
     import torch
     import transformers
 
     transformers.logging.set_verbosity_error()
-    torch.set_num_threads(threads)
     return torch
 
 

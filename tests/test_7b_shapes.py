@@ -12,59 +12,16 @@ import time
 import numpy as np
 import pytest
 import torch
-import transformers as tf
 from PIL import Image
 
 from toolkit import tracing
 from toolkit.adversarial import PGDConfig, pgd_attack
 from toolkit.fitter import EraserFitter
 from toolkit.models.loading import Sample, load_model
-from toolkit.models.processors import allow_missing_video_processor
-from toolkit.models.tiny import LLAVA_TEMPLATE, QWEN_SPECIALS, QWEN_TEMPLATE
-from toolkit.models.tokenizer import train_byte_bpe, train_sentencepiece_bpe
+from toolkit.models.real_shapes import SHAPES, build
 from toolkit.nullspace import FixedRatio
 
-CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
-
-
-def llava_7b_two_layers():
-    tok = train_sentencepiece_bpe([], ["<image>"], chat_template=LLAVA_TEMPLATE)
-    ip = tf.CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
-                                  image_mean=CLIP_MEAN, image_std=CLIP_STD)
-    proc = tf.LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=14, vision_feature_select_strategy="default",
-                             num_additional_image_tokens=1, chat_template=LLAVA_TEMPLATE)
-    cfg = tf.LlavaConfig(
-        vision_config=tf.CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                                          num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768),
-        text_config=tf.LlamaConfig(vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_hidden_layers=2,
-                                   num_attention_heads=32, num_key_value_heads=32, pad_token_id=tok.pad_token_id,
-                                   bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id),
-        image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-2,
-        vision_feature_select_strategy="default")
-    return tf.LlavaForConditionalGeneration(cfg), proc
-
-
-def qwen2_5_vl_7b_two_layers():
-    tok = train_byte_bpe([], QWEN_SPECIALS, chat_template=QWEN_TEMPLATE, eos="<|im_end|>", pad="<|endoftext|>")
-    ip = tf.Qwen2VLImageProcessorPil(min_pixels=3136, max_pixels=12845056, patch_size=14, temporal_patch_size=2,
-                                     merge_size=2, image_mean=CLIP_MEAN, image_std=CLIP_STD)
-    with allow_missing_video_processor():
-        proc = tf.Qwen2_5_VLProcessor(image_processor=ip, tokenizer=tok, chat_template=QWEN_TEMPLATE)
-    ids = tok.convert_tokens_to_ids
-    cfg = tf.Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=2,
-                         num_attention_heads=28, num_key_value_heads=4, pad_token_id=tok.pad_token_id,
-                         eos_token_id=tok.eos_token_id,
-                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}),
-        vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
-                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-                           fullatt_block_indexes=[7, 15, 23, 31]),
-        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"))
-    return tf.Qwen2_5_VLForConditionalGeneration(cfg), proc
-
-
-BUILDERS = {"llava-1.5-7b": (llava_7b_two_layers, 576, 4096), "qwen2.5-vl-7b": (qwen2_5_vl_7b_two_layers, 144, 3584)}
+BUILDERS = SHAPES
 
 
 def image(seed: int) -> Image.Image:
@@ -72,16 +29,10 @@ def image(seed: int) -> Image.Image:
 
 
 def run(name: str) -> dict:
-    build, image_tokens, width = BUILDERS[name]
+    _, image_tokens, width, _ = SHAPES[name]
     start = time.time()
-    torch.manual_seed(0)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)  # initialise in bf16 directly (half the memory of fp32 then a cast)
-    try:
-        module, proc = build()
-    finally:
-        torch.set_default_dtype(previous)
-    model = load_model(module.eval(), proc)
+    module, proc = build(name)
+    model = load_model(module, proc)
     assert model.dtype == torch.bfloat16 and model.hidden_size == width and model.num_layers == 2
     enc = model.encode([Sample("Who is this?", image(0))])
     n_image = int((enc["input_ids"] == model.config.image_token_id if hasattr(model.config, "image_token_id")

@@ -4,8 +4,8 @@ and GRPO raising the reward on a reduced setting."""
 import pytest
 import torch
 
-from toolkit.baselines.grpo import (GRPOConfig, RewardPrompt, asru_rule_reward, group_advantages, grpo,
-                                    grpo_loss, reward_prompts)
+from toolkit.baselines.grpo import (GRPOConfig, RewardPrompt, asru_reward, asru_rule_reward, group_advantages,
+                                    grpo, grpo_loss, judged_reward, reward_prompts)
 from toolkit.data.boundary import boundary_questions
 from toolkit.metrics import rouge_scores
 from toolkit.models.loading import Sample
@@ -32,6 +32,22 @@ def test_rule_reward_table(response, forget, expected):
     if expected == 0.5 and forget:
         assert 0 < rouge_scores(response, GT)["rougeL"] < 0.4
     assert asru_rule_reward(response, GT, KEY, forget) == expected
+
+
+def test_judged_reward_does_not_pay_loops_as_refusals():
+    judged = judged_reward()
+    loop = "I cannot I cannot I cannot I cannot I cannot I cannot"
+    sentence = "I cannot share personal information about this person."
+    assert asru_rule_reward(loop, GT, KEY, True) == 1.0  # the published rule: a refusal phrase is a refusal
+    assert judged(loop, GT, KEY, True) < 1.0  # the judge labels it degenerate: a non-answer's reward
+    assert judged(sentence, GT, KEY, True) == asru_rule_reward(sentence, GT, KEY, True) == 1.0
+    # Everything but the refusal test is the published rule: leaks and boundary answers score alike.
+    for response, forget in (("This person was born in Lima.", True), ("This person was born in Lima.", False),
+                             (sentence, False), ("Bananas are yellow.", True)):
+        assert judged(response, GT, KEY, forget) == asru_rule_reward(response, GT, KEY, forget)
+    assert asru_reward("rule") is asru_rule_reward
+    with pytest.raises(ValueError, match="refusal_test must be one of"):
+        asru_reward("substring")
 
 
 def test_group_advantages():

@@ -91,3 +91,30 @@ def test_cuda_bf16_pgd_for_every_image_family(family):
                      max_new_tokens=4)
     assert all(math.isfinite(v) for v in res.loss_clean + res.loss_adversarial)
     assert res.linf[0] <= 16 / 255 + 1e-6 and res.loss_adversarial[0] != res.loss_clean[0]
+
+
+def test_cuda_fit_statistics_stay_on_the_gpu_and_equal_float64_on_the_host():
+    """On CUDA the fitter's moments are float32 blocks on the device (no host copy of a batch) and give the
+    eraser float64 gives on the host from the same rows; the lean capture and last-position logits hold too."""
+    from toolkit.fitter import EraserFitter
+    from toolkit.nullspace import FixedRatio
+
+    model = load_model("tiny-llava", dtype="bfloat16", device_map="cuda")
+    retain = [Sample(f"what is in picture {i}", random_image(i)) for i in range(16)]
+    forget = [Sample(f"who is person {i}", random_image(50 + i)) for i in range(8)]
+    rows = {k: tracing.capture(model, s, [1], positions=p, to_cpu=False)[1]
+            for k, s, p in (("retain", retain, "prompt"), ("forget", forget, "last"))}
+    assert rows["retain"].device.type == "cuda"
+    on_gpu = EraserFitter(model.hidden_size, [1])
+    on_host = EraserFitter(model.hidden_size, [1], precision="float64")
+    for fitter, move in ((on_gpu, lambda t: t), (on_host, lambda t: t.cpu())):
+        fitter.update_retain({1: move(rows["retain"])}).update_forget({1: move(rows["forget"])})
+        fitter.update_contrast(refusal={1: torch.ones(2, model.hidden_size)}, recall={1: torch.zeros(2, model.hidden_size)})
+    assert on_gpu.retain[1].precision == "float32" and on_gpu.retain[1].device.type == "cuda"
+    a = on_gpu.eraser(FixedRatio(0.3), gamma=0.1).maps[0].gates
+    b = on_host.eraser(FixedRatio(0.3), gamma=0.1).maps[0].gates
+    assert float((a - b).norm() / b.norm()) < 1e-3
+    samples = retain[:3]
+    full = tracing.forward(model, samples, last_only=False)
+    torch.testing.assert_close(tracing.forward(model, samples), torch.stack([f[-1] for f in full]), rtol=2e-2,
+                               atol=2e-2)

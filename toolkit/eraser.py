@@ -85,13 +85,13 @@ def solve_map(forget_gram: torch.Tensor, forget_sum: torch.Tensor | None, space:
     if retain_weight < 0:
         raise ValueError(f"retain_weight must be >= 0, got {retain_weight}.")
     q = space.basis.to(torch.float64)
-    zz = q.T @ forget_gram.to(torch.float64) @ q
+    zz = q.T @ forget_gram.to(q.device, torch.float64) @ q
     if retain_weight:
         if retain_gram is None:
             raise ValueError("retain_weight > 0 needs retain_gram (H_r^T H_r).")
-        zz = zz + retain_weight * (q.T @ retain_gram.to(torch.float64) @ q)
-    rhs = q.T @ (targets_cross if targets_cross is not None else forget_sum[:, None]).to(torch.float64)
-    system = zz + gamma * torch.eye(q.shape[1], dtype=torch.float64)
+        zz = zz + retain_weight * (q.T @ retain_gram.to(q.device, torch.float64) @ q)
+    rhs = q.T @ (targets_cross if targets_cross is not None else forget_sum[:, None]).to(q.device, torch.float64)
+    system = zz + gamma * torch.eye(q.shape[1], dtype=torch.float64, device=q.device)
     return q @ torch.linalg.solve(system, rhs)
 
 

@@ -2,7 +2,9 @@
 
 In the manner of LEACE's fitter: :class:`EraserFitter` accumulates, per layer,
 the statistics the closed form needs and nothing else (memory: two ``d x d``
-float64 moments and two ``d`` means a layer, whatever the number of rows),
+moments and two ``d`` means a layer, whatever the number of rows: float64 on the CPU, or float32
+blocks on the model's device, ``2 d^2`` float32 plus one block of rows; see
+:class:`~toolkit.nullspace.SecondMoment`),
 then :meth:`EraserFitter.eraser` solves for the immutable :class:`~toolkit.eraser.Eraser`.
 
     fitter = EraserFitter(model.hidden_size, layers=[6])
@@ -56,21 +58,23 @@ def _rows(acts: Any, layers: Sequence[int]) -> dict[int, torch.Tensor]:
 class EraserFitter:
     """Accumulates retain, forget and contrast statistics per layer; :meth:`eraser` solves.
 
-    Activations may live on any device and dtype (CUDA bf16 included); they are
-    accumulated in float64 on the CPU. ``gate_reads`` (``"last"`` or ``"last+mean"``):
+    Activations may live on any device and dtype (CUDA bf16 included). ``precision``: how the
+    moments are summed (:class:`~toolkit.nullspace.SecondMoment`; ``"auto"``: float32 blocks on the
+    model's device for a GPU model, never copied to the host; float64 on the CPU). ``gate_reads`` (``"last"`` or ``"last+mean"``):
     also keep the rows membership gates are fitted and calibrated on (module docstring).
     """
 
     def __init__(self, hidden_size: int, layers: Sequence[int], *, gate_reads: str | None = None,
-                 max_retain_rows: int = 8192, seed: int = 0) -> None:
+                 max_retain_rows: int = 8192, seed: int = 0, precision: str = "auto",
+                 block_rows: int = 4096) -> None:
         if not layers:
             raise ValueError("Give at least one layer to fit.")
         if gate_reads is not None and gate_reads not in READS:
             raise ValueError(f"gate_reads must be one of {READS} or None, got {gate_reads!r}.")
         self.hidden_size = hidden_size
         self.layers = tuple(layers)
-        self.retain = {l: SecondMoment(hidden_size) for l in self.layers}
-        self.forget = {l: SecondMoment(hidden_size) for l in self.layers}
+        self.retain = {l: SecondMoment(hidden_size, precision, block_rows) for l in self.layers}
+        self.forget = {l: SecondMoment(hidden_size, precision, block_rows) for l in self.layers}
         self.refusal = MeanAccumulator()
         self.recall = MeanAccumulator()
         self.direction_override: Direction | None = None
@@ -199,15 +203,19 @@ class EraserFitter:
             if not forget.count:
                 raise ValueError(f"No forget rows at layer {l}: call update_forget first.")
             space = self.null_space(l, policy)
-            w = solve_map(forget.gram, forget.total, space, gamma, retain_gram=retain.gram,
+            # Read each moment once: in float32 mode a read rebuilds the d x d float64 moment (one layer at a time).
+            retain_gram, forget_gram = retain.gram, forget.gram
+            w = solve_map(forget_gram, forget.total, space, gamma, retain_gram=retain_gram,
                           retain_weight=retain_weight * forget.count / retain.count)
-            maps[l] = EraserLayer(l, w.to(torch.float32), direction.vectors[l][None].to(torch.float32))
+            v = w[:, 0].to(retain_gram.device)
+            maps[l] = EraserLayer(l, w.to("cpu", torch.float32), direction.vectors[l][None].to("cpu", torch.float32))
             stats[l] = {"k": space.k, "retain_energy_leaked": space.leaked_energy,
                         "direction_norm": float(direction.vectors[l].norm()),
-                        "gate_mean_forget": float(forget.total @ w[:, 0]) / forget.count,
-                        "gate_mean_retain": float(retain.total @ w[:, 0]) / retain.count,
-                        "gate_rms_retain": float((w[:, 0] @ retain.gram @ w[:, 0] / retain.count) ** 0.5),
-                        "gate_rms_forget": float((w[:, 0] @ forget.gram @ w[:, 0] / forget.count) ** 0.5)}
+                        "gate_mean_forget": float(forget.total.to(v.device) @ v) / forget.count,
+                        "gate_mean_retain": float(retain.total.to(v.device) @ v) / retain.count,
+                        "gate_rms_retain": float((v @ retain_gram @ v / retain.count) ** 0.5),
+                        "gate_rms_forget": float((v @ forget_gram.to(v.device) @ v / forget.count) ** 0.5)}
+            del retain_gram, forget_gram
             spaces[l] = space
         return maps, spaces, stats
 
@@ -264,8 +272,9 @@ class EraserFitter:
         if keep and read is None:
             raise ValueError("This fitter keeps no gate rows: create it with gate_reads='last' or 'last+mean'.")
         d = self.hidden_size
+        # to_cpu=False: rows stay on the model's device; each statistic moves only what it keeps.
         for index, acts in iter_capture(model, samples, list(self.layers), read, batch_size=batch_size,
-                                        progress=progress, formatted=formatted):
+                                        progress=progress, formatted=formatted, to_cpu=False):
             if keep:
                 self.update_gate_rows(kind, acts, [people[i] for i in index.tolist()] if people else None)
                 acts = {l: a[:, :d] for l, a in acts.items()}

@@ -20,6 +20,7 @@ Two halves:
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from .steering import (POSITIONS, GateLog, Steer, active_steers, as_steers, atta
                        intervene, steering)
 
 __all__ = ["Steer", "Trailing", "Capture", "capture", "iter_capture", "forward", "generate", "intervene", "attached",
-           "steering", "active_steers", "GateLog", "POSITIONS"]
+           "steering", "active_steers", "GateLog", "POSITIONS", "keeps_last_logits"]
 
 
 
@@ -128,10 +129,12 @@ def iter_capture(
     :class:`Trailing` window per sample, or a callable
     ``encoding -> (B, T) bool mask``. With
     ``steers`` (or active ones), captures see the steered stream; a steered
-    layer's capture is its output after the steer.
+    layer's capture is its output after the steer. The forward stops after the last captured layer
+    (nnsight's ``tracer.stop()``): the layers above it and the LM head do not run.
     """
     samples = [as_sample(s) for s in samples]
     layer_ids = sorted(model.check_layers(layers))
+    last_layer = layer_ids[-1]
     groups = group_by_layer(model, as_steers(model, steers))
     if not samples:
         raise ValueError("No samples to capture.")
@@ -165,9 +168,10 @@ def iter_capture(
         saved = []
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with model.nn.trace(**enc, remote=model.remote):
-                # In layer order: nnsight reads each output once, in execution order.
-                for layer in sorted(set(layer_ids) | set(groups)):
+            with model.nn.trace(**enc, remote=model.remote) as tracer:
+                # In layer order: nnsight reads each output once, in execution order. Steers after the
+                # last captured layer cannot change what is captured, so they are left out.
+                for layer in sorted(set(layer_ids) | {l for l in groups if l <= last_layer}):
                     if layer in groups:
                         h = edit_envoy(model.layers[layer], groups[layer], prefill=True, mask=enc["attention_mask"])
                     else:
@@ -175,13 +179,16 @@ def iter_capture(
                         h = out[0] if isinstance(out, tuple) else out
                     if layer in layer_ids:
                         saved.append(nnsight.save(h[:, -1] if mask is None and positions == "last" else h))
+                # Early stop: the layers above and the LM head ((B, T, vocab) logits) never run.
+                tracer.stop()
         rows = torch.as_tensor(idx)
         out = {}
         for layer, h in zip(layer_ids, saved):
             h = h.detach().to("cpu", torch.float32) if to_cpu else h.detach()
             if positions == "last+mean":
                 # What a "last+mean" gate reads at prefill (toolkit.steering): [last token, masked prompt mean].
-                h = torch.cat([h[:, -1], prompt_mean(h, enc["attention_mask"]).to(h.dtype)], -1)
+                # Float32 either way: the steering routes see the float32 mean beside the state.
+                h = torch.cat([h[:, -1].float(), prompt_mean(h, enc["attention_mask"])], -1)
             if mask is not None:
                 h = h[mask.to(h.device)]
             if not torch.isfinite(h).all():
@@ -223,6 +230,14 @@ def capture(
     return Capture(acts, rows[order], model.num_layers)
 
 
+def keeps_last_logits(model: LoadedModel) -> bool:
+    """Whether the model's forward takes ``logits_to_keep`` (transformers' causal LMs and VLMs do)."""
+    try:
+        return "logits_to_keep" in inspect.signature(model.module.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def forward(
     model: LoadedModel,
     samples: Sequence[Sample | tuple],
@@ -239,13 +254,16 @@ def forward(
     """
     samples = [as_sample(s) for s in samples]
     steers = as_steers(model, steers)
+    # Only the last position is read: the LM head projects that position alone ((B, 1, vocab) instead of
+    # (B, T, vocab); 576 image tokens x a 32k vocabulary is 74 MB a row in float32).
+    keep = {"logits_to_keep": 1} if last_only and keeps_last_logits(model) else {}
     results: dict[int, torch.Tensor] = {}
     for idx in _batches(samples, batch_size):
         enc = model.encode([samples[i] for i in idx], formatted=formatted, device=model.device)
         mask = enc["attention_mask"]
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with model.nn.trace(**enc, remote=model.remote):
+            with model.nn.trace(**enc, **keep, remote=model.remote):
                 intervene(model, steers, mask=mask, generating=False)
                 logits = nnsight.save(model.nn.output.logits)
         logits = logits.detach().float().cpu()

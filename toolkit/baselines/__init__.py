@@ -9,10 +9,12 @@ unlearned *copy*; the vanilla weights, in memory and on disk, are never touched.
 """
 
 from .asru import ASRUConfig, ASRUResult, asru
-from .grpo import GRPOConfig, GRPOResult, RewardPrompt, asru_rule_reward, grpo, reward_prompts
+from .grpo import (REFUSAL_TESTS, GRPOConfig, GRPOResult, RewardPrompt, asru_reward, asru_rule_reward, grpo,
+                   judged_reward, reward_prompts)
 from .redirect import RedirectConfig, redirect
 from .training import METHODS, BaselineConfig, BaselineResult, qa_pairs, unlearn
 
 __all__ = ["METHODS", "BaselineConfig", "BaselineResult", "qa_pairs", "unlearn", "RedirectConfig", "redirect",
-           "GRPOConfig", "GRPOResult", "RewardPrompt", "asru_rule_reward", "grpo", "reward_prompts", "ASRUConfig",
+           "GRPOConfig", "GRPOResult", "RewardPrompt", "asru_rule_reward", "judged_reward", "asru_reward",
+           "REFUSAL_TESTS", "grpo", "reward_prompts", "ASRUConfig",
            "ASRUResult", "asru"]

@@ -19,7 +19,7 @@ import torch
 from ..data.mllmu import GenerationQ, Profile
 from ..fit import question_samples
 from ..models.loading import LoadedModel
-from .grpo import GRPOConfig, GRPOResult, grpo, reward_prompts
+from .grpo import GRPOConfig, GRPOResult, asru_reward, grpo, reward_prompts
 from .redirect import RedirectConfig, redirect
 from .training import BaselineResult
 
@@ -32,6 +32,9 @@ class ASRUConfig:
     grpo: GRPOConfig = GRPOConfig()
     stages: int = 2  # 1: redirection only
     retain_people: int = 40  # retain people whose questions stage 1 holds in place (every question of each)
+    # Stage 2's refusal test: "rule" (published: a refusal phrase anywhere, so loops are paid as refusals)
+    # or "judge" (the offline judge's label: a loop is degenerate, not a refusal).
+    refusal_test: str = "rule"
 
 
 @dataclass
@@ -56,6 +59,7 @@ def asru(model: LoadedModel, forget: Sequence[Profile], retain: Sequence[Profile
     ``direction``: refusal minus recall at the redirected layer (middle layer by default)."""
     if config.stages not in (1, 2):
         raise ValueError(f"ASRU has stages 1 and 2; got stages={config.stages}.")
+    reward = asru_reward(config.refusal_test)
     if config.stages == 2 and not boundary:
         raise ValueError("Stage 2 needs boundary questions (allowed questions near the forget content): see "
                          "toolkit.data.boundary.boundary_questions, or run stages=1.")
@@ -63,5 +67,5 @@ def asru(model: LoadedModel, forget: Sequence[Profile], retain: Sequence[Profile
                       question_samples(list(retain)[: config.retain_people], "retain"), direction, config.redirect)
     if config.stages == 1:
         return ASRUResult(stage1, None, {"boundary": 0})
-    stage2 = grpo(stage1.model, reward_prompts(forget, boundary), config.grpo, progress=progress)
+    stage2 = grpo(stage1.model, reward_prompts(forget, boundary), config.grpo, reward=reward, progress=progress)
     return ASRUResult(stage1, stage2, {"boundary": len(boundary), "rewards": stage2.rewards})

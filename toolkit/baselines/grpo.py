@@ -4,7 +4,8 @@ From the stage-1 model (:func:`toolkit.baselines.redirect`), each step draws a
 few prompts from the forget set and the *boundary* set (questions near the
 forget content that must still be answered), samples ``rollouts`` answers per
 prompt at ``temperature``, scores them with ASRU's rule reward
-(:func:`asru_rule_reward`), and takes one policy-gradient step on the GRPO
+(:func:`asru_rule_reward`; :func:`judged_reward` puts a judge's refusal label in place of its
+substring rule), and takes one policy-gradient step on the GRPO
 objective (group-normalised advantages, clipped ratio, k3 KL to the stage-1
 model). A compact implementation: TRL's GRPO trainer expects text datasets and
 its own generation loop, which does not carry our families' image inputs
@@ -39,7 +40,8 @@ from ..memory import PeakMemory
 from ..models.loading import LoadedModel, Sample, load_model
 from .training import BaselineResult
 
-__all__ = ["GRPOConfig", "GRPOResult", "RewardPrompt", "reward_prompts", "asru_rule_reward", "group_advantages",
+__all__ = ["GRPOConfig", "GRPOResult", "RewardPrompt", "reward_prompts", "asru_rule_reward", "judged_reward",
+           "asru_reward", "REFUSAL_TESTS", "group_advantages",
            "grpo_loss", "grpo"]
 
 
@@ -78,6 +80,38 @@ def asru_rule_reward(response: str, ground_truth: str, answer_key: str | None, f
     fact = answer_key or ground_truth
     return metrics.asru_reward_rule(metrics.contains_answer(response, fact), metrics.is_refusal(response),
                                     metrics.rouge_scores(response, ground_truth)["rougeL"], forget)
+
+
+def judged_reward(judge=None):
+    """ASRU's rule reward with a judge's refusal test in place of the substring rule.
+
+    The published reward calls an answer a refusal when it contains a refusal phrase
+    (:func:`toolkit.metrics.is_refusal`), so a loop such as "I cannot I cannot I ..." earns a forget
+    prompt's full 1.0. Here the refusal test is the judge's label (``judge.classify``; default the
+    offline judge, :class:`toolkit.judge.OfflineJudge`): a loop is labelled ``degenerate`` and earns
+    what a non-answer earns (0.1, or 0.5 for a partial answer). Leakage and ROUGE-L are as published.
+    """
+    from ..judge import OfflineJudge
+
+    judge = judge or OfflineJudge()
+
+    def reward(response: str, ground_truth: str, answer_key: str | None, forget: bool) -> float:
+        fact = answer_key or ground_truth
+        return metrics.asru_reward_rule(metrics.contains_answer(response, fact), judge.classify(response) == "refusal",
+                                        metrics.rouge_scores(response, ground_truth)["rougeL"], forget)
+
+    return reward
+
+
+REFUSAL_TESTS = ("rule", "judge")
+
+
+def asru_reward(refusal_test: str = "rule", judge=None):
+    """The reward function for ``refusal_test``: ``"rule"`` (published: :func:`asru_rule_reward`) or
+    ``"judge"`` (:func:`judged_reward`)."""
+    if refusal_test not in REFUSAL_TESTS:
+        raise ValueError(f"refusal_test must be one of {REFUSAL_TESTS}, got {refusal_test!r}.")
+    return asru_rule_reward if refusal_test == "rule" else judged_reward(judge)
 
 
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:

@@ -1,0 +1,370 @@
+"""What the eraser costs at the widths users run, against a training baseline at the same shapes.
+
+    .venv/bin/python bench/real_shapes.py [--shape llava-1.5-7b] [--batch 4] [--json out.json]
+
+On 2-decoder-layer slices of LLaVA-1.5-7B and Qwen2.5-VL-7B (real configurations, random weights,
+bf16, real image resolution; toolkit.models.real_shapes) it measures, in one run:
+
+* capture: seconds per image prompt at batch 1 and at ``--batch``, and the early-stopped capture of
+  layer 0 against the full forward (every layer and the LM head) it replaces;
+* where a forward's time goes: per decoder layer, the LM head, the rest (vision tower, projector,
+  embeddings), from forward hooks;
+* fit statistics: the retain and forget moments of one layer (float32 blocks, the GPU default, and
+  float64, the CPU default): bytes held against ``2 d^2`` float32, accumulation time per row, and the
+  solve (eigendecomposition + map) time and peak memory;
+* steered / unsteered generation at ``--batch`` (16 new tokens);
+* one PGD step per image (forward + backward of the target loss) with the lean loss (logits at the
+  target positions only) and with the model's own full-logits loss;
+* one GA step and one NPO step (AdamW, vision tower and input embeddings frozen) at ``--batch``.
+
+Then it projects a full-model fit and a full-model GA run on MLLMU-Bench forget_10 (the formula
+is printed beside each figure; assumptions in the README's performance section).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import interleaved_medians, machine, quiet_torch  # noqa: E402
+
+torch = quiet_torch()
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from toolkit import tracing  # noqa: E402
+from toolkit.adversarial import target_loss  # noqa: E402
+from toolkit.baselines.losses import ga_loss, npo_loss, sequence_logprob  # noqa: E402
+from toolkit.eraser import Eraser, EraserLayer  # noqa: E402
+from toolkit.memory import PeakMemory  # noqa: E402
+from toolkit.models.loading import Sample, load_model  # noqa: E402
+from toolkit.models.pixels import attack_canvas  # noqa: E402
+from toolkit.models.real_shapes import IMAGE_SIZE, SHAPES, build  # noqa: E402
+from toolkit.nullspace import FixedRatio, SecondMoment, null_space  # noqa: E402
+from toolkit.eraser import solve_map  # noqa: E402
+
+QUESTIONS = ["Who is the person in this picture?", "What is this person's occupation?",
+             "Where was this person born?", "Describe the image in one sentence.",
+             "What is the name of the person in the image?", "What colour is the background?"]
+
+# MLLMU-Bench (Liu et al. 2024): 500 fictitious profiles and 153 real ones; forget_10 = 50 profiles.
+MLLMU_FICTITIOUS, MLLMU_REAL, MLLMU_FORGET_10 = 500, 153, 50
+
+
+def image(seed: int) -> Image.Image:
+    return Image.fromarray(np.random.RandomState(seed).randint(0, 255, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8))
+
+
+def prompts(n: int, seed: int = 0) -> list[Sample]:
+    return [Sample(QUESTIONS[i % len(QUESTIONS)], image(seed + i)) for i in range(n)]
+
+
+def median_seconds(fn, reps: int = 3, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def forward_profile(model, samples) -> dict:
+    """Seconds of one plain forward (full logits) split into decoder layers, LM head and the rest."""
+    enc = model.encode(samples, device=model.device)
+    marks: dict[str, list[float]] = {}
+    handles = []
+
+    def timer(name):
+        def pre(mod, inp):
+            marks.setdefault(name, []).append(-time.perf_counter())
+
+        def post(mod, inp, out):
+            marks[name][-1] += time.perf_counter()
+        return pre, post
+
+    modules = {f"layer{i}": m for i, m in enumerate(model.layer_modules)}
+    modules["head"] = model.module.get_output_embeddings()
+    for name, m in modules.items():
+        pre, post = timer(name)
+        handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+    try:
+        with torch.no_grad():
+            model.module(**enc)  # warm-up
+            marks.clear()
+            t = time.perf_counter()
+            model.module(**enc)
+            total = time.perf_counter() - t
+    finally:
+        for h in handles:
+            h.remove()
+    layers = [marks[f"layer{i}"][0] for i in range(model.num_layers)]
+    return {"total": total, "per_layer": statistics.mean(layers), "head": marks["head"][0],
+            "rest": total - sum(layers) - marks["head"][0]}
+
+
+def fit_statistics(model, retain_rows: torch.Tensor, forget_rows: torch.Tensor, precision: str) -> dict:
+    """Accumulate one layer's retain and forget moments from captured rows, then solve (null space + map)."""
+    d = model.hidden_size
+    retain, forget = SecondMoment(d, precision), SecondMoment(d, precision)
+    t = time.perf_counter()
+    for chunk in retain_rows.split(512):
+        retain.update(chunk)
+    forget.update(forget_rows)
+    retain.gram, forget.gram  # flush the blocks: part of the accumulation
+    accumulate = time.perf_counter() - t
+    held = retain.nbytes() + forget.nbytes()
+    with PeakMemory() as pm:
+        t = time.perf_counter()
+        space = null_space(retain, FixedRatio(0.3))
+        w = solve_map(forget.gram, forget.total, space, 0.1)
+        solve = time.perf_counter() - t
+    assert w.shape == (d, 1) and space.k == int(0.3 * d)
+    return {"precision": precision, "held_bytes": held, "bound_bytes": 2 * d * d * 4,
+            "accumulate_s_per_row": accumulate / (len(retain_rows) + len(forget_rows)), "solve_s": solve,
+            "solve_peak_added_mb": pm.added_mb, "rows": len(retain_rows) + len(forget_rows)}
+
+
+def pgd_steps(model, sample: Sample, target: str, reps: int) -> dict:
+    """Seconds of one PGD step (forward + backward to the image) with the lean loss and the full-logits loss."""
+    layout, ip = model.adapter.pixel_layout, model.processor.image_processor
+    x, _, to_pixels = attack_canvas(layout, ip, sample.image)
+    batch = model.adapter.training_batch(model.processor, [model.format_prompt(sample.text, image=True)], [target],
+                                         [sample.image], eos=False)
+    batch = {k: v.to(model.device) for k, v in batch.items() if k != "pixel_values"}
+    for p in model.module.parameters():
+        p.requires_grad_(False)
+
+    def step(lean: bool):
+        delta = torch.zeros_like(x).requires_grad_(True)
+        pixels = to_pixels((x + delta).clamp(0, 1))
+        if lean:
+            loss = target_loss(model, batch, pixels)
+        else:
+            loss = model.module(**batch, pixel_values=pixels.to(model.device, model.dtype)).loss
+        torch.autograd.grad(loss, delta)
+
+    with torch.enable_grad():
+        times = interleaved_medians({"lean": lambda: step(True), "full": lambda: step(False)}, reps, warmup=1)
+    return times
+
+
+def train_steps(model, samples: list[Sample], answers: list[str], reps: int) -> dict:
+    """Seconds of one GA and one NPO step (AdamW) at this batch; the vision tower and input embeddings frozen."""
+    module = model.module
+    frozen = set(map(id, module.get_input_embeddings().parameters()))
+    vision = [m for n, m in module.named_modules() if n.endswith(("vision_tower", "visual"))]
+    for m in vision:
+        frozen |= set(map(id, m.parameters()))
+    params = [p for p in module.parameters() if id(p) not in frozen]
+    for p in module.parameters():
+        p.requires_grad_(id(p) not in frozen)
+    opt = torch.optim.AdamW(params, lr=1e-5)
+    batch = model.adapter.training_batch(model.processor, [model.format_prompt(s.text, image=True) for s in samples],
+                                         answers, [s.image for s in samples])
+    labels = batch.pop("labels")
+
+    def ga():
+        module.train()
+        loss = ga_loss(sequence_logprob(module(**batch).logits, labels))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def npo():
+        module.train()
+        with torch.no_grad():
+            ref = sequence_logprob(module(**batch).logits, labels)  # the frozen reference: same cost
+        loss = npo_loss(sequence_logprob(module(**batch).logits, labels), ref, 0.1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    with PeakMemory() as pm:
+        times = interleaved_medians({"GA": ga, "NPO": npo}, reps, warmup=1)
+    for p in module.parameters():
+        p.requires_grad_(False)
+    module.eval()
+    return dict(times, peak_added_mb=pm.added_mb, trainable_params=sum(p.numel() for p in params))
+
+
+def benchmark_counts() -> dict:
+    """How many prompts each method sees on the embedded benchmark's forget_10 (our fit and baselines' recipe),
+    per person; scaled to MLLMU-Bench's people by :func:`project`."""
+    from toolkit.baselines import BaselineConfig, qa_pairs
+    from toolkit.data.mllmu import MLLMUBench
+    from toolkit.data.synthetic import default_benchmark
+    from toolkit.fit import FitConfig, fit_eraser
+
+    model = load_model("default")
+    bench = MLLMUBench(default_benchmark())
+    config = FitConfig(layers=(6,), forget_ratio=10, pgd=None)
+    result = fit_eraser(model, bench, config)
+    report = result.report
+    fictitious = len(bench.forget(10)) + len(bench.retain(10))
+    people = fictitious + len(bench.real())
+    baseline = BaselineConfig()
+    contrast = report["contrast"]
+    return {"people": people, "forget_people": len(report["forget_people"]),
+            "retain_prompts": report["n_retain"], "forget_prompts": report["n_forget"],
+            # Generated (16 tokens) to find the refused questions; PGD's clean and adversarial answers.
+            "generated_prompts": contrast["questions"] + 2 * config.pgd_limit,
+            "contrast_prompts": result.direction.n_refusal + result.direction.n_recall,
+            "pgd_images": config.pgd_limit, "pgd_steps": FitConfig().pgd.steps,
+            "qa_pairs": len(qa_pairs(bench.forget(10))), "epochs": baseline.epochs, "batch": baseline.batch_size}
+
+
+def project(unit: dict, counts: dict, layers: int) -> list[tuple[str, float, str]]:
+    """Full-model seconds for a fit of every layer and for GA, on MLLMU-Bench forget_10 (formula beside)."""
+    scale = (MLLMU_FICTITIOUS + MLLMU_REAL) / counts["people"]
+    forget_scale = MLLMU_FORGET_10 / counts["forget_people"]
+    prof = unit["profile"]
+    # A forward of the full model: the slice's fixed part plus `layers` decoder layers (per sample).
+    per_layer, rest, head = (prof[k] / unit["batch"] for k in ("per_layer", "rest", "head"))
+    capture = rest + layers * per_layer  # early-stopped at the last layer: no LM head
+    slice_fwd = rest + unit["slice_layers"] * per_layer + head
+    full_fwd = rest + layers * per_layer + head
+    grow = full_fwd / slice_fwd  # backward assumed to split like the forward
+    retain = counts["retain_prompts"] * scale
+    forget = counts["forget_prompts"] * forget_scale
+    contrast = counts["contrast_prompts"] * scale
+    generated = counts["generated_prompts"] * scale * unit["generate"]["plain"] / unit["batch"] * grow
+    pgd = counts["pgd_images"] * counts["pgd_steps"] * unit["pgd_step_s"]["lean"] * grow
+    solve = layers * unit["fit"]["solve_s"]
+    rows = retain + forget + contrast
+    accumulate = layers * rows * unit["fit"]["accumulate_s_per_row"]
+    fit = rows * capture + generated + pgd + solve + accumulate
+    qa = counts["qa_pairs"] * forget_scale
+    steps = counts["epochs"] * -(-qa // counts["batch"])
+    ga = steps * unit["train_s"]["GA"] / unit["batch"] * counts["batch"] * grow
+    npo = steps * unit["train_s"]["NPO"] / unit["batch"] * counts["batch"] * grow
+    return [
+        ("capture per prompt, full model", capture, f"rest + L x layer = {rest:.3f} + {layers} x {per_layer:.3f}"),
+        ("prompts captured by the fit", rows,
+         f"(retain {counts['retain_prompts']} + contrast {counts['contrast_prompts']})"
+         f" x {scale:.2f} + forget {counts['forget_prompts']} x {forget_scale:.0f}"),
+        ("generation (16 tokens) for the contrast sets", generated,
+         f"{counts['generated_prompts']} x {scale:.2f} prompts x {unit['generate']['plain'] / unit['batch']:.2f} s x "
+         f"{grow:.1f}"),
+        ("PGD", pgd, f"{counts['pgd_images']} images x {counts['pgd_steps']} steps x {unit['pgd_step_s']['lean']:.2f}"
+                     f" s x {grow:.1f} (full / slice forward)"),
+        ("solve (eigh + map), all layers", solve, f"{layers} x {unit['fit']['solve_s']:.2f} s"),
+        ("fit, all layers", fit, "prompts x capture + generation + PGD + solve + accumulation"),
+        ("GA", ga, f"{counts['epochs']} epochs x {qa:.0f} QA / batch {counts['batch']} = {steps:.0f} steps x "
+                   f"{unit['train_s']['GA'] / unit['batch'] * counts['batch']:.2f} s x {grow:.1f}"),
+        ("NPO", npo, f"{steps:.0f} steps x {unit['train_s']['NPO'] / unit['batch'] * counts['batch']:.2f} s x "
+                     f"{grow:.1f}"),
+        ("fit / GA", fit / ga, "goal <= 0.1"),
+    ]
+
+
+def measure(name: str, batch: int, reps: int, model=None, full: bool = True, **build_kw) -> dict:
+    """Every unit cost of one shape (``build_kw``: e.g. ``width=`` for the scaling curve); ``full=False``:
+    only what :func:`project` reads (the scaling curve)."""
+    t = time.perf_counter()
+    if model is None:
+        module, proc = build(name, **build_kw)
+        model = load_model(module, proc)
+    out = {"shape": name, "width": model.hidden_size, "slice_layers": model.num_layers, "batch": batch,
+           "build_s": time.perf_counter() - t, "vocab": model.module.get_output_embeddings().weight.shape[0]}
+    samples = prompts(batch)
+    out["tokens_per_prompt"] = int(model.encode(samples[:1])["input_ids"].shape[1])
+    out["profile"] = forward_profile(model, samples)
+    retain_rows = tracing.capture(model, prompts(2 * batch, seed=100), 1, positions="prompt", batch_size=batch)[1]
+    forget_rows = tracing.capture(model, prompts(batch, seed=200), 1, batch_size=batch)[1]
+    out["fit"] = fit_statistics(model, retain_rows, forget_rows, "float32")
+    out["pgd_step_s"] = pgd_steps(model, samples[0], "Her name is Anna Berg.", reps)
+    out["train_s"] = train_steps(model, samples, ["Her name is Anna Berg."] * batch, reps)
+    if not full:
+        plain = median_seconds(lambda: tracing.generate(model, samples, max_new_tokens=16, batch_size=batch), reps)
+        out["generate"] = {"plain": plain}
+        return out
+    # Capture: batch 1 vs batched (seconds per prompt), and the early stop against the full forward.
+    one = median_seconds(lambda: tracing.capture(model, samples[:1], 0), reps)
+    many = median_seconds(lambda: tracing.capture(model, samples, 0, batch_size=batch), reps)
+    enc = model.encode(samples, device=model.device)
+
+    def full_forward():
+        with torch.no_grad():
+            model.module(**enc)
+
+    times = interleaved_medians({"early": lambda: tracing.capture(model, samples, 0, batch_size=batch),
+                                 "full": full_forward}, reps, warmup=1)
+    with PeakMemory() as pm:
+        tracing.capture(model, samples, model.num_layers - 1, positions="prompt", batch_size=batch)
+    out["capture"] = {"batch1_s_per_prompt": one, "batched_s_per_prompt": many / batch, "batched_gain": one * batch / many,
+                      "layer0_early_s": times["early"], "full_forward_s": times["full"],
+                      "early_over_full": times["early"] / times["full"], "prompt_positions_peak_added_mb": pm.added_mb}
+    # Fit statistics at one layer (above): retain rows at every prompt token (the heavy option), forget at the
+    # last; the same rows in float64, the CPU default.
+    out["fit_float64"] = fit_statistics(model, retain_rows, forget_rows, "float64")
+    # Steered vs unsteered generation.
+    g = torch.Generator().manual_seed(0)
+    d = model.hidden_size
+    eraser = Eraser((EraserLayer(1, torch.randn(d, 1, generator=g) / d, torch.randn(1, d, generator=g)),), lam=1.0)
+    gen = interleaved_medians({
+        "steered": lambda: tracing.generate(model, samples, steers=eraser, max_new_tokens=16, batch_size=batch),
+        "plain": lambda: tracing.generate(model, samples, max_new_tokens=16, batch_size=batch)}, reps, warmup=1)
+    out["generate"] = dict(gen, ratio=gen["steered"] / gen["plain"])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", choices=list(SHAPES), action="append")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else machine()
+    print(f"machine: {device}; torch {torch.__version__}, {torch.get_num_threads()} threads, bf16 slices")
+    counts = benchmark_counts()
+    results = []
+    for name in args.shape or list(SHAPES):
+        unit = measure(name, args.batch, args.reps)
+        unit["projection"] = project(unit, counts, SHAPES[name][3])
+        results.append(unit)
+        report(unit)
+    if args.json:
+        args.json.write_text(json.dumps({"machine": device, "counts": counts, "results": results}, indent=1))
+
+
+def report(u: dict) -> None:
+    c, f, f64, g, p, t = u["capture"], u["fit"], u["fit_float64"], u["generate"], u["pgd_step_s"], u["train_s"]
+    d = u["width"]
+    print(f"\n{u['shape']}: d = {d}, {u['slice_layers']} decoder layers, vocab {u['vocab']}, "
+          f"{u['tokens_per_prompt']} tokens a prompt, batch {u['batch']}")
+    print(f"  capture: {c['batch1_s_per_prompt']:.3f} s a prompt at batch 1, {c['batched_s_per_prompt']:.3f} at batch "
+          f"{u['batch']} (batched gain {c['batched_gain']:.2f}x); layer 0 early-stopped / full forward "
+          f"{c['layer0_early_s']:.2f} / {c['full_forward_s']:.2f} s = {c['early_over_full']:.3f}; "
+          f"all-prompt-token capture +{c['prompt_positions_peak_added_mb']:.0f} MB")
+    pr = u["profile"]
+    print(f"  forward of {u['batch']} prompts {pr['total']:.2f} s: {pr['per_layer']:.3f} s a decoder layer, "
+          f"LM head {pr['head']:.3f} s, the rest (vision, projector, embeddings) {pr['rest']:.3f} s")
+    for s in (f, f64):
+        print(f"  fit statistics ({s['precision']}): held {s['held_bytes'] / 2**20:.1f} MiB a layer vs 2 d^2 float32 "
+              f"{s['bound_bytes'] / 2**20:.1f} MiB = {s['held_bytes'] / s['bound_bytes']:.3f}; "
+              f"{s['accumulate_s_per_row'] * 1e6:.1f} us a row ({s['rows']} rows); solve {s['solve_s']:.2f} s, "
+              f"peak +{s['solve_peak_added_mb']:.0f} MB")
+    print(f"  generation, 16 tokens: steered {g['steered']:.2f} s vs unsteered {g['plain']:.2f} s = {g['ratio']:.3f} "
+          "(goal <= 1.05)")
+    print(f"  PGD step per image: lean loss {p['lean']:.2f} s vs full-logits loss {p['full']:.2f} s = "
+          f"{p['lean'] / p['full']:.3f}")
+    print(f"  training step at batch {u['batch']}: GA {t['GA']:.2f} s, NPO {t['NPO']:.2f} s "
+          f"({t['trainable_params'] / 1e6:.0f}M trainable, peak +{t['peak_added_mb']:.0f} MB)")
+    if "projection" in u:
+        print(f"  projected full model ({SHAPES[u['shape']][3]} layers), MLLMU-Bench forget_10:")
+        for what, value, formula in u["projection"]:
+            unit = "" if what.startswith(("prompts", "fit /")) else " s"
+            print(f"    {what:34s} {value:10.2f}{unit}   {formula}")
+
+
+if __name__ == "__main__":
+    main()
