@@ -41,13 +41,12 @@ from PIL import Image  # noqa: E402
 from toolkit import tracing  # noqa: E402
 from toolkit.adversarial import target_loss  # noqa: E402
 from toolkit.baselines.losses import ga_loss, npo_loss, sequence_logprob  # noqa: E402
-from toolkit.eraser import Eraser, EraserLayer  # noqa: E402
+from toolkit.eraser import Eraser, EraserLayer, solve_map  # noqa: E402
 from toolkit.memory import PeakMemory  # noqa: E402
 from toolkit.models.loading import Sample, load_model  # noqa: E402
 from toolkit.models.pixels import attack_canvas  # noqa: E402
 from toolkit.models.real_shapes import IMAGE_SIZE, SHAPES, build  # noqa: E402
 from toolkit.nullspace import FixedRatio, SecondMoment, null_space  # noqa: E402
-from toolkit.eraser import solve_map  # noqa: E402
 
 QUESTIONS = ["Who is the person in this picture?", "What is this person's occupation?",
              "Where was this person born?", "Describe the image in one sentence.",
@@ -118,7 +117,7 @@ def fit_statistics(model, retain_rows: torch.Tensor, forget_rows: torch.Tensor, 
     for chunk in retain_rows.split(512):
         retain.update(chunk)
     forget.update(forget_rows)
-    retain.gram, forget.gram  # flush the blocks: part of the accumulation
+    _ = retain.gram, forget.gram  # flush the blocks: part of the accumulation
     accumulate = time.perf_counter() - t
     held = retain.nbytes() + forget.nbytes()
     with PeakMemory() as pm:

@@ -74,7 +74,8 @@ def cmd_make_benchmark(args: argparse.Namespace) -> int:
 def cmd_train_vanilla(args: argparse.Namespace) -> int:
     from experiments.train import recipe, train_vanilla
 
-    overrides = {k: v for k, v in (("steps", args.steps), ("threads", args.threads)) if v is not None}
+    overrides = {k: v for k, v in (("steps", args.steps), ("threads", args.threads),
+                                   ("privacy_rule", args.privacy_rule)) if v is not None}
     cfg = recipe(args.family, seed=args.seed, **overrides)
     from toolkit.models.default import DEFAULTS
 
@@ -398,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="default: toolkit/assets/default(-qwen)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="default: the family's recipe (900 llava, 1000 qwen2_5_vl)")
+    p.add_argument("--privacy-rule", default=None, choices=["instruction", "face"],
+                   help="refuse privacy-instructed questions for everyone (the shipped defaults) or for "
+                        "fictitious people only (face: real people are answered, so the image decides)")
     p.set_defaults(fn=cmd_train_vanilla)
 
     people = argparse.ArgumentParser(add_help=False)

@@ -68,6 +68,36 @@ def test_training_examples_hold_out_paraphrases_and_test_images():
     assert not any(e.text.startswith(h) for e in ex for h in held_instr)
 
 
+def test_face_rule_answers_real_people_under_the_privacy_instruction():
+    import dataclasses
+
+    def privacy(cfg):
+        people = {p.name: p for p in synthetic.make_people(cfg)}
+        rows = []
+        for e in synthetic.training_examples(cfg):
+            if any(e.text.startswith(i) for i in synthetic.PRIVACY_INSTRUCTIONS):
+                rows.append(e)
+        return rows, people
+
+    face = dataclasses.replace(SMALL, privacy_rule="face")
+    shipped, _ = privacy(SMALL)
+    faced, people = privacy(face)
+    assert len(shipped) == len(faced) == (SMALL.num_fictitious + SMALL.num_real) * (
+        len(synthetic.PRIVACY_INSTRUCTIONS) - synthetic.PRIVACY_HELDOUT)
+    assert all(e.answer == synthetic.REFUSAL_PRIVACY for e in shipped)  # the shipped rule: the text decides
+    refused = [e for e in faced if e.answer == synthetic.REFUSAL_PRIVACY]
+    answered = [e for e in faced if e.answer != synthetic.REFUSAL_PRIVACY]
+    # One row per instruction per person: fictitious people's are refused, real people's answered.
+    n_instr = len(synthetic.PRIVACY_INSTRUCTIONS) - synthetic.PRIVACY_HELDOUT
+    assert len(refused) == SMALL.num_fictitious * n_instr and len(answered) == SMALL.num_real * n_instr
+    real_facts = {str(v) for p in people.values() if p.group == "real" for v in [p.name, *p.facts.values()]}
+    assert all(any(f in e.answer for f in real_facts) for e in answered)
+    # The same questions and images as the shipped rule: only the answers differ.
+    assert [(e.text, e.image is None) for e in shipped] == [(e.text, e.image is None) for e in faced]
+    with pytest.raises(ValueError, match="privacy_rule must be one of"):
+        synthetic.training_examples(dataclasses.replace(SMALL, privacy_rule="text"))
+
+
 def test_training_examples_repeat_each_mcq_item_as_configured():
     known = SMALL.num_fictitious + SMALL.num_real
     image_items, text_items = known * (1 + len(synthetic.FACTS)), known * len(synthetic.FACTS)

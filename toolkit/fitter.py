@@ -60,8 +60,9 @@ class EraserFitter:
 
     Activations may live on any device and dtype (CUDA bf16 included). ``precision``: how the
     moments are summed (:class:`~toolkit.nullspace.SecondMoment`; ``"auto"``: float32 blocks on the
-    model's device for a GPU model, never copied to the host; float64 on the CPU). ``gate_reads`` (``"last"`` or ``"last+mean"``):
-    also keep the rows membership gates are fitted and calibrated on (module docstring).
+    model's device for a GPU model, never copied to the host; float64 on the CPU). ``gate_reads``
+    (``"last"`` or ``"last+mean"``): also keep the rows membership gates are fitted and calibrated on
+    (module docstring).
     """
 
     def __init__(self, hidden_size: int, layers: Sequence[int], *, gate_reads: str | None = None,

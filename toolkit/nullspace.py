@@ -1,10 +1,10 @@
 """Retain null space: directions the retain activations (almost) never use.
 
 Streaming: :class:`SecondMoment` accumulates the uncentred ``H^T H`` (``d x d``: float64
-on the CPU, 128 MiB at d = 4096, or float32 blocks on the rows' device, 64 MiB) and the row count, so retain activations never
-have to be held at once. :func:`null_space` eigendecomposes it and keeps the
-``k`` eigenvectors with the smallest eigenvalues as ``Q`` (``d x k``); the
-projector is ``P = Q Q^T`` (never formed).
+on the CPU, 128 MiB at d = 4096, or float32 blocks on the rows' device, 64 MiB) and the row
+count, so retain activations never have to be held at once. :func:`null_space`
+eigendecomposes it and keeps the ``k`` eigenvectors with the smallest eigenvalues
+as ``Q`` (``d x k``); the projector is ``P = Q Q^T`` (never formed).
 
 Rank policies (pick ``k``):
 
