@@ -107,7 +107,7 @@ def target_loss(model: LoadedModel, batch: dict, pixels: torch.Tensor) -> torch.
     n_keep = labels.shape[1] - first + 1  # positions first-1 .. T-1; the last predicts nothing labelled
     # Index positions, not an int: transformers slices hidden_states[:, -n:] for an int, and on CPU the
     # backward through that strided view into the head is 20-30x slower than through a gathered copy
-    # (measured at Qwen2.5-VL-7B's head: 6.3-9.1 s against 0.31 s for 8 positions; bench/real_shapes.py).
+    # (measured at Qwen2.5-VL-7B's 152k head: 6.3-9.1 s against 0.31 s for 8 positions; README, Performance).
     keep = torch.arange(first - 1, labels.shape[1], device=labels.device)
     extra = {"logits_to_keep": keep} if tracing.keeps_last_logits(model) else {}
     logits = model.module(**inputs, **extra).logits[:, -n_keep:]
