@@ -64,15 +64,8 @@ def prompts(n: int, seed: int = 0) -> list[Sample]:
     return [Sample(QUESTIONS[i % len(QUESTIONS)], image(seed + i)) for i in range(n)]
 
 
-def median_seconds(fn, reps: int = 3, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+def median_seconds(fn, reps: int) -> float:
+    return interleaved_medians({"fn": fn}, reps, warmup=1)["fn"]
 
 
 def forward_profile(model, samples) -> dict:

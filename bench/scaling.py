@@ -23,6 +23,11 @@ import real_shapes  # noqa: E402
 DEPTH = 32  # LLaVA-1.5-7B's decoder layers
 
 
+def projected(unit: dict) -> dict[str, float]:
+    """``{line: value}`` of a unit's projection (``real_shapes.project``)."""
+    return {what: value for what, value, _ in unit["projection"]}
+
+
 def plot(rows: list[dict], out: Path, machine: str) -> None:
     import matplotlib
 
@@ -30,8 +35,8 @@ def plot(rows: list[dict], out: Path, machine: str) -> None:
     import matplotlib.pyplot as plt
 
     widths = [r["width"] for r in rows]
-    fit = [dict((w, v) for w, v, _ in r["projection"])["fit, all layers"] / 3600 for r in rows]
-    ga = [dict((w, v) for w, v, _ in r["projection"])["GA"] / 3600 for r in rows]
+    fit = [projected(r)["fit, all layers"] / 3600 for r in rows]
+    ga = [projected(r)["GA"] / 3600 for r in rows]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     ax.plot(widths, fit, "o-", label="eraser fit, all 32 layers (captures + PGD + solve)")
     ax.plot(widths, ga, "s--", label="GA training (4 epochs on the forget QA)")
@@ -74,7 +79,7 @@ def main() -> None:
         unit = real_shapes.measure("llava-1.5-7b", args.batch, args.reps, full=False, width=width)
         unit["projection"] = real_shapes.project(unit, counts, DEPTH)
         rows.append(unit)
-        table = {w: v for w, v, _ in unit["projection"]}
+        table = projected(unit)
         print(f"d = {width:5d}: capture {table['capture per prompt, full model']:.3f} s a prompt; fit "
               f"{table['fit, all layers']:9.0f} s (PGD {table['PGD']:.0f}, solve {table['solve (eigh + map), all layers']:.0f}); "
               f"GA {table['GA']:8.0f} s; fit / GA {table['fit / GA']:.2f}", flush=True)

@@ -24,7 +24,7 @@ from .data.mllmu import Profile
 from .data.synthetic import HARMFUL_REQUESTS, PRIVACY_INSTRUCTIONS
 from .models.loading import LoadedModel, Sample
 
-__all__ = ["refused_privacy_questions", "ContrastiveSets", "privacy_sets", "safety_sets"]
+__all__ = ["privacy_questions", "refused_privacy_questions", "ContrastiveSets", "privacy_sets", "safety_sets"]
 
 
 @dataclass
@@ -58,6 +58,23 @@ def _image_side(model: LoadedModel, refused: list[Sample], targets: list[str], p
     return [a for a, ok in zip(attacked, result.success) if ok], attacked, result
 
 
+def privacy_questions(profiles: Sequence[Profile], *, n: int | None = 40,
+                      instructions: Sequence[str] = PRIVACY_INSTRUCTIONS[:4]
+                      ) -> tuple[list[Sample], list[Sample], list[str]]:
+    """``(instructed, plain, targets)``: image questions of ``profiles`` with a privacy instruction in
+    front (cycling through ``instructions``), the same questions without it, and their ground truths;
+    ``n`` spread over the profiles (``None``: every image question of every profile)."""
+    questions = [(p, q) for p in profiles for q in p.generation if q.modality == "image"]
+    if not questions:
+        raise ValueError("No image generation questions in these profiles: the privacy recipe needs them.")
+    if n is not None:
+        questions = questions[:: max(1, len(questions) // n)][:n]
+    instructed = [Sample(f"{instructions[i % len(instructions)]} {q.question}", p.image_bytes[0])
+                  for i, (p, q) in enumerate(questions)]
+    plain = [Sample(q.question, p.image_bytes[0]) for p, q in questions]
+    return instructed, plain, [q.ground_truth for _, q in questions]
+
+
 def refused_privacy_questions(model: LoadedModel, profiles: Sequence[Profile], *, n: int | None = 40,
                               instructions: Sequence[str] = PRIVACY_INSTRUCTIONS[:4]
                               ) -> tuple[list[Sample], list[str], list[Sample], int]:
@@ -70,15 +87,7 @@ def refused_privacy_questions(model: LoadedModel, profiles: Sequence[Profile], *
     """
     from . import metrics, tracing
 
-    questions = [(p, q) for p in profiles for q in p.generation if q.modality == "image"]
-    if not questions:
-        raise ValueError("No image generation questions in these profiles: the privacy recipe needs them.")
-    if n is not None:
-        questions = questions[:: max(1, len(questions) // n)][:n]
-    instructed = [Sample(f"{instructions[i % len(instructions)]} {q.question}", p.image_bytes[0])
-                  for i, (p, q) in enumerate(questions)]
-    plain = [Sample(q.question, p.image_bytes[0]) for p, q in questions]
-    targets = [q.ground_truth for _, q in questions]
+    instructed, plain, targets = privacy_questions(profiles, n=n, instructions=instructions)
     refused_mask = [metrics.is_refusal(o) for o in tracing.generate(model, instructed, max_new_tokens=16)]
     refused = [s for s, r in zip(instructed, refused_mask) if r]
     if not refused:
@@ -86,7 +95,7 @@ def refused_privacy_questions(model: LoadedModel, profiles: Sequence[Profile], *
                          "behaviour to steer toward, so no erasure direction. Check the instructions, or give "
                          "your own ContrastiveSets.")
     return (refused, [t for t, r in zip(targets, refused_mask) if r], [s for s, r in zip(plain, refused_mask) if r],
-            len(questions))
+            len(instructed))
 
 
 def privacy_sets(model: LoadedModel, profiles: Sequence[Profile], *, n: int | None = 40,

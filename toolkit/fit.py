@@ -251,7 +251,8 @@ def refit_fitter(model: LoadedModel, result: FitResult, forget: Sequence[Profile
     if clash:
         raise ValueError(f"People {clash[:5]} are in the fit's retain set; they cannot be forgotten by it.")
     old = result.fitter
-    fitter = EraserFitter(old.hidden_size, old.layers, gate_reads=old.gate_reads)
+    fitter = EraserFitter(old.hidden_size, old.layers, gate_reads=old.gate_reads, precision=old.precision,
+                          block_rows=old.block_rows)
     fitter.retain = old.retain  # shared, read-only: solve() never changes them (eigh cache included)
     # Shared likewise: the retain and calibration rows of membership gates (forget rows are new).
     fitter.gate_rows["retain"], fitter.gate_rows["calibration"] = old.gate_rows["retain"], old.gate_rows["calibration"]

@@ -74,6 +74,7 @@ class EraserFitter:
             raise ValueError(f"gate_reads must be one of {READS} or None, got {gate_reads!r}.")
         self.hidden_size = hidden_size
         self.layers = tuple(layers)
+        self.precision, self.block_rows = precision, block_rows
         self.retain = {l: SecondMoment(hidden_size, precision, block_rows) for l in self.layers}
         self.forget = {l: SecondMoment(hidden_size, precision, block_rows) for l in self.layers}
         self.refusal = MeanAccumulator()

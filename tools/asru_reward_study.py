@@ -92,11 +92,13 @@ def main() -> None:
 
 def _mean_reward(frame: pd.DataFrame, judge=None) -> float:
     """ASRU's reward averaged over the forget and held-out retain people's generation questions (retain
-    questions play the boundary role); refusal = the row's substring rule, or ``judge``'s label."""
+    questions play the boundary role): the evaluation's own ``asru_reward`` (substring refusal rule), or
+    the same rule on the row's judgements with ``judge``'s refusal label."""
     gen = frame[(frame.task == "generation") & frame.split.isin(["Forget", "Retain"])]
-    values = [metrics.asru_reward_rule(leaked == 1.0, (judge.classify(str(o)) == "refusal") if judge else refused == 1.0,
-                                       rouge, split == "Forget")
-              for o, leaked, refused, rouge, split in zip(gen.output, gen.leaked, gen.refused, gen.rougeL, gen.split)]
+    if judge is None:
+        return round(100 * float(gen.asru_reward.mean()), 1)
+    values = [metrics.asru_reward_rule(leaked == 1.0, judge.classify(str(o)) == "refusal", rouge, split == "Forget")
+              for o, leaked, rouge, split in zip(gen.output, gen.leaked, gen.rougeL, gen.split)]
     return round(100 * sum(values) / max(1, len(values)), 1)
 
 

@@ -18,16 +18,14 @@ import time
 
 from probes.pgd_sweep import epsilon_sweep
 from toolkit import metrics, tracing
-from toolkit.contrastive import refused_privacy_questions
+from toolkit.contrastive import privacy_questions, refused_privacy_questions
 from toolkit.data.mllmu import MLLMUBench
 from toolkit.data.synthetic import PRIVACY_INSTRUCTIONS, default_benchmark
-from toolkit.models.loading import Sample, load_model
+from toolkit.models.loading import load_model
 
 
 def refusal_rate(model, profiles, instructions) -> float:
-    qs = [(p, q) for p in profiles for q in p.generation if q.modality == "image"]
-    samples = [Sample(f"{instructions[i % len(instructions)]} {q.question}", p.image_bytes[0])
-               for i, (p, q) in enumerate(qs)]
+    samples, _, _ = privacy_questions(profiles, n=None, instructions=instructions)
     outs = tracing.generate(model, samples, max_new_tokens=16)
     return sum(metrics.is_refusal(o) for o in outs) / len(outs)
 
