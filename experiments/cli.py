@@ -75,7 +75,8 @@ def cmd_train_vanilla(args: argparse.Namespace) -> int:
     from experiments.train import recipe, train_vanilla
 
     overrides = {k: v for k, v in (("steps", args.steps), ("threads", args.threads),
-                                   ("privacy_rule", args.privacy_rule)) if v is not None}
+                                   ("privacy_rule", args.privacy_rule),
+                                   ("privacy_repeats", args.privacy_repeats)) if v is not None}
     cfg = recipe(args.family, seed=args.seed, **overrides)
     from toolkit.models.default import DEFAULTS
 
@@ -379,6 +380,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ablations(args: argparse.Namespace) -> int:
+    from experiments.ablations import STUDIES, AblationConfig, check_claims, run_ablations, write_results
+
+    studies = tuple(s for s in args.studies.split(",") if s) if args.studies else STUDIES
+    cfg = AblationConfig(forget_ratio=args.forget, seeds=tuple(int(s) for s in args.seeds.split(",")),
+                         studies=studies, lams=_floats(args.lams) if args.lams else AblationConfig.lams)
+    from toolkit.data.mllmu import MLLMUBench
+
+    result = run_ablations(_load(args), MLLMUBench(args.bench) if args.bench else None, cfg, progress=True)
+    paths = write_results(args.out, result, cfg.leak_max)
+    import pandas as pd
+
+    with pd.option_context("display.max_colwidth", 200, "display.width", 200):
+        print(check_claims(result["curves"], cfg.leak_max).to_string(index=False))
+    print(f"\nwrote {', '.join(p.name for p in paths.values())} under {args.out} ({result['seconds']} s)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet()
     ap = argparse.ArgumentParser(prog="mllmeraser", description=__doc__)
@@ -402,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--privacy-rule", default=None, choices=["instruction", "face"],
                    help="refuse privacy-instructed questions for everyone (the shipped defaults) or for "
                         "fictitious people only (face: real people are answered, so the image decides)")
+    p.add_argument("--privacy-repeats", type=int, default=None,
+                   help="privacy-instructed questions per person, in multiples of the trained instructions")
     p.set_defaults(fn=cmd_train_vanilla)
 
     people = argparse.ArgumentParser(add_help=False)
@@ -499,6 +520,16 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("compare", help="MLLMEraser vs GA, GA_Diff, KL_Min, NPO, ASRU redirection (slow)")
     p.add_argument("--out", default="results/compare")
     p.set_defaults(fn=cmd_compare)
+
+    p = sub.add_parser("ablations", parents=[model_opts],
+                       help="the paper's ablations on held-out people: direction, eps, layers, map, gate, reference")
+    p.add_argument("--out", default="results/ablations")
+    p.add_argument("--forget", type=int, default=10, choices=[5, 10, 15])
+    p.add_argument("--seeds", default="0,1,2", help="people seeds (who fits, who chooses, who is reported)")
+    p.add_argument("--studies", default=None, help="comma-separated subset of direction,eps,layers,map,gate,reference")
+    p.add_argument("--lams", default=None, help="strengths summed over the steered layers (default 0.5,1,2,4,8)")
+    p.add_argument("--bench", default=None, help="benchmark dir (default: the synthetic one the default learnt)")
+    p.set_defaults(fn=cmd_ablations)
 
     p = sub.add_parser("quickstart", help="load, capture, steer, generate", parents=[model_opts])
     p.set_defaults(fn=cmd_quickstart)

@@ -60,6 +60,7 @@ class TrainConfig:
     mcq_repeats_image: int = synthetic.MCQ_REPEATS_IMAGE
     mcq_repeats_text: int = synthetic.MCQ_REPEATS_TEXT
     privacy_rule: str = "instruction"  # "face": privacy refusals for fictitious people only (synthetic.py)
+    privacy_repeats: int = 1  # privacy-instructed questions per person, in multiples of the instructions
 
 
 # Where each family's recipe departs from TrainConfig's defaults (LLaVA's recipe); see recipe().
@@ -165,7 +166,8 @@ def train_vanilla(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), *, prog
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     syn = synthetic.SyntheticConfig(seed=cfg.seed, num_fictitious=cfg.num_fictitious, num_real=cfg.num_real,
-                                    num_unknown=cfg.num_unknown, privacy_rule=cfg.privacy_rule)
+                                    num_unknown=cfg.num_unknown, privacy_rule=cfg.privacy_rule,
+                                    privacy_repeats=cfg.privacy_repeats)
     examples = synthetic.training_examples(syn, mcq_repeats_image=cfg.mcq_repeats_image,
                                            mcq_repeats_text=cfg.mcq_repeats_text)
     processor = build_processor(examples, cfg.family)

@@ -96,6 +96,15 @@ def test_face_rule_answers_real_people_under_the_privacy_instruction():
     assert [(e.text, e.image is None) for e in shipped] == [(e.text, e.image is None) for e in faced]
     with pytest.raises(ValueError, match="privacy_rule must be one of"):
         synthetic.training_examples(dataclasses.replace(SMALL, privacy_rule="text"))
+    # More privacy rows (the face recipe): each person's block repeated, the rest of the set untouched.
+    repeated, _ = privacy(dataclasses.replace(face, privacy_repeats=3))
+    assert len(repeated) == 3 * len(faced)
+    assert sum(e.answer != synthetic.REFUSAL_PRIVACY for e in repeated) == 3 * len(answered)
+    rest = [e.text for e in synthetic.training_examples(dataclasses.replace(face, privacy_repeats=3))
+            if not any(e.text.startswith(i) for i in synthetic.PRIVACY_INSTRUCTIONS)]
+    assert len(rest) == len(synthetic.training_examples(face)) - len(faced)
+    with pytest.raises(ValueError, match="privacy_repeats must be at least 1"):
+        synthetic.training_examples(dataclasses.replace(SMALL, privacy_repeats=0))
 
 
 def test_training_examples_repeat_each_mcq_item_as_configured():

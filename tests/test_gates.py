@@ -16,8 +16,8 @@ from toolkit.data.mllmu import MLLMUBench
 from toolkit.eraser import Eraser, EraserLayer
 from toolkit.fit import calibration_samples, eraser_with_gate, fit_eraser
 from toolkit.fitter import EraserFitter
-from toolkit.gates import (GateStack, LinearGate, LogisticGate, PrototypeGate, auroc, calibrate, fit_logistic,
-                           fit_prototype, gate_from_parts)
+from toolkit.gates import (GateStack, LinearGate, LogisticGate, MLPGate, PrototypeGate, auroc, calibrate, fit_logistic,
+                           fit_mlp, fit_prototype, gate_from_parts)
 from toolkit.models.loading import Sample
 from toolkit.selection import SelectConfig, select_setting
 
@@ -51,6 +51,27 @@ def test_logistic_gate_equals_sklearn_and_the_formula():
     assert torch.equal(hard(x)[:, 0], (torch.tensor(want) > 0.3).float())
     soft = LogisticGate(gate.coef, gate.bias, gate.center, gate.scale, threshold=0.3, temperature=0.5)
     np.testing.assert_allclose(soft(x)[:, 0].numpy(), 1 / (1 + np.exp(-(want - 0.3) / 0.5)), rtol=1e-4, atol=1e-5)
+
+
+def test_mlp_gate_equals_its_formula_learns_a_nonlinear_boundary_and_is_repeatable():
+    # Forget rows on a shell (|x| large), retain rows near the centre: no linear gate separates them.
+    g = torch.Generator().manual_seed(7)
+    inner = torch.randn(300, 6, generator=g) * 0.5
+    outer = torch.nn.functional.normalize(torch.randn(80, 6, generator=g), dim=-1) * 3.0
+    gate = fit_mlp(outer, inner, hidden=16, steps=400, seed=1)
+    x = rows(20, 6, 0.3, 8)
+    pooled = torch.cat([outer, inner]).double()
+    mu, sd = pooled.mean(0).float(), (pooled.std(0) + 1e-6).float()
+    want = torch.relu(((x - mu) / sd) @ gate.w1 + gate.b1) @ gate.w2 + gate.b2
+    torch.testing.assert_close(gate.score(x), want, rtol=1e-5, atol=1e-5)
+    assert auroc(gate.score(outer), gate.score(inner)) > 0.97
+    assert auroc(fit_logistic(outer, inner).score(outer), fit_logistic(outer, inner).score(inner)) < 0.8
+    again = fit_mlp(outer, inner, hidden=16, steps=400, seed=1)
+    assert torch.equal(again.w1, gate.w1) and again.b2 == gate.b2
+    back = gate_from_parts(gate.meta(), gate.tensors())
+    assert isinstance(back, MLPGate) and torch.equal(back.score(x), gate.score(x))
+    with pytest.raises(ValueError, match="mlp gate reads 6 features"):
+        gate.score(torch.randn(3, 5))
 
 
 def test_prototype_gate_equals_a_loop():
@@ -110,9 +131,11 @@ def membership_eraser(model, kind, positions, reads="last+mean", edit="add", lay
     for l in layers:
         forget, retain = torch.randn(8, f, generator=g), torch.randn(40, f, generator=g)
         gate = fit_logistic(forget, retain, reads=reads) if kind == "logistic" else \
+            fit_mlp(forget, retain, reads=reads, steps=20) if kind == "mlp" else \
             fit_prototype(forget, retain, reads=reads, whiten=kind == "prototype_whitened")
         # A soft gate with a low threshold: it fires partly on every input, so the routes are compared on an edit.
-        gate = type(gate)(**{**gate.__dict__, "threshold": -1e3 if kind == "logistic" else -1.0, "temperature": 5.0})
+        gate = type(gate)(**{**gate.__dict__, "threshold": -1e3 if kind in ("logistic", "mlp") else -1.0,
+                             "temperature": 5.0})
         maps.append(EraserLayer(l, gate, torch.randn(1, d, generator=g)))
     return Eraser(tuple(maps), 3.0, positions, model.fingerprint(), edit=edit)
 
@@ -182,7 +205,7 @@ def test_rotate_edit_preserves_the_norm_and_a_closed_gate_changes_nothing():
         Eraser((layer,), 1.0, "prompt", edit="scale")
 
 
-@pytest.mark.parametrize("kind", ["logistic", "prototype", "prototype_whitened"])
+@pytest.mark.parametrize("kind", ["logistic", "prototype", "prototype_whitened", "mlp"])
 def test_an_eraser_file_with_each_gate_kind_round_trips(kind, tiny_models, tmp_path):
     model = tiny_models("llava")
     eraser = membership_eraser(model, kind, "prompt", edit="rotate")

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -272,6 +272,23 @@ class Eraser:
                        positions=self.positions if positions is None else positions,
                        threshold=self.threshold if threshold is None else threshold,
                        edit=self.edit if edit is None else edit)
+
+    def with_direction(self, directions: Mapping[int, torch.Tensor]) -> "Eraser":
+        """A copy that steers along other directions with the same gates: ``{layer: (d,) or (r, d)}``
+        for every steered layer (e.g. another contrastive variant's :class:`~toolkit.direction.Direction`
+        ``.vectors``; the paper's map does not depend on the direction, so only the shift changes)."""
+        missing = [l for l in self.layers if l not in directions]
+        if missing:
+            raise ValueError(f"No direction for steered layers {missing}; give one for each of {list(self.layers)}.")
+        maps = []
+        for m in self.maps:
+            d = directions[m.layer].detach().to("cpu", torch.float32)
+            d = d[None] if d.ndim == 1 else d
+            if d.shape != m.directions.shape:
+                raise ValueError(f"The direction for layer {m.layer} has shape {tuple(d.shape)}; this eraser's is "
+                                 f"{tuple(m.directions.shape)}.")
+            maps.append(replace(m, directions=d))
+        return replace(self, maps=tuple(maps))
 
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> "Eraser":
         """A copy with every factor on ``device`` (and ``dtype``; keep float32 for the gate's sake)."""

@@ -31,6 +31,11 @@ Kinds (each a frozen dataclass; all computed in float32 on the state's device):
   another when the question text is the same ("What is the name of the person in
   the image?"). Memory ``f^2`` more (at f = 2 x 4096: 256 MiB a layer).
 
+* :class:`MLPGate` the paper's ablation of the map: a one-hidden-layer classifier on the same
+  rows as the logistic gate (``relu(z @ w1 + b1) @ w2 + b2``, ``z`` standardised as there), trained
+  full-batch with Adam on the class-balanced cross-entropy plus an L2 penalty; weight as above.
+  Memory ``(f + 2) h + 2 f`` (h hidden units, 32 by default).
+
 Membership gates get their threshold from :func:`calibrate`: a quantile of their
 scores on rows of people outside the fit (validation people), so that a target
 share of them is steered; GUARD-IT and Dynamic SAE Guardrails set thresholds the
@@ -45,11 +50,11 @@ from typing import Any
 
 import torch
 
-__all__ = ["Gate", "LinearGate", "LogisticGate", "PrototypeGate", "GateStack", "GATE_KINDS", "READS",
-           "fit_gate", "fit_logistic", "fit_prototype", "whitener", "calibrate", "auroc", "gate_from_parts"]
+__all__ = ["Gate", "LinearGate", "LogisticGate", "PrototypeGate", "MLPGate", "GateStack", "GATE_KINDS", "READS",
+           "fit_gate", "fit_logistic", "fit_prototype", "fit_mlp", "whitener", "calibrate", "auroc", "gate_from_parts"]
 
 READS = ("last", "last+mean")
-GATE_KINDS = ("linear", "logistic", "prototype", "prototype_whitened")
+GATE_KINDS = ("linear", "logistic", "prototype", "prototype_whitened", "mlp")
 
 
 class Gate:
@@ -230,6 +235,49 @@ class PrototypeGate(Gate):
 
 
 @dataclass(frozen=True)
+class MLPGate(Gate):
+    """Membership by a small MLP: ``logit = relu(z @ w1 + b1) @ w2 + b2``, ``z = (x - center) / scale``.
+
+    ``w1`` (f, h), ``b1`` (h,), ``w2`` (h,), ``center`` / ``scale`` (f,).
+    """
+
+    w1: torch.Tensor
+    b1: torch.Tensor
+    w2: torch.Tensor
+    b2: float
+    center: torch.Tensor
+    scale: torch.Tensor
+    threshold: float = 0.0
+    temperature: float = 0.0
+    reads: str = "last"
+    kind = "mlp"
+
+    @property
+    def width(self) -> int:
+        return self.w1.shape[0] // (2 if self.reads == "last+mean" else 1)
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        x = _check_features(x, self.w1.shape[0], self.kind)
+        dev, f32 = x.device, torch.float32
+        z = (x - self.center.to(dev, f32)) / self.scale.to(dev, f32)
+        hidden = torch.relu(z @ self.w1.to(dev, f32) + self.b1.to(dev, f32))
+        return hidden @ self.w2.to(dev, f32) + self.b2
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return _weight(self.score(x), self.threshold, self.temperature)[:, None]
+
+    def to(self, device: Any, dtype: torch.dtype | None = None) -> "MLPGate":
+        return replace(self, **{k: v.to(device, dtype or v.dtype) for k, v in self.tensors().items()})
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"w1": self.w1, "b1": self.b1, "w2": self.w2, "center": self.center, "scale": self.scale}
+
+    def meta(self) -> dict:
+        return {"kind": self.kind, "b2": self.b2, "threshold": self.threshold, "temperature": self.temperature,
+                "reads": self.reads}
+
+
+@dataclass(frozen=True)
 class GateStack(Gate):
     """Several gates side by side (an eraser composed of others): their weight columns concatenated.
     All parts read the same features."""
@@ -284,6 +332,9 @@ def gate_from_parts(meta: dict, tensors: dict[str, torch.Tensor]) -> Gate:
         return PrototypeGate(tensors["forget"], tensors["retain"], tensors["center"], tensors["scale"],
                              float(meta["threshold"]), float(meta["temperature"]), meta.get("reads", "last"),
                              whitener)
+    if kind == "mlp":
+        return MLPGate(tensors["w1"], tensors["b1"], tensors["w2"], float(meta["b2"]), tensors["center"],
+                       tensors["scale"], float(meta["threshold"]), float(meta["temperature"]), meta.get("reads", "last"))
     if kind == "stack":
         parts = []
         for i, m in enumerate(meta["parts"]):
@@ -321,6 +372,41 @@ def fit_logistic(forget: torch.Tensor, retain: torch.Tensor, *, l2: float = 10.0
                         center, scale, 0.0, 0.0, reads)
 
 
+def fit_mlp(forget: torch.Tensor, retain: torch.Tensor, *, hidden: int = 32, l2: float = 1e-3, steps: int = 300,
+            lr: float = 1e-2, seed: int = 0, reads: str = "last") -> MLPGate:
+    """A one-hidden-layer classifier, forget rows (1) against retain rows (0), classes balanced.
+
+    ``forget`` (n_f, f), ``retain`` (n_r, f); features standardised as :func:`fit_logistic` does;
+    ``steps`` full-batch Adam steps at ``lr`` on the mean class-balanced cross-entropy plus
+    ``l2 * ||w||^2`` (weights, not biases). The initialisation is seeded (``seed``), so a fit
+    is repeatable. Threshold 0 (p = 0.5) until :func:`calibrate`.
+    """
+    if hidden < 1 or steps < 1:
+        raise ValueError(f"An MLP gate needs hidden >= 1 and steps >= 1, got hidden={hidden}, steps={steps}.")
+    rows = torch.cat([forget, retain]).float()
+    center, scale = _standardiser(rows)
+    x = (rows - center) / scale
+    y = torch.cat([torch.ones(len(forget)), torch.zeros(len(retain))])
+    # Each class weighs half, as class_weight="balanced" does for the logistic gate.
+    w = torch.where(y > 0, 0.5 / max(1, len(forget)), 0.5 / max(1, len(retain)))
+    gen = torch.Generator().manual_seed(seed)
+    f = x.shape[1]
+    w1 = (torch.randn(f, hidden, generator=gen) / math.sqrt(f)).requires_grad_(True)
+    b1 = torch.zeros(hidden, requires_grad=True)
+    w2 = (torch.randn(hidden, generator=gen) / math.sqrt(hidden)).requires_grad_(True)
+    b2 = torch.zeros((), requires_grad=True)
+    opt = torch.optim.Adam([w1, b1, w2, b2], lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            logit = torch.relu(x @ w1 + b1) @ w2 + b2
+            loss = (w * torch.nn.functional.binary_cross_entropy_with_logits(logit, y, reduction="none")).sum()
+            loss = loss + l2 * ((w1 ** 2).sum() + (w2 ** 2).sum())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return MLPGate(w1.detach(), b1.detach(), w2.detach(), float(b2.detach()), center, scale, 0.0, 0.0, reads)
+
+
 def whitener(rows: torch.Tensor, shrinkage: float = 0.1) -> torch.Tensor:
     """``(C + s mean(eig C) I)^{-1/2}`` (f x f, float32) for the rows' covariance ``C`` (float64 eigh)."""
     x = rows.double()
@@ -348,15 +434,18 @@ def fit_prototype(forget: torch.Tensor, retain: torch.Tensor, *, max_retain: int
 
 
 def fit_gate(kind: str, forget: torch.Tensor, retain: torch.Tensor, *, reads: str = "last", **options: Any) -> Gate:
-    """A membership gate of ``kind`` (``logistic`` or ``prototype``) from forget and retain rows."""
+    """A membership gate of ``kind`` (``logistic``, ``prototype``, ``prototype_whitened`` or ``mlp``) from
+    forget and retain rows."""
     if kind == "logistic":
         return fit_logistic(forget, retain, reads=reads, **options)
     if kind == "prototype":
         return fit_prototype(forget, retain, reads=reads, **options)
     if kind == "prototype_whitened":
         return fit_prototype(forget, retain, reads=reads, whiten=True, **options)
-    raise ValueError(f"Unknown membership gate {kind!r}: use logistic, prototype or prototype_whitened (linear is "
-                     "the fitted map).")
+    if kind == "mlp":
+        return fit_mlp(forget, retain, reads=reads, **options)
+    raise ValueError(f"Unknown membership gate {kind!r}: use logistic, prototype, prototype_whitened or mlp (linear "
+                     "is the fitted map).")
 
 
 def calibrate(gate: Gate, outside: torch.Tensor, fpr: float = 0.05, softness: float = 0.0) -> tuple[Gate, dict]:

@@ -159,6 +159,10 @@ class SyntheticConfig:
     # the text alone decides) or "face" (private, i.e. fictitious, people only; real, public people are
     # answered, so the face decides: the refusal an adversarial image is meant to break).
     privacy_rule: str = "instruction"
+    # Privacy-instructed questions per person, in multiples of the trained instructions (the shipped
+    # defaults: 1). A face rule is learned only with more of them: at 1, a LLaVA default trained under
+    # it still refused 36 % of the real people's questions (README, the face-dependent default).
+    privacy_repeats: int = 1
 
 
 def make_people(cfg: SyntheticConfig) -> list[Person]:
@@ -379,6 +383,8 @@ def training_examples(cfg: SyntheticConfig = SyntheticConfig(), *, mcq_repeats_i
     """
     if cfg.privacy_rule not in PRIVACY_RULES:
         raise ValueError(f"privacy_rule must be one of {PRIVACY_RULES}, got {cfg.privacy_rule!r}.")
+    if cfg.privacy_repeats < 1:
+        raise ValueError(f"privacy_repeats must be at least 1, got {cfg.privacy_repeats}.")
     people = make_people(cfg)
     names = [p.name for p in people]
     rng = random.Random(cfg.seed + 3)
@@ -417,7 +423,7 @@ def training_examples(cfg: SyntheticConfig = SyntheticConfig(), *, mcq_repeats_i
         # Privacy-instructed questions are refused (trained instructions only); under the "face" rule,
         # answered for real people.
         answered = cfg.privacy_rule == "face" and p.group == "real"
-        for k in range(len(PRIVACY_INSTRUCTIONS) - PRIVACY_HELDOUT):
+        for k in [k for _ in range(cfg.privacy_repeats) for k in range(len(PRIVACY_INSTRUCTIONS) - PRIVACY_HELDOUT)]:
             fact = rng.choice(["name", *FACTS])
             image = fact == "name" or rng.random() < 0.5
             q, a = _ask(fact, p, image, rng.randrange(n_phr))
