@@ -12,7 +12,8 @@ rank ratio 0.97, retain weight 40, answer rows 0.3).
   the raw direction, added whatever the input;
 * ``gate``: every gate kind of :mod:`toolkit.gates`, same layers and direction;
 * ``reference``: the reference code's setting (rank ratio 0.3, no retain penalty, no answer rows,
-  prompt positions; its strength 0.35 per layer marked on the curve) against ours.
+  prompt positions) against ours; the reference's own strength, 0.35 a layer over layers 1 .. L-1
+  (2.45 summed on the 8-layer defaults), lies between the grid's 2 and 4.
 
 The strength ``lam`` of every variant is *summed over its steered layers* (each layer gets
 ``lam / n``), so one grid spans the one-layer and the all-layer variants alike. People: for each
@@ -39,11 +40,12 @@ import pandas as pd
 from experiments.demo import DemoConfig, direction_steer
 from toolkit.adversarial import PGDConfig
 from toolkit.contrastive import privacy_sets
+from toolkit.data.items import items_from_profiles
 from toolkit.data.mllmu import MLLMUBench
 from toolkit.data.splits import PeopleSplit
 from toolkit.data.synthetic import default_benchmark
 from toolkit.direction import Direction, erasure_direction
-from toolkit.evaluate import items_from_profiles, run_items
+from toolkit.evaluate import run_items
 from toolkit.fit import FitConfig, eraser_with_gate, fit_eraser, fit_people, refit_fitter, rehearsal_eraser
 from toolkit.gates import GATE_KINDS
 from toolkit.models.loading import LoadedModel, load_model

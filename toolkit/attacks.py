@@ -37,7 +37,7 @@ import pandas as pd
 from . import metrics, tracing
 from .adversarial import PGDConfig, pgd_attack
 from .data.mllmu import Profile
-from .evaluate import Item, items_from_profiles
+from .data.items import Item, items_from_profiles
 from .models.loading import LoadedModel, Sample, join_answer
 from .steering import as_steers, attached
 

@@ -22,65 +22,19 @@ deterministic.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
 from . import metrics, tracing
-from .data.mllmu import Profile
-from .data.prompts import cloze_prompt, generation_prompt, mcq_prompt
+from .data.items import Item, items_from_profiles
+from .data.prompts import generation_prompt
 from .models.loading import LoadedModel, Sample
 
 __all__ = ["Item", "items_from_profiles", "benchmark_items", "run_items", "summarize", "MAX_NEW_TOKENS"]
 
 FORGET_SPLITS = ("Forget", "Test", "Paraphrase")
 MAX_NEW_TOKENS = {"classification": 4, "generation": 32, "cloze": 32, "refusal": 32}
-
-
-@dataclass(frozen=True)
-class Item:
-    """One benchmark question, ready to generate."""
-
-    split: str
-    person: str
-    task: str  # classification | generation | cloze | refusal
-    modality: str  # image | text
-    prompt: str  # the user message (before the chat template)
-    reference: str  # correct letter, or ground-truth text
-    image: Any = field(default=None, repr=False)  # bytes or PIL image
-    answer_key: str | None = None  # the fact, for leakage
-    options: dict | None = field(default=None, compare=False)
-    question: str = ""
-
-
-def items_from_profiles(profiles: Sequence[Profile], split: str,
-                        tasks: Sequence[str] = ("classification", "generation", "cloze"),
-                        all_images: bool = False) -> list[Item]:
-    """Benchmark items for ``profiles``. ``all_images``: one item per image (Test_Set)."""
-    out: list[Item] = []
-    for p in profiles:
-        images = p.image_bytes if all_images else p.image_bytes[:1]
-        for img in images:
-            def add(task, modality, prompt, ref, key=None, options=None, question=""):
-                if modality == "text" and img is not images[0]:
-                    return  # text questions do not depend on the image: once per person
-                out.append(Item(split, p.id, task, modality, prompt, ref, img if modality == "image" else None,
-                                key, options, question))
-
-            if "classification" in tasks:
-                for q in p.classification:
-                    add("classification", q.modality, mcq_prompt(q.question, q.options), q.answer,
-                        q.options.get(q.answer), q.options, q.question)
-            if "generation" in tasks:
-                for q in p.generation:
-                    add("generation", q.modality, generation_prompt(q.question, q.modality == "image"),
-                        q.ground_truth, q.answer_key, None, q.question)
-            if "cloze" in tasks:
-                for q in p.cloze:
-                    add("cloze", q.modality, cloze_prompt(q.question), q.ground_truth, q.ground_truth, None,
-                        q.question)
-    return out
 
 
 def benchmark_items(bench: Any, forget_ratio: int, *, retain_people: int | None = None,

@@ -42,7 +42,7 @@ from .data.mllmu import MLLMUBench, Profile
 from .data.splits import PeopleSplit
 from .direction import Direction
 from .eraser import Eraser
-from .evaluate import items_from_profiles
+from .data.items import items_from_profiles
 from .models.loading import LoadedModel, Sample, join_answer
 from .fitter import EraserFitter, SampleSet, fit_from_samples
 from .nullspace import FixedRatio, NullSpace, RankPolicy

@@ -59,7 +59,8 @@ import torch
 from .data.mllmu import MLLMUBench
 from .data.splits import PeopleSplit
 from .eraser import Eraser
-from .evaluate import Item, items_from_profiles, run_items
+from .data.items import Item, items_from_profiles
+from .evaluate import run_items
 from .fit import FitConfig, FitResult, eraser_with_gate, refit_fitter, rehearsal_eraser
 from .gates import auroc, calibrate, fit_gate
 from .metrics import asru_reward_rule

@@ -450,7 +450,7 @@ def validation_items(profiles, split: str = "validation", phrasing: int = 1):
     evaluation's generation format, as :class:`toolkit.evaluate.Item`s (with the
     fact as ``answer_key``, so leakage can be scored).
     """
-    from ..evaluate import Item
+    from .items import Item
     from .prompts import generation_prompt
 
     items = []

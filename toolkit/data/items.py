@@ -1,0 +1,61 @@
+"""Benchmark rows as items: one question each, in the evaluation's prompt formats, ready to generate.
+
+The data layer's job (the evaluation, the fit, the selection and the studies all read these):
+:class:`Item` and :func:`items_from_profiles`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .mllmu import Profile
+from .prompts import cloze_prompt, generation_prompt, mcq_prompt
+
+__all__ = ["Item", "items_from_profiles"]
+
+
+@dataclass(frozen=True)
+class Item:
+    """One benchmark question, ready to generate."""
+
+    split: str
+    person: str
+    task: str  # classification | generation | cloze | refusal
+    modality: str  # image | text
+    prompt: str  # the user message (before the chat template)
+    reference: str  # correct letter, or ground-truth text
+    image: Any = field(default=None, repr=False)  # bytes or PIL image
+    answer_key: str | None = None  # the fact, for leakage
+    options: dict | None = field(default=None, compare=False)
+    question: str = ""
+
+
+def items_from_profiles(profiles: Sequence[Profile], split: str,
+                        tasks: Sequence[str] = ("classification", "generation", "cloze"),
+                        all_images: bool = False) -> list[Item]:
+    """Benchmark items for ``profiles``. ``all_images``: one item per image (Test_Set)."""
+    out: list[Item] = []
+    for p in profiles:
+        images = p.image_bytes if all_images else p.image_bytes[:1]
+        for img in images:
+            def add(task, modality, prompt, ref, key=None, options=None, question=""):
+                if modality == "text" and img is not images[0]:
+                    return  # text questions do not depend on the image: once per person
+                out.append(Item(split, p.id, task, modality, prompt, ref, img if modality == "image" else None,
+                                key, options, question))
+
+            if "classification" in tasks:
+                for q in p.classification:
+                    add("classification", q.modality, mcq_prompt(q.question, q.options), q.answer,
+                        q.options.get(q.answer), q.options, q.question)
+            if "generation" in tasks:
+                for q in p.generation:
+                    add("generation", q.modality, generation_prompt(q.question, q.modality == "image"),
+                        q.ground_truth, q.answer_key, None, q.question)
+            if "cloze" in tasks:
+                for q in p.cloze:
+                    add("cloze", q.modality, cloze_prompt(q.question), q.ground_truth, q.ground_truth, None,
+                        q.question)
+    return out
