@@ -71,6 +71,7 @@ class AblationConfig:
     gates: tuple[str, ...] = GATE_KINDS
     single_layer: int | None = None  # None: 5/8 of the depth (where the demo's rehearsal chose, layer 5 of 8)
     pgd_steps: int = 20
+    pgd_objective: str = "target"  # "avoid": away from the refusal's first token (toolkit.adversarial.OBJECTIVES)
     pgd_limit: int | None = 16
     n_contrast: int | None = None
     leak_max: float = 0.05
@@ -160,7 +161,8 @@ def _directions(model: LoadedModel, bench: MLLMUBench, fit, config: FitConfig, c
     for key in sorted(k for k in needed if k.startswith("multimodal@") and k not in out):
         eps = float(key.split("@")[1])
         # Step 2.5 eps / steps, as probes.pgd_sweep does: the budget is reachable within the steps.
-        pgd = PGDConfig(eps=eps / 255, step=2.5 * eps / 255 / cfg.pgd_steps, steps=cfg.pgd_steps) if eps else None
+        pgd = PGDConfig(eps=eps / 255, step=2.5 * eps / 255 / cfg.pgd_steps, steps=cfg.pgd_steps,
+                        objective=cfg.pgd_objective) if eps else None
         sets = privacy_sets(model, people, n=cfg.n_contrast, pgd=pgd, pgd_limit=cfg.pgd_limit, progress=progress)
         out[key] = erasure_direction(model, sets.refusal, sets.recall, layers, batch_size=config.batch_size)
         pgd_info[f"{eps:g}"] = dict(sets.info)
@@ -210,7 +212,8 @@ def run_ablations(model: LoadedModel | None = None, bench: MLLMUBench | None = N
         split = PeopleSplit(seed=seed, fit=cfg.demo.people.fit, validation=cfg.demo.people.validation)
         demo = replace(cfg.demo, people=split, forget_ratio=cfg.forget_ratio)
         config = replace(demo.fit_config(tuple(layer_sets["all"])), gate_rows=True,
-                         pgd=PGDConfig(eps=16 / 255, step=2.5 * 16 / 255 / cfg.pgd_steps, steps=cfg.pgd_steps),
+                         pgd=PGDConfig(eps=16 / 255, step=2.5 * 16 / 255 / cfg.pgd_steps, steps=cfg.pgd_steps,
+                                       objective=cfg.pgd_objective),
                          pgd_limit=cfg.pgd_limit, n_contrast=cfg.n_contrast)
         fit = fit_eraser(model, bench, config, progress=progress)
         rehearsal_sets, stand = rehearsal_items(bench, cfg.forget_ratio, split)

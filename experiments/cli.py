@@ -385,7 +385,8 @@ def cmd_ablations(args: argparse.Namespace) -> int:
 
     studies = tuple(s for s in args.studies.split(",") if s) if args.studies else STUDIES
     cfg = AblationConfig(forget_ratio=args.forget, seeds=tuple(int(s) for s in args.seeds.split(",")),
-                         studies=studies, lams=_floats(args.lams) if args.lams else AblationConfig.lams)
+                         studies=studies, lams=_floats(args.lams) if args.lams else AblationConfig.lams,
+                         pgd_objective=args.pgd_objective)
     from toolkit.data.mllmu import MLLMUBench
 
     result = run_ablations(_load(args), MLLMUBench(args.bench) if args.bench else None, cfg, progress=True)
@@ -529,6 +530,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--studies", default=None, help="comma-separated subset of direction,eps,layers,map,gate,reference")
     p.add_argument("--lams", default=None, help="strengths summed over the steered layers (default 0.5,1,2,4,8)")
     p.add_argument("--bench", default=None, help="benchmark dir (default: the synthetic one the default learnt)")
+    p.add_argument("--pgd-objective", default="target", choices=["target", "avoid"],
+                   help="PGD's aim: the true answer (the paper) or away from the refusal's first token")
     p.set_defaults(fn=cmd_ablations)
 
     p = sub.add_parser("quickstart", help="load, capture, steer, generate", parents=[model_opts])

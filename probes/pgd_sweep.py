@@ -22,14 +22,16 @@ __all__ = ["epsilon_sweep"]
 
 def epsilon_sweep(model: LoadedModel, samples: Sequence[Sample], targets: Sequence[str],
                   eps_values: Sequence[float] = (4 / 255, 8 / 255, 16 / 255, 32 / 255, 64 / 255), *,
-                  steps: int = 30, progress: bool = False) -> pd.DataFrame:
+                  steps: int = 30, progress: bool = False, objective: str = "target") -> pd.DataFrame:
     """One row per epsilon: ``success_rate`` (refused clean, answers attacked), ``n_refused_clean``,
-    ``loss_clean`` / ``loss_adversarial`` (mean target NLL), ``linf`` (max applied perturbation)."""
+    ``loss_clean`` / ``loss_adversarial`` (mean NLL of the objective, :class:`toolkit.adversarial.PGDConfig`),
+    ``linf`` (max applied perturbation)."""
     if not eps_values:
         raise ValueError("eps_values is empty.")
     rows = []
     for eps in eps_values:
-        res = pgd_attack(model, samples, targets, PGDConfig(eps=eps, step=2.5 * eps / steps, steps=steps),
+        res = pgd_attack(model, samples, targets, PGDConfig(eps=eps, step=2.5 * eps / steps, steps=steps,
+                                                             objective=objective),
                          progress=progress)
         n = len(res.loss_clean)
         rows.append({"eps": eps, "eps_255": round(eps * 255, 2), "success_rate": res.success_rate,

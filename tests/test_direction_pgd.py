@@ -54,6 +54,35 @@ def test_pgd_lowers_target_loss_within_eps(tiny_models):
     assert all(im.size == (32, 32) for im in res.images)
 
 
+def test_the_avoid_objective_pushes_the_clean_first_token_down_and_reads_no_target(tiny_models):
+    from toolkit.adversarial import target_loss
+    from toolkit.models.loading import load_image
+    from toolkit.models.pixels import attack_canvas, canvas_image
+
+    m = tiny_models("llava")
+    samples = [Sample("who is this", random_image(0)), Sample("describe it", random_image(1))]
+    cfg = PGDConfig(eps=16 / 255, step=2 / 255, steps=12, objective="avoid")
+    res = pgd_attack(m, samples, ["ignored", "ignored"], cfg)
+    assert res.outputs_clean == tracing.generate(m, samples, max_new_tokens=24)
+    for s, clean, before, after, linf in zip(samples, res.outputs_clean, res.loss_clean, res.loss_adversarial,
+                                             res.linf):
+        # The reported loss is the NLL of the clean answer's first token alone, on the clean image.
+        x, _, to_pixels = attack_canvas(m.adapter.pixel_layout, m.processor.image_processor, load_image(s.image))
+        first = m.processor.tokenizer(clean, add_special_tokens=False)["input_ids"][0]
+        batch = m.adapter.training_batch(m.processor, [m.format_prompt(s.text, image=True)], [clean],
+                                         [canvas_image(x)], eos=False)
+        labels = batch["labels"]
+        at = int((labels != -100).any(0).nonzero()[0])
+        assert int(labels[0, at]) == first
+        batch["labels"] = torch.where(torch.arange(labels.shape[1]) == at, labels, torch.full_like(labels, -100))
+        batch.pop("pixel_values")
+        assert abs(float(target_loss(m, batch, to_pixels(x))) - before) < 1e-4
+        assert after > before + 0.01  # pushed away from it, within the budget
+        assert linf <= cfg.eps + 1e-6
+    with pytest.raises(ValueError, match="PGD objective must be one of"):
+        pgd_attack(m, samples[:1], ["y"], PGDConfig(objective="untargeted"))
+
+
 def test_pgd_refuses_a_family_without_pixel_layout_and_a_torchvision_tiler(tiny_models):
     import dataclasses
 

@@ -33,7 +33,15 @@ from .models.adapters import ADAPTERS
 from .models.loading import LoadedModel, Sample, load_image
 from .models.pixels import attack_canvas, canvas_image
 
-__all__ = ["PGDConfig", "PGDResult", "pgd_attack", "target_loss"]
+__all__ = ["OBJECTIVES", "PGDConfig", "PGDResult", "pgd_attack", "target_loss"]
+
+
+# What the attack optimises. "target" (the paper): make ``targets[i]`` likely, teacher forced. "avoid": make the
+# model's own clean answer's first token unlikely (untargeted: it pushes away from the refusal where refusing
+# and answering part). On a default whose refusal depends on the face (README), "target" flips 2 of 16 refused
+# questions at 16/255 and "avoid" 9: every benchmark answer begins with the person's name, so the target's
+# first token asks the image to stay recognisable as the private person, which is what is refused.
+OBJECTIVES = ("target", "avoid")
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,7 @@ class PGDConfig:
     steps: int = 30
     random_start: bool = False
     seed: int = 0
+    objective: str = "target"  # see OBJECTIVES
 
 
 @dataclass
@@ -117,10 +126,13 @@ def target_loss(model: LoadedModel, batch: dict, pixels: torch.Tensor) -> torch.
 
 def pgd_attack(model: LoadedModel, samples: Sequence[Sample], targets: Sequence[str], config: PGDConfig = PGDConfig(),
                *, progress: bool = False, max_new_tokens: int = 24) -> PGDResult:
-    """Perturb each sample's image so that the model answers ``targets[i]``.
+    """Perturb each sample's image so that the model answers ``targets[i]`` (``config.objective="target"``),
+    or so that its clean answer's first token becomes unlikely (``"avoid"``; ``targets`` are then unused).
 
     Returns the adversarial images (8-bit, processor resolution), the model's
-    answers on clean and adversarial images, and the target loss before/after.
+    answers on clean and adversarial images, and the objective's NLL before/after
+    (``"target"``: of the target, lower is the attack's aim; ``"avoid"``: of the clean
+    answer's first token, higher is).
     """
     _check_supported(model)
     if len(samples) != len(targets):
@@ -129,6 +141,16 @@ def pgd_attack(model: LoadedModel, samples: Sequence[Sample], targets: Sequence[
         raise ValueError("PGD needs an image on every sample.")
     if not 0 < config.eps <= 1 or config.step <= 0 or config.steps < 1:
         raise ValueError(f"Bad PGD settings {config}: need 0 < eps <= 1, step > 0, steps >= 1.")
+    if config.objective not in OBJECTIVES:
+        raise ValueError(f"PGD objective must be one of {OBJECTIVES}, got {config.objective!r}.")
+    clean = None
+    if config.objective == "avoid":
+        clean = tracing.generate(model, list(samples), max_new_tokens=max_new_tokens)
+        if any(not o.strip() for o in clean):
+            raise ValueError("The model's clean answer is empty for some sample: the 'avoid' objective has no "
+                             "first token to push away from. Use objective='target'.")
+        targets = clean
+    sign = -1.0 if config.objective == "avoid" else 1.0
     gen = torch.Generator().manual_seed(config.seed)
     layout, ip = model.adapter.pixel_layout, model.processor.image_processor
     adv_images, lin, loss0, loss1 = [], [], [], []
@@ -148,6 +170,11 @@ def pgd_attack(model: LoadedModel, samples: Sequence[Sample], targets: Sequence[
             batch = model.adapter.training_batch(model.processor, [model.format_prompt(sample.text, image=True)],
                                                  [target], [start], eos=False)
             batch = {k: v.to(model.device) for k, v in batch.items() if k != "pixel_values"}
+            if clean is not None:  # "avoid": only the first answer token, where refusing and answering part
+                labels = batch["labels"]
+                first = int((labels != -100).any(0).nonzero()[0])
+                batch["labels"] = torch.where(torch.arange(labels.shape[1], device=labels.device) == first,
+                                              labels, torch.full_like(labels, -100))
             delta = torch.zeros_like(x)
             if config.random_start:
                 delta.uniform_(-config.eps, config.eps, generator=gen)
@@ -155,7 +182,7 @@ def pgd_attack(model: LoadedModel, samples: Sequence[Sample], targets: Sequence[
                 loss0.append(float(target_loss(model, batch, to_pixels(x))))
             for _ in range(config.steps):
                 delta.requires_grad_(True)
-                loss = target_loss(model, batch, to_pixels((x + delta).clamp(0, 1)))
+                loss = sign * target_loss(model, batch, to_pixels((x + delta).clamp(0, 1)))
                 (grad,) = torch.autograd.grad(loss, delta)
                 with torch.no_grad():
                     delta = (delta - config.step * grad.sign()).clamp(-config.eps, config.eps)
@@ -166,7 +193,7 @@ def pgd_attack(model: LoadedModel, samples: Sequence[Sample], targets: Sequence[
                 loss1.append(float(target_loss(model, batch, to_pixels(x_q))))
             lin.append(float((x_q - x).abs().max()))
             adv_images.append(adv_img)
-    clean = tracing.generate(model, list(samples), max_new_tokens=max_new_tokens)
+    clean = clean if clean is not None else tracing.generate(model, list(samples), max_new_tokens=max_new_tokens)
     attacked = tracing.generate(model, [Sample(s.text, im) for s, im in zip(samples, adv_images)],
                                 max_new_tokens=max_new_tokens)
     return PGDResult(adv_images, clean, attacked, loss0, loss1, lin)

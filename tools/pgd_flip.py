@@ -5,10 +5,11 @@ For a model (a shipped default, or one trained with `mllmeraser train-vanilla --
 * which privacy-instructed image questions it refuses: about fictitious retain people (private: refused
   under both rules) and about real people (public: answered under the face rule, refused under the shipped
   instruction rule), 2 trained instructions;
-* PGD on the refused fictitious-people questions (target: the ground-truth answer) at each epsilon:
-  the share that the attacked image turns from a refusal into an answer (`probes.pgd_sweep`).
+* PGD on the refused fictitious-people questions (target: the ground-truth answer; ``--objective avoid``:
+  away from the clean refusal's first token) at each epsilon: the share that the attacked image turns
+  from a refusal into an answer (`probes.pgd_sweep`).
 
-    .venv/bin/python tools/pgd_flip.py --model /tmp/default-face [--n 16] [--steps 20] [--eps 8,16,32]
+    .venv/bin/python tools/pgd_flip.py --model /tmp/default-face [--n 16] [--steps 20] [--eps 8,16,32] [--objective avoid]
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--eps", default="8,16,32")
+    ap.add_argument("--objective", default="target", choices=["target", "avoid"],
+                    help="target: the true answer (the paper); avoid: push away from the clean refusal's first token")
     args = ap.parse_args()
     start = time.time()
     model = load_model(args.model, dtype=args.dtype)
@@ -47,8 +50,9 @@ def main() -> None:
           f"{100 * refusal_rate(model, bench.real()[:20], instructions):.1f}%")
     refused, targets, _, asked = refused_privacy_questions(model, bench.retain(10), n=args.n,
                                                            instructions=instructions)
-    print(f"PGD on {len(refused)} refused of {asked} asked ({args.steps} steps, step 2.5 eps / steps):")
-    table = epsilon_sweep(model, refused, targets, [float(e) / 255 for e in args.eps.split(",")], steps=args.steps)
+    print(f"PGD ({args.objective}) on {len(refused)} refused of {asked} asked ({args.steps} steps, step 2.5 eps / steps):")
+    table = epsilon_sweep(model, refused, targets, [float(e) / 255 for e in args.eps.split(",")], steps=args.steps,
+                          objective=args.objective)
     print(table[["eps_255", "success_rate", "n_refused_clean", "n_success", "loss_clean",
                  "loss_adversarial", "linf"]].to_string(index=False))
     print(f"{time.time() - start:.0f} s")
