@@ -5,7 +5,9 @@ image is resized by the processor (no normalisation) to a canvas ``x`` in
 [0, 1], the model sees ``pixel_values(x)`` (normalised, and patchified for
 Qwen-VL: :mod:`toolkit.models.pixels`), and ``x' = x + delta`` with
 ``||delta||_inf <= eps`` maximises ``log p(target | x', prompt)`` (teacher
-forced, target tokens only) by signed-gradient steps. The returned images are
+forced, target tokens only) by signed-gradient steps; or, with
+``PGDConfig(objective="avoid")``, minimises the log-probability of the model's
+own clean answer's first token (no target: away from the refusal). The returned images are
 quantised to 8 bits at the processor's resolution, and success is measured on
 those, i.e. on what a user would actually feed the model.
 
