@@ -106,6 +106,25 @@ def _weight(score: torch.Tensor, threshold: float, temperature: float) -> torch.
     return (score > threshold).float()
 
 
+class _Membership(Gate):
+    """What the membership gates share (their dataclasses hold ``threshold`` and ``temperature``): the
+    score made a weight by the calibrated threshold (:func:`_weight`), and every tensor moved at once."""
+
+    threshold: float
+    temperature: float
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return _weight(self.score(x), self.threshold, self.temperature)[:, None]
+
+    def to(self, device: Any, dtype: torch.dtype | None = None) -> "Gate":
+        return replace(self, **{k: v.to(device, dtype or v.dtype) for k, v in self.tensors().items()})
+
+
+def _standardised(x: torch.Tensor, center: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``(x - center) / scale`` in float32 on ``x``'s device."""
+    return (x - center.to(x.device, torch.float32)) / scale.to(x.device, torch.float32)
+
+
 @dataclass(frozen=True)
 class LinearGate(Gate):
     """The paper's gate ``h @ weights`` (weights: d x r). Reads the state only."""
@@ -139,7 +158,7 @@ class LinearGate(Gate):
 
 
 @dataclass(frozen=True)
-class LogisticGate(Gate):
+class LogisticGate(_Membership):
     """Membership classifier: ``logit = ((x - center) / scale) @ coef + bias``. Vectors: (f,)."""
 
     coef: torch.Tensor
@@ -157,17 +176,7 @@ class LogisticGate(Gate):
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         x = _check_features(x, self.coef.shape[0], self.kind)
-        dev = x.device
-        z = (x - self.center.to(dev, torch.float32)) / self.scale.to(dev, torch.float32)
-        return z @ self.coef.to(dev, torch.float32) + self.bias
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return _weight(self.score(x), self.threshold, self.temperature)[:, None]
-
-    def to(self, device: Any, dtype: torch.dtype | None = None) -> "LogisticGate":
-        return replace(self, coef=self.coef.to(device, dtype or self.coef.dtype),
-                       center=self.center.to(device, dtype or self.center.dtype),
-                       scale=self.scale.to(device, dtype or self.scale.dtype))
+        return _standardised(x, self.center, self.scale) @ self.coef.to(x.device, torch.float32) + self.bias
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"coef": self.coef, "center": self.center, "scale": self.scale}
@@ -178,7 +187,7 @@ class LogisticGate(Gate):
 
 
 @dataclass(frozen=True)
-class PrototypeGate(Gate):
+class PrototypeGate(_Membership):
     """Nearness: ``max_i cos(z, forget_i) - max_j cos(z, retain_j)`` with ``z = (x - center) / scale``.
 
     ``forget`` (n_f, f) and ``retain`` (n_r, f) are stored already standardised and unit-normed.
@@ -217,12 +226,6 @@ class PrototypeGate(Gate):
         near_retain = (z @ self.retain.to(dev, torch.float32).T).max(-1).values
         return near_forget - near_retain
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return _weight(self.score(x), self.threshold, self.temperature)[:, None]
-
-    def to(self, device: Any, dtype: torch.dtype | None = None) -> "PrototypeGate":
-        return replace(self, **{k: v.to(device, dtype or v.dtype) for k, v in self.tensors().items()})
-
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {"forget": self.forget, "retain": self.retain, "center": self.center, "scale": self.scale}
         if self.whitener is not None:
@@ -235,7 +238,7 @@ class PrototypeGate(Gate):
 
 
 @dataclass(frozen=True)
-class MLPGate(Gate):
+class MLPGate(_Membership):
     """Membership by a small MLP: ``logit = relu(z @ w1 + b1) @ w2 + b2``, ``z = (x - center) / scale``.
 
     ``w1`` (f, h), ``b1`` (h,), ``w2`` (h,), ``center`` / ``scale`` (f,).
@@ -259,15 +262,8 @@ class MLPGate(Gate):
     def score(self, x: torch.Tensor) -> torch.Tensor:
         x = _check_features(x, self.w1.shape[0], self.kind)
         dev, f32 = x.device, torch.float32
-        z = (x - self.center.to(dev, f32)) / self.scale.to(dev, f32)
-        hidden = torch.relu(z @ self.w1.to(dev, f32) + self.b1.to(dev, f32))
+        hidden = torch.relu(_standardised(x, self.center, self.scale) @ self.w1.to(dev, f32) + self.b1.to(dev, f32))
         return hidden @ self.w2.to(dev, f32) + self.b2
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return _weight(self.score(x), self.threshold, self.temperature)[:, None]
-
-    def to(self, device: Any, dtype: torch.dtype | None = None) -> "MLPGate":
-        return replace(self, **{k: v.to(device, dtype or v.dtype) for k, v in self.tensors().items()})
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"w1": self.w1, "b1": self.b1, "w2": self.w2, "center": self.center, "scale": self.scale}
