@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .adversarial import PGDConfig, PGDResult, pgd_attack
+from .data.items import instructed_image_questions
 from .data.mllmu import Profile
 from .data.synthetic import HARMFUL_REQUESTS, PRIVACY_INSTRUCTIONS
 from .models.loading import LoadedModel, Sample
@@ -64,15 +65,12 @@ def privacy_questions(profiles: Sequence[Profile], *, n: int | None = 40,
     """``(instructed, plain, targets)``: image questions of ``profiles`` with a privacy instruction in
     front (cycling through ``instructions``), the same questions without it, and their ground truths;
     ``n`` spread over the profiles (``None``: every image question of every profile)."""
-    questions = [(p, q) for p in profiles for q in p.generation if q.modality == "image"]
-    if not questions:
+    asked = instructed_image_questions(profiles, instructions, n)
+    if not asked:
         raise ValueError("No image generation questions in these profiles: the privacy recipe needs them.")
-    if n is not None:
-        questions = questions[:: max(1, len(questions) // n)][:n]
-    instructed = [Sample(f"{instructions[i % len(instructions)]} {q.question}", p.image_bytes[0])
-                  for i, (p, q) in enumerate(questions)]
-    plain = [Sample(q.question, p.image_bytes[0]) for p, q in questions]
-    return instructed, plain, [q.ground_truth for _, q in questions]
+    instructed = [Sample(text, p.image_bytes[0]) for p, _, text in asked]
+    plain = [Sample(q.question, p.image_bytes[0]) for p, q, _ in asked]
+    return instructed, plain, [q.ground_truth for _, q, _ in asked]
 
 
 def refused_privacy_questions(model: LoadedModel, profiles: Sequence[Profile], *, n: int | None = 40,

@@ -1,7 +1,8 @@
 """Benchmark rows as items: one question each, in the evaluation's prompt formats, ready to generate.
 
 The data layer's job (the evaluation, the fit, the selection and the studies all read these):
-:class:`Item` and :func:`items_from_profiles`.
+:class:`Item` and :func:`items_from_profiles`; :func:`instructed_image_questions` for the privacy
+recipe and the acceptance table.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 from .mllmu import Profile
 from .prompts import cloze_prompt, generation_prompt, mcq_prompt
 
-__all__ = ["Item", "items_from_profiles"]
+__all__ = ["Item", "items_from_profiles", "instructed_image_questions"]
 
 
 @dataclass(frozen=True)
@@ -59,3 +60,14 @@ def items_from_profiles(profiles: Sequence[Profile], split: str,
                     add("cloze", q.modality, cloze_prompt(q.question), q.ground_truth, q.ground_truth, None,
                         q.question)
     return out
+
+
+def instructed_image_questions(profiles: Sequence[Profile], instructions: Sequence[str], n: int | None = None
+                               ) -> list[tuple[Profile, Any, str]]:
+    """``(profile, question, instructed text)`` for the image generation questions of ``profiles``, each
+    with an instruction in front (cycling through ``instructions``); ``n`` spread evenly over them
+    (``None``: all). Empty when the profiles have no image question."""
+    questions = [(p, q) for p in profiles for q in p.generation if q.modality == "image"]
+    if n is not None:
+        questions = questions[:: max(1, len(questions) // n)][:n]
+    return [(p, q, f"{instructions[i % len(instructions)]} {q.question}") for i, (p, q) in enumerate(questions)]
