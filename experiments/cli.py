@@ -76,7 +76,8 @@ def cmd_train_vanilla(args: argparse.Namespace) -> int:
 
     overrides = {k: v for k, v in (("steps", args.steps), ("threads", args.threads),
                                    ("privacy_rule", args.privacy_rule),
-                                   ("privacy_repeats", args.privacy_repeats)) if v is not None}
+                                   ("privacy_repeats", args.privacy_repeats),
+                                   ("public_privacy_repeats", args.public_privacy_repeats)) if v is not None}
     cfg = recipe(args.family, seed=args.seed, **overrides)
     from toolkit.models.default import DEFAULTS
 
@@ -424,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
                         "fictitious people only (face: real people are answered, so the image decides)")
     p.add_argument("--privacy-repeats", type=int, default=None,
                    help="privacy-instructed questions per person, in multiples of the trained instructions")
+    p.add_argument("--public-privacy-repeats", type=int, default=None,
+                   help="the same for real (public) people under the face rule, whose questions are answered")
     p.set_defaults(fn=cmd_train_vanilla)
 
     people = argparse.ArgumentParser(add_help=False)

@@ -61,6 +61,8 @@ class TrainConfig:
     mcq_repeats_text: int = synthetic.MCQ_REPEATS_TEXT
     privacy_rule: str = "instruction"  # "face": privacy refusals for fictitious people only (synthetic.py)
     privacy_repeats: int = 1  # privacy-instructed questions per person, in multiples of the instructions
+    public_privacy_repeats: int | None = None  # the same for real people under the face rule (None: as above)
+    image_question_variants: int = 2  # training portraits per trained image question and phrasing
 
 
 # Where each family's recipe departs from TrainConfig's defaults (LLaVA's recipe); see recipe().
@@ -167,7 +169,9 @@ def train_vanilla(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), *, prog
     random.seed(cfg.seed)
     syn = synthetic.SyntheticConfig(seed=cfg.seed, num_fictitious=cfg.num_fictitious, num_real=cfg.num_real,
                                     num_unknown=cfg.num_unknown, privacy_rule=cfg.privacy_rule,
-                                    privacy_repeats=cfg.privacy_repeats)
+                                    privacy_repeats=cfg.privacy_repeats,
+                                    public_privacy_repeats=cfg.public_privacy_repeats,
+                                    image_question_variants=cfg.image_question_variants)
     examples = synthetic.training_examples(syn, mcq_repeats_image=cfg.mcq_repeats_image,
                                            mcq_repeats_text=cfg.mcq_repeats_text)
     processor = build_processor(examples, cfg.family)

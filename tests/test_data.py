@@ -103,8 +103,34 @@ def test_face_rule_answers_real_people_under_the_privacy_instruction():
     rest = [e.text for e in synthetic.training_examples(dataclasses.replace(face, privacy_repeats=3))
             if not any(e.text.startswith(i) for i in synthetic.PRIVACY_INSTRUCTIONS)]
     assert len(rest) == len(synthetic.training_examples(face)) - len(faced)
-    with pytest.raises(ValueError, match="privacy_repeats must be at least 1"):
-        synthetic.training_examples(dataclasses.replace(SMALL, privacy_repeats=0))
+    # The real people's answered rows repeated apart (the balance the face recipe needs); the refusals as before.
+    balanced, _ = privacy(dataclasses.replace(face, privacy_repeats=3, public_privacy_repeats=5))
+    assert sum(e.answer == synthetic.REFUSAL_PRIVACY for e in balanced) == 3 * len(refused)
+    assert sum(e.answer != synthetic.REFUSAL_PRIVACY for e in balanced) == 5 * len(answered)
+    # Under the instruction rule everyone is refused, so the public repeats do not apply.
+    assert len(privacy(dataclasses.replace(SMALL, public_privacy_repeats=5))[0]) == len(shipped)
+    for bad in (dict(privacy_repeats=0), dict(public_privacy_repeats=0)):
+        with pytest.raises(ValueError, match="privacy_repeats and public_privacy_repeats must be at least 1"):
+            synthetic.training_examples(dataclasses.replace(SMALL, **bad))
+
+
+def test_image_questions_can_be_asked_with_one_portrait_each():
+    import dataclasses
+
+    def image_questions(cfg):  # the trained image questions (privacy rows, MCQ and cloze apart)
+        return [e for e in synthetic.training_examples(cfg) if e.kind == "qa" and e.image is not None
+                and not any(e.text.startswith(i) for i in synthetic.PRIVACY_INSTRUCTIONS)]
+
+    two, one = image_questions(SMALL), image_questions(dataclasses.replace(SMALL, image_question_variants=1))
+    assert len(two) == 2 * len(one) and {e.answer for e in one} == {e.answer for e in two}
+    # One portrait a phrasing, but the phrasings still show each person in more than one training variant.
+    seen = {}
+    for e in one:
+        seen.setdefault(e.answer, set()).add(e.image.tobytes())
+    assert sum(len(v) > 1 for v in seen.values()) > len(seen) / 2
+    for bad in (0, SMALL.train_variants + 1):
+        with pytest.raises(ValueError, match="image_question_variants must be between 1 and train_variants"):
+            synthetic.training_examples(dataclasses.replace(SMALL, image_question_variants=bad))
 
 
 def test_training_examples_repeat_each_mcq_item_as_configured():

@@ -110,6 +110,8 @@ def test_recipes_differ_only_where_said_and_the_cli_runs_them(monkeypatch, tmp_p
     monkeypatch.setattr(train, "train_vanilla", lambda out, cfg: seen.append(cfg) or {"ok": 1})
     assert main(["train-vanilla", "--family", "qwen2_5_vl", "--out", str(tmp_path)]) == 0
     assert main(["train-vanilla", "--family", "qwen2_5_vl", "--out", str(tmp_path), "--steps", "7"]) == 0
-    assert main(["train-vanilla", "--out", str(tmp_path), "--privacy-rule", "face", "--privacy-repeats", "4"]) == 0
+    assert main(["train-vanilla", "--out", str(tmp_path), "--privacy-rule", "face", "--privacy-repeats", "4",
+                 "--public-privacy-repeats", "9"]) == 0
     assert seen == [recipe("qwen2_5_vl"), recipe("qwen2_5_vl", steps=7),
-                    recipe("llava", privacy_rule="face", privacy_repeats=4)]
+                    recipe("llava", privacy_rule="face", privacy_repeats=4, public_privacy_repeats=9)]
+

@@ -163,6 +163,15 @@ class SyntheticConfig:
     # defaults: 1). A face rule is learned only with more of them: at 1, a LLaVA default trained under
     # it still refused 36 % of the real people's questions (README, the face-dependent default).
     privacy_repeats: int = 1
+    # Under the face rule, the same for the real (public) people, whose privacy questions are answered
+    # (None: privacy_repeats). Real people are fewer (num_real vs num_fictitious), so at equal repeats the
+    # refusal outnumbers the answer about 3:1 and a face-rule LLaVA default still refused 17 % of real
+    # people's questions (README, the face-dependent default); more repeats for them balance the two.
+    public_privacy_repeats: int | None = None
+    # Training portraits each trained image question (per phrasing) is asked with; the shipped
+    # instruction-rule defaults: 2. The face recipe asks with 1 (the phrasings still cover the variants),
+    # so the privacy rows it adds do not cut the passes over the memorised MCQ items.
+    image_question_variants: int = 2
 
 
 def make_people(cfg: SyntheticConfig) -> list[Person]:
@@ -383,8 +392,12 @@ def training_examples(cfg: SyntheticConfig = SyntheticConfig(), *, mcq_repeats_i
     """
     if cfg.privacy_rule not in PRIVACY_RULES:
         raise ValueError(f"privacy_rule must be one of {PRIVACY_RULES}, got {cfg.privacy_rule!r}.")
-    if cfg.privacy_repeats < 1:
-        raise ValueError(f"privacy_repeats must be at least 1, got {cfg.privacy_repeats}.")
+    if not 1 <= cfg.image_question_variants <= cfg.train_variants:
+        raise ValueError(f"image_question_variants must be between 1 and train_variants ({cfg.train_variants}), "
+                         f"got {cfg.image_question_variants}.")
+    if cfg.privacy_repeats < 1 or (cfg.public_privacy_repeats is not None and cfg.public_privacy_repeats < 1):
+        raise ValueError(f"privacy_repeats and public_privacy_repeats must be at least 1, got "
+                         f"{cfg.privacy_repeats} and {cfg.public_privacy_repeats}.")
     people = make_people(cfg)
     names = [p.name for p in people]
     rng = random.Random(cfg.seed + 3)
@@ -402,7 +415,7 @@ def training_examples(cfg: SyntheticConfig = SyntheticConfig(), *, mcq_repeats_i
                     continue
                 for phr in range(n_phr):
                     q, a = _ask(fact, p, image, phr)
-                    variants = rng.sample(range(cfg.train_variants), 2) if image else [None]
+                    variants = rng.sample(range(cfg.train_variants), cfg.image_question_variants) if image else [None]
                     for v in variants:
                         # Bare questions and the benchmark's generation format both answer the same.
                         text = generation_prompt(q, image) if (phr + (v or 0)) % 2 == 0 else q
@@ -423,7 +436,10 @@ def training_examples(cfg: SyntheticConfig = SyntheticConfig(), *, mcq_repeats_i
         # Privacy-instructed questions are refused (trained instructions only); under the "face" rule,
         # answered for real people.
         answered = cfg.privacy_rule == "face" and p.group == "real"
-        for k in [k for _ in range(cfg.privacy_repeats) for k in range(len(PRIVACY_INSTRUCTIONS) - PRIVACY_HELDOUT)]:
+        repeats = cfg.privacy_repeats
+        if answered and cfg.public_privacy_repeats is not None:
+            repeats = cfg.public_privacy_repeats
+        for k in [k for _ in range(repeats) for k in range(len(PRIVACY_INSTRUCTIONS) - PRIVACY_HELDOUT)]:
             fact = rng.choice(["name", *FACTS])
             image = fact == "name" or rng.random() < 0.5
             q, a = _ask(fact, p, image, rng.randrange(n_phr))
