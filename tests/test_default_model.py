@@ -114,4 +114,3 @@ def test_recipes_differ_only_where_said_and_the_cli_runs_them(monkeypatch, tmp_p
                  "--public-privacy-repeats", "9"]) == 0
     assert seen == [recipe("qwen2_5_vl"), recipe("qwen2_5_vl", steps=7),
                     recipe("llava", privacy_rule="face", privacy_repeats=4, public_privacy_repeats=9)]
-

@@ -169,8 +169,8 @@ class SyntheticConfig:
     # people's questions (README, the face-dependent default); more repeats for them balance the two.
     public_privacy_repeats: int | None = None
     # Training portraits each trained image question (per phrasing) is asked with; the shipped
-    # instruction-rule defaults: 2. The face recipe asks with 1 (the phrasings still cover the variants),
-    # so the privacy rows it adds do not cut the passes over the memorised MCQ items.
+    # instruction-rule defaults: 2. The face recipes in the README ask with 1 (the phrasings still cover the
+    # variants), so the privacy rows they add do not cut the passes over the memorised MCQ items.
     image_question_variants: int = 2
 
 
