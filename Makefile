@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(PY) bench/capture_throughput.py
 	$(PY) bench/eraser_size.py
 	$(PY) bench/fit_vs_baselines.py
+	$(PY) bench/train_step.py
 
 # 7B-shaped slices (random weights, bf16): costs per sample and layer, projected to the full models
 # (about 25 minutes on 2 CPU cores, 12 GiB of memory), then the width-scaling plot (docs/scaling.png).

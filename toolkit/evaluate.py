@@ -140,7 +140,7 @@ def summarize(df: pd.DataFrame, by: Sequence[str] = ("split", "task", "modality"
 
 
 def memorisation_report(model: LoadedModel, bench_root: Any, *, batch_size: int = 48,
-                        progress: bool = False, privacy_rule: str = "instruction") -> pd.DataFrame:
+                        progress: bool = False, privacy_rule: str | None = None) -> pd.DataFrame:
     """How well a vanilla model knows the synthetic benchmark (the default model's acceptance table).
 
     Rows: MCQ accuracy and answer-in-output rate on the trained people (trained
@@ -150,10 +150,14 @@ def memorisation_report(model: LoadedModel, bench_root: Any, *, batch_size: int 
     the real (public) people's privacy-instructed image questions answered, with the fact, in
     trained and held-out instructions: the goal under ``privacy_rule="face"`` (the model was
     trained so that the face decides, :class:`~toolkit.data.synthetic.SyntheticConfig`), a
-    report under ``"instruction"`` (trained to refuse them).
+    report under ``"instruction"`` (trained to refuse them). ``privacy_rule=None``: the rule the
+    checkpoint's ``training.json`` records (``"instruction"`` where there is none).
     """
     from .data.synthetic import PRIVACY_HELDOUT, PRIVACY_INSTRUCTIONS, PRIVACY_RULES
 
+    if privacy_rule is None:
+        info = model.training_info or {}
+        privacy_rule = info.get("train_config", {}).get("privacy_rule", "instruction")
     if privacy_rule not in PRIVACY_RULES:
         raise ValueError(f"privacy_rule must be one of {PRIVACY_RULES} (how the model was trained; its "
                          f"training.json says), got {privacy_rule!r}.")

@@ -1,15 +1,16 @@
 """Does an adversarial image break the model's privacy refusal? PGD flip rate against epsilon, on one model.
 
-For a model (a shipped default, or one trained with `mllmeraser train-vanilla --privacy-rule face`):
+For a model (`default`: the face rule; `default-qwen`, or one trained with `--privacy-rule instruction`:
+the instruction rule):
 
 * which privacy-instructed image questions it refuses: about fictitious retain people (private: refused
-  under both rules) and about real people (public: answered under the face rule, refused under the shipped
+  under both rules) and about real people (public: answered under the face rule, refused under the
   instruction rule), 2 trained instructions;
 * PGD on the refused fictitious-people questions (target: the ground-truth answer; ``--objective avoid``:
   away from the clean refusal's first token) at each epsilon: the share that the attacked image turns
   from a refusal into an answer (`probes.pgd_sweep`).
 
-    .venv/bin/python tools/pgd_flip.py --model /tmp/default-face [--n 16] [--steps 20] [--eps 8,16,32] [--objective avoid]
+    .venv/bin/python tools/pgd_flip.py --model default [--n 16] [--steps 20] [--eps 8,16,32] [--objective avoid]
 """
 
 from __future__ import annotations

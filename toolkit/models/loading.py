@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import warnings
 from collections.abc import Sequence
@@ -60,10 +61,11 @@ class LoadedModel:
         processor: the processor (VLMs) or tokenizer (text-only models).
         adapter: the family adapter.
         remote: passed to every trace this toolkit opens (nnsight's ``remote``).
+        folder: the local checkpoint folder it was loaded from (``None``: a hub name or a model object).
     """
 
     def __init__(self, module: torch.nn.Module, processor: Any, adapter: Adapter, *, remote: Any = False,
-                 name: str = "") -> None:
+                 name: str = "", folder: str | os.PathLike | None = None) -> None:
         import nnsight
 
         self.module = module
@@ -83,6 +85,7 @@ class LoadedModel:
         self.adapter = adapter
         self.remote = remote
         self.name = name or type(module).__name__
+        self.folder = Path(folder) if folder is not None else None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if adapter.supports_images:
@@ -90,6 +93,13 @@ class LoadedModel:
                                                     tokenizer=self.tokenizer)
             else:
                 self.nn = nnsight.TransformersModel(module, task="text-generation", tokenizer=self.tokenizer)
+
+    @property
+    def training_info(self) -> dict[str, Any] | None:
+        """The checkpoint's ``training.json`` (``mllmeraser train-vanilla`` writes it: the recipe, the
+        training time), or ``None`` where the folder has none (a hub checkpoint, a model object)."""
+        path = self.folder / "training.json" if self.folder is not None else None
+        return json.loads(path.read_text()) if path is not None and path.is_file() else None
 
     # -- structure -------------------------------------------------------------
     @property
@@ -347,13 +357,15 @@ def load_model(
     name = str(name_or_path_or_model)
     if name in ("default", "default-qwen") or name.startswith("tiny-"):
         if not name.startswith("tiny-"):
-            from .default import load_default
+            from .default import DEFAULTS, load_default
 
             module, processor = load_default(name=name)
+            folder = DEFAULTS[name][0]
         else:
             module, processor = tiny.build_tiny(name[len("tiny-"):], seed=kwargs.pop("seed", 0))
+            folder = None
         module = _place(module, device_map, dtype)
-        return LoadedModel(module, processor, adapter_for(module.config), remote=remote, name=name)
+        return LoadedModel(module, processor, adapter_for(module.config), remote=remote, name=name, folder=folder)
 
     import transformers
 
@@ -369,4 +381,5 @@ def load_model(
             processor = load_processor(name, trust_remote_code=trust_remote_code, image_backend=image_backend)
         else:
             processor = transformers.AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
-    return LoadedModel(module.eval(), processor, adapter, remote=remote, name=name)
+    return LoadedModel(module.eval(), processor, adapter, remote=remote, name=name,
+                       folder=name if Path(name).is_dir() else None)
