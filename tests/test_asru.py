@@ -104,13 +104,17 @@ def test_boundary_questions_share_a_fact_with_the_forget_people():
 
 
 def test_grpo_raises_the_reward_on_a_reduced_setting():
-    """Rewarding one fixed answer on two prompts: the greedy answers' mean reward rises after a few steps."""
+    """ASRU's rule reward on two forget prompts: the mean rollout reward rises after a few steps."""
     from toolkit import tracing
+    from toolkit.data.mllmu import MLLMUBench
+    from toolkit.data.synthetic import default_benchmark
     from toolkit.models.loading import load_model
 
     model = load_model("default")
-    prompts = [RewardPrompt(Sample("What is the occupation of the person in the image?", None), "", None, True),
-               RewardPrompt(Sample("Where was the person in the image born?", None), "", None, True)]
+    # Never-seen faces: at temperature 1.5 the default refuses a few rollouts (2 of 16 here) and names
+    # someone in the rest, so the group advantages carry a signal towards refusing.
+    unknown = MLLMUBench(default_benchmark()).extra("Unknown_Set").iloc[:2]
+    prompts = [RewardPrompt(Sample(r.Question, r.image["bytes"]), "", None, True) for r in unknown.itertuples()]
 
     def reward(text, gt, key, forget):  # a refusal is worth 1, anything else 0
         return 1.0 if "cannot" in text else 0.0
