@@ -27,17 +27,11 @@ args = ap.parse_args()
 torch = quiet_torch()
 
 from experiments.train import (build_default_architecture, build_processor, encode_training_batch,  # noqa: E402
-                               recipe, training_compute)
-from toolkit.data import synthetic  # noqa: E402
+                               recipe, recipe_examples, training_compute)
 from toolkit.models.adapters import adapter_for  # noqa: E402
 
 cfg = recipe(args.family)
-syn = synthetic.SyntheticConfig(seed=cfg.seed, num_fictitious=cfg.num_fictitious, num_real=cfg.num_real,
-                                num_unknown=cfg.num_unknown, privacy_rule=cfg.privacy_rule,
-                                privacy_repeats=cfg.privacy_repeats, public_privacy_repeats=cfg.public_privacy_repeats,
-                                image_question_variants=cfg.image_question_variants)
-examples = synthetic.training_examples(syn, mcq_repeats_image=cfg.mcq_repeats_image,
-                                       mcq_repeats_text=cfg.mcq_repeats_text)
+examples = recipe_examples(cfg)
 processor = build_processor(examples, cfg.family)
 torch.manual_seed(0)
 base = build_default_architecture(processor, cfg).train()

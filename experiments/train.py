@@ -30,9 +30,9 @@ from toolkit.models.tiny import LLAVA_TEMPLATE, QWEN_SPECIALS, QWEN_TEMPLATE, cl
 from toolkit.models.tokenizer import train_byte_bpe, train_word_tokenizer
 
 __all__ = ["TrainConfig", "recipe", "build_processor", "build_default_architecture", "train_vanilla",
-           "encode_training_batch", "training_compute", "COMPUTE_DTYPES"]
+           "encode_training_batch", "recipe_examples", "training_compute", "COMPUTE_DTYPES"]
 
-
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,10 @@ class TrainConfig:
     # about 2x the float32 step on a CPU with AVX512-BF16 (bench/train_step.py).
     compute_dtype: str = "bfloat16"
 
+    def __post_init__(self) -> None:
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}.")
 
-COMPUTE_DTYPES = ("float32", "bfloat16")
 
 # Where each family's recipe departs from TrainConfig's defaults (LLaVA's recipe); see recipe().
 RECIPE_CHANGES: dict[str, dict] = {
@@ -194,20 +196,23 @@ def training_compute(compute_dtype: str = "float32"):
         yield
 
 
-def train_vanilla(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), *, progress: bool = True) -> dict:
-    """Train the default model and save it (safetensors, float16) with its processor."""
-    if cfg.compute_dtype not in COMPUTE_DTYPES:
-        raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {cfg.compute_dtype!r}.")
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
+def recipe_examples(cfg: TrainConfig) -> list[synthetic.TrainExample]:
+    """The training examples ``cfg`` trains on (its synthetic benchmark's people, formats and repeats)."""
     syn = synthetic.SyntheticConfig(seed=cfg.seed, num_fictitious=cfg.num_fictitious, num_real=cfg.num_real,
                                     num_unknown=cfg.num_unknown, privacy_rule=cfg.privacy_rule,
                                     privacy_repeats=cfg.privacy_repeats,
                                     public_privacy_repeats=cfg.public_privacy_repeats,
                                     image_question_variants=cfg.image_question_variants)
-    examples = synthetic.training_examples(syn, mcq_repeats_image=cfg.mcq_repeats_image,
-                                           mcq_repeats_text=cfg.mcq_repeats_text)
+    return synthetic.training_examples(syn, mcq_repeats_image=cfg.mcq_repeats_image,
+                                       mcq_repeats_text=cfg.mcq_repeats_text)
+
+
+def train_vanilla(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), *, progress: bool = True) -> dict:
+    """Train the default model and save it (safetensors, float16) with its processor."""
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    examples = recipe_examples(cfg)
     processor = build_processor(examples, cfg.family)
     model = build_default_architecture(processor, cfg).train()
     adapter = adapter_for(model.config)
@@ -226,7 +231,6 @@ def train_vanilla(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), *, prog
         return 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-
     share = len(with_image) / len(examples)
     pools = {True: with_image, False: text_only}
     orders = {k: [] for k in pools}

@@ -74,8 +74,9 @@ def test_pgd_breaks_the_default_s_privacy_refusal_through_the_image():
 
 def test_each_default_records_its_privacy_rule_and_compute_dtype():
     # memorisation_report and the README's tables read the rule from here.
-    assert load_model("default").training_info["train_config"]["privacy_rule"] == "face"
-    assert load_model("default-qwen").training_info["train_config"]["privacy_rule"] == "instruction"
+    llava, qwen = (load_model(name).training_info["train_config"] for name in ("default", "default-qwen"))
+    assert (llava["privacy_rule"], llava["compute_dtype"]) == ("face", "bfloat16")
+    assert (qwen["privacy_rule"], qwen["compute_dtype"]) == ("instruction", "float32")
     assert load_model("tiny-llava").training_info is None  # built from config: no training.json
 
 
