@@ -1,7 +1,9 @@
 """The shipped default model on its own benchmark (issue: embedded default), and the training recipe."""
 
 import json
-from dataclasses import asdict
+import warnings
+from dataclasses import asdict, replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,10 +102,28 @@ def test_bf16_training_compute_is_close_to_float32_and_bad_dtypes_are_named():
         train_vanilla("/nonexistent", TrainConfig(compute_dtype="fp8"), progress=False)
 
 
+def test_native_bf16_matches_the_cpu_flags_and_emulated_bf16_training_is_named(tmp_path, monkeypatch):
+    import experiments.train as train
+
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else None
+    if flags is not None:  # oneDNN's answer is the CPU's: native bf16 is AVX512-BF16 or AMX
+        assert train.native_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
+    monkeypatch.setattr(train, "native_bf16", lambda: False)
+    cfg = TrainConfig(steps=1, batch_size=4, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
+                      vision_hidden=16, vision_layers=1, num_fictitious=2, num_real=1, num_unknown=1, warmup=1,
+                      mcq_repeats_image=1, mcq_repeats_text=1)
+    with pytest.warns(UserWarning, match=r"without native bf16.*compute_dtype='float32'"):
+        train_vanilla(tmp_path / "bf16", cfg, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # float32 is never warned about
+        train_vanilla(tmp_path / "fp32", replace(cfg, compute_dtype="float32"), progress=False)
+
+
 def test_training_recipe_memorises_on_a_reduced_setting(tmp_path):
     cfg = TrainConfig(steps=160, batch_size=32, hidden_size=96, intermediate_size=192, num_layers=2, num_heads=4,
                       vision_hidden=32, num_fictitious=6, num_real=2, num_unknown=2, warmup=10, lr=3e-3,
-                      mcq_repeats_image=6, mcq_repeats_text=6)  # fewer MCQ rows: 160 steps go to the facts
+                      mcq_repeats_image=6, mcq_repeats_text=6,  # fewer MCQ rows: 160 steps go to the facts
+                      compute_dtype="float32")  # bf16 is emulated, many times slower, on CPUs without AVX512-BF16
     syn = synthetic.SyntheticConfig(seed=0, num_fictitious=6, num_real=2, num_unknown=2)
     bench = MLLMUBench(synthetic.write_benchmark(tmp_path / "bench", syn))
     items = [it for it in items_from_profiles(bench.split("Full_Set"), "Full", ("generation",))
