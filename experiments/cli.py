@@ -351,7 +351,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     # Train on the fit people only, as the eraser does: evaluation people stay unseen by every method.
     retain = fit_people(bench, FitConfig(forget_ratio=args.forget, people=_people(args)), real=False)
     if args.name == "ASRU":
-        from toolkit.baselines import ASRUConfig, GRPOConfig, asru
+        from toolkit.baselines import ASRUConfig, GRPOConfig, RedirectConfig, asru
         from toolkit.contrastive import privacy_sets
         from toolkit.data.boundary import boundary_questions
         from toolkit.direction import erasure_direction
@@ -359,7 +359,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         layer = model.num_layers // 2
         contrast = privacy_sets(model, retain, n=None, pgd=None)
         direction = erasure_direction(model, contrast.refusal, contrast.recall, [layer]).vectors[layer]
-        config = ASRUConfig(stages=args.stages, grpo=GRPOConfig(steps=args.grpo_steps))
+        config = ASRUConfig(stages=args.stages, grpo=GRPOConfig(steps=args.grpo_steps),
+                            redirect=RedirectConfig(forget_scale=args.forget_scale))
         res = asru(model, bench.forget(args.forget), retain, boundary_questions(bench.forget(args.forget), retain),
                    direction, config, progress=True)
         if res.stage2 is not None:
@@ -508,6 +509,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("name", choices=["GA", "GA_Diff", "KL_Min", "NPO", "ASRU"])
     p.add_argument("--stages", type=int, default=2, choices=[1, 2], help="ASRU: 1 = redirection only")
     p.add_argument("--grpo-steps", type=int, default=30, help="ASRU stage 2 steps")
+    p.add_argument("--forget-scale", type=float, default=1.0,
+                   help="ASRU stage 1: redirect forget states to h + s * (refusal - recall) (the reference's "
+                        "--forget_scale; on the face-rule default 1 does not refuse, README)")
     p.add_argument("--bench", default=None)
     p.add_argument("--forget", type=int, default=10, choices=[5, 10, 15])
     p.add_argument("--epochs", type=int, default=4)

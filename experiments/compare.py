@@ -4,7 +4,8 @@ Rows: vanilla, MLLMEraser (the demo's chosen setting), the paper's map and the
 raw direction at matched forgetting, GA, GA_Diff, KL_Min, NPO at *matched
 forgetting* and at MLLMU-Bench's own budget (4 epochs, labelled), and ASRU:
 stage 1 (activation redirection) and full (stage 1 + GRPO with ASRU's reward on
-forget and boundary questions). Columns: forget / test
+forget and boundary questions), its forget_scale matched like the baselines' epochs (the
+reference's forget_scale 1 beside it when another is chosen). Columns: forget / test
 metrics, retain and real utility on the evaluation people (never in any fit or
 choice) with fit people beside them, ASRU reward, fit or training time, peak
 memory added.
@@ -13,7 +14,8 @@ Matched forgetting, chosen on the rehearsal like the eraser's settings: each
 baseline unlearns the stand-ins (validation people) with the fit people as its
 retain set, for 1, 2, 4, 8, 16 epochs; the smallest budget whose stand-in
 leakage is at most the eraser's rehearsal leakage (else the lowest leakage) is
-then used to unlearn the forget list. Every method trains on the same fit people.
+then used to unlearn the forget list. ASRU's forget_scale (1, 2, 4, 8) is matched the same
+way, on its stage 1. Every method trains on the same fit people.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from toolkit.baselines import METHODS, ASRUConfig, BaselineConfig, asru, qa_pairs, unlearn
+from toolkit.baselines import METHODS, ASRUConfig, BaselineConfig, RedirectConfig, asru, qa_pairs, unlearn
 from toolkit.data.boundary import boundary_questions
 from toolkit.data.mllmu import MLLMUBench
 from experiments.demo import DemoConfig, direction_steer, evaluate_people, headline
@@ -38,9 +40,12 @@ from toolkit.memory import PeakMemory
 from toolkit.data.synthetic import default_benchmark
 from toolkit.models.loading import load_model
 
-__all__ = ["run_compare", "matched_epochs"]
+__all__ = ["run_compare", "matched_epochs", "matched_forget_scale", "asru_config"]
 
 EPOCHS = (1, 2, 4, 8, 16)
+# ASRU's forget_scale candidates: the reference's 1, then the 2-4x its target needed to refuse on the
+# face-rule default when added directly (README, against the baselines), and one step past.
+FORGET_SCALES = (1.0, 2.0, 4.0, 8.0)
 
 
 def matched_epochs(model, method: str, stand_ins, train_retain, stand_in_items, target: float,
@@ -55,6 +60,26 @@ def matched_epochs(model, method: str, stand_ins, train_retain, stand_in_items, 
     chosen, measured = match_leakage(epochs, leakage, target)
     curve = pd.DataFrame([{"method": method, "epochs": e, "stand_in_leak": v} for e, v in measured.items()])
     return int(chosen), curve
+
+
+def asru_config(forget_scale: float, stages: int = 2) -> ASRUConfig:
+    """ASRU with its redirection target ``h + forget_scale * direction`` (``RedirectConfig.forget_scale``)."""
+    return ASRUConfig(redirect=RedirectConfig(forget_scale=forget_scale), stages=stages)
+
+
+def matched_forget_scale(model, stand_ins, train_retain, stand_in_items, direction, target: float,
+                         scales: tuple[float, ...] = FORGET_SCALES) -> tuple[float, pd.DataFrame]:
+    """The smallest of ``scales`` at which ASRU's redirection (stage 1) of the stand-ins, with the fit people
+    held, leaks at most ``target`` on their questions (else the lowest leakage), with the curve."""
+
+    def leakage(scale: float) -> float:
+        res = asru(model, stand_ins, train_retain, [], direction, asru_config(scale, stages=1))
+        return fact_rate(run_items(res.model, stand_in_items, batch_size=48))
+
+    chosen, measured = match_leakage(scales, leakage, target)
+    curve = pd.DataFrame([{"method": "ASRU stage 1", "forget_scale": k, "stand_in_leak": v}
+                          for k, v in measured.items()])
+    return float(chosen), curve
 
 
 def run_compare(out_dir: str | Path = "results/compare", cfg: DemoConfig = DemoConfig(),
@@ -120,15 +145,24 @@ def run_compare(out_dir: str | Path = "results/compare", cfg: DemoConfig = DemoC
             costs[label] = (res.seconds, res.peak_added_mb)
             frames.append(evaluate_people(res.model, bench, cfg, None, label))
     pd.concat(curves, ignore_index=True).to_csv(out / "matched_budgets.csv", index=False)
-    # ASRU: stage 1 (redirection) and stage 1 + GRPO, boundary questions from the fit people.
+    # ASRU: stage 1 (redirection) and stage 1 + GRPO, boundary questions from the fit people; its
+    # forget_scale matched on the rehearsal like the baselines' epochs, and the reference's 1 beside it.
     direction = (fit.direction.vectors[model.num_layers // 2] if model.num_layers // 2 in fit.direction.vectors
                  else _middle_direction(model, fit))
+    scale, scale_curve = matched_forget_scale(model, stand_ins, train_retain, sets["stand-ins"], direction, target)
+    scale_curve.assign(chosen=scale_curve.forget_scale == scale).to_csv(out / "asru_forget_scales.csv", index=False)
     boundary = boundary_questions(bench.forget(r), train_retain)
-    res = asru(model, bench.forget(r), train_retain, boundary, direction, ASRUConfig(), progress=True)
-    costs["ASRU stage 1"] = (res.stage1.seconds, res.stage1.peak_added_mb)
-    costs["ASRU full"] = (res.seconds, max(res.stage1.peak_added_mb, res.stage2.peak_added_mb))
-    frames.append(evaluate_people(res.stage1.model, bench, cfg, None, "ASRU stage 1"))
-    frames.append(evaluate_people(res.stage2.model, bench, cfg, None, "ASRU full"))
+    res = asru(model, bench.forget(r), train_retain, boundary, direction, asru_config(scale),
+               progress=True)
+    stage1, full = f"ASRU stage 1 (matched: forget_scale {scale:g})", f"ASRU full (matched: forget_scale {scale:g})"
+    costs[stage1] = (res.stage1.seconds, res.stage1.peak_added_mb)
+    costs[full] = (res.seconds, max(res.stage1.peak_added_mb, res.stage2.peak_added_mb))
+    frames.append(evaluate_people(res.stage1.model, bench, cfg, None, stage1))
+    frames.append(evaluate_people(res.stage2.model, bench, cfg, None, full))
+    if scale != 1:
+        reference = asru(model, bench.forget(r), train_retain, [], direction, asru_config(1, stages=1))
+        costs["ASRU stage 1 (reference: forget_scale 1)"] = (reference.stage1.seconds, reference.stage1.peak_added_mb)
+        frames.append(evaluate_people(reference.stage1.model, bench, cfg, None, "ASRU stage 1 (reference: forget_scale 1)"))
     pd.DataFrame({"step": range(1, len(res.stage2.rewards) + 1), "mean_reward": res.stage2.rewards}).to_csv(
         out / "asru_rewards.csv", index=False)
     _plot_rewards(res.stage2.rewards).savefig(out / "asru_rewards.png", dpi=110, bbox_inches="tight")

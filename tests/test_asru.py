@@ -152,3 +152,51 @@ def test_grpo_with_lora_trains_adapters_only_and_returns_a_plain_model():
         assert torch.equal(p, before[n])
     with pytest.raises(ValueError, match="are not module names"):
         grpo(model, prompts, GRPOConfig(rollouts=2, steps=1, lora_rank=2, lora_targets=("nope",)))
+
+
+def test_redirection_moves_forget_states_by_forget_scale_and_holds_retain_states():
+    """ASRU stage 1 against its target: after training, the layer's last-token output on forget prompts
+    has moved along the direction by about ``forget_scale * |direction|``, and retain prompts' outputs
+    stayed put; ``scale`` and ``forget_scale`` together are refused."""
+    from toolkit.baselines import RedirectConfig, redirect
+    from toolkit.models.loading import load_model
+    from toolkit.tracing import capture
+
+    model = load_model("tiny-llava")
+    layer = model.num_layers // 2
+    forget = [Sample(f"Where was person {i} born?") for i in range(6)]
+    retain = [Sample(f"What is the job of person {i}?") for i in range(6, 14)]
+    torch.manual_seed(0)
+    direction = torch.randn(model.hidden_size)
+    direction = 2.0 * direction / direction.norm()
+    unit = direction / direction.norm()
+    before_f, before_r = capture(model, forget, [layer])[layer], capture(model, retain, [layer])[layer]
+    moved = {}
+    for k in (1.0, 3.0):
+        res = redirect(model, forget, retain, direction, RedirectConfig(forget_scale=k, epochs=60, lr=3e-3))
+        after_f, after_r = capture(res.model, forget, [layer])[layer], capture(res.model, retain, [layer])[layer]
+        moved[k] = float(((after_f - before_f) @ unit).mean())
+        assert abs(moved[k] - 2.0 * k) < 0.25 * 2.0 * k, (k, moved[k])  # reached the target's shift
+        assert float((after_r - before_r).norm(dim=1).mean()) < 0.25 * moved[k]  # retain states held
+    assert moved[3.0] > 2.0 * moved[1.0]
+    with pytest.raises(ValueError, match="not both"):
+        redirect(model, forget, retain, direction, RedirectConfig(scale=1.0, forget_scale=2.0))
+
+
+def test_cli_passes_forget_scale_to_the_redirection(monkeypatch, tmp_path):
+    """`mllmeraser baseline ASRU --forget-scale S` reaches stage 1's RedirectConfig."""
+    import toolkit.baselines as baselines
+    from experiments.cli import main
+
+    class Seen(BaseException):  # past the CLI's one-line error handler
+        pass
+
+    def fake_asru(model, forget, retain, boundary, direction, config, **kw):
+        raise Seen(config)
+
+    monkeypatch.setattr(baselines, "asru", fake_asru)
+    with pytest.raises(Seen) as seen:
+        main(["baseline", "ASRU", "--model", "tiny-llava", "--stages", "1", "--forget-scale", "3",
+              "--out", str(tmp_path)])
+    config = seen.value.args[0]
+    assert (config.stages, config.redirect.forget_scale, config.redirect.scale) == (1, 3.0, None)

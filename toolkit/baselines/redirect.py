@@ -2,8 +2,8 @@
 
 Only the MLP of one middle decoder layer is trained, so that on forget prompts
 the layer's last-token output moves to ``h + c * v`` (``v``: the unit
-refusal-minus-recall direction at that layer, ``c``: a scale, by default the
-norm of the mean difference) while on retain prompts it stays where it was;
+refusal-minus-recall direction at that layer, ``c``: a scale, by default
+``forget_scale`` (the reference's flag, default 1) times the norm of the mean difference) while on retain prompts it stays where it was;
 mean squared error on both. Returns an unlearned copy.
 """
 
@@ -27,7 +27,10 @@ __all__ = ["RedirectConfig", "redirect"]
 @dataclass(frozen=True)
 class RedirectConfig:
     layer: int | None = None  # default: the middle layer
-    scale: float | None = None  # c; default: the norm of the direction given
+    scale: float | None = None  # c, absolute; default: forget_scale times the norm of the direction given
+    # The reference's --forget_scale: the target is h + forget_scale * direction (the unnormalised
+    # refusal-minus-recall difference); its default is 1.
+    forget_scale: float = 1.0
     epochs: int = 30
     lr: float = 1e-3
     retain_weight: float = 1.0
@@ -40,7 +43,10 @@ def redirect(model: LoadedModel, forget: Sequence[Sample], retain: Sequence[Samp
     """Train the layer's MLP on ``forget``/``retain`` prompts; ``direction``: refusal minus recall at that layer."""
     torch.manual_seed(config.seed)
     layer = model.num_layers // 2 if config.layer is None else model.check_layers(config.layer)[0]
-    scale = float(direction.norm()) if config.scale is None else config.scale
+    if config.scale is not None and config.forget_scale != 1.0:
+        raise ValueError("RedirectConfig: give scale (absolute) or forget_scale (times the direction's norm), "
+                         "not both.")
+    scale = config.forget_scale * float(direction.norm()) if config.scale is None else config.scale
     v = (direction / direction.norm()).float()
     h_f = capture(model, forget, [layer])[layer]
     h_r = capture(model, retain, [layer])[layer]
