@@ -15,9 +15,15 @@ def test_notebooks_are_stripped():
         assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{path.name} has outputs"
 
 
-# Notebook 3 (the layer-sensitivity study, about 350 s on 2 cores) runs under `make test-slow`; its pieces
-# (rehearsal selection, gate ROC, steering grid) have their own tests in `make test`.
-@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if "layer_sensitivity" in p.stem else p
+# Notebook 3 (the layer-sensitivity study, about 350 s on 2 cores) and notebook 2 (the probe report at all 8
+# layers with PGD, 174 s on a 2-core AVX2 machine: 28% of the suite) run under `make test-slow`; their pieces
+# (rehearsal selection, gate ROC, steering grid; probe_report on two layers and `mllmeraser probe`,
+# tests/test_probes.py and tests/test_splits.py) have their own tests in `make test`.
+SLOW_NOTEBOOKS = ("layer_sensitivity", "probe_report")
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow)
+                                  if any(k in p.stem for k in SLOW_NOTEBOOKS) else p
                                   for p in NOTEBOOKS], ids=lambda p: p.stem)
 def test_notebook_runs(path, tmp_path):
     nb = nbformat.read(path, as_version=4)
