@@ -160,9 +160,10 @@ def run_compare(out_dir: str | Path = "results/compare", cfg: DemoConfig = DemoC
     frames.append(evaluate_people(res.stage1.model, bench, cfg, None, stage1))
     frames.append(evaluate_people(res.stage2.model, bench, cfg, None, full))
     if scale != 1:
+        label = "ASRU stage 1 (reference: forget_scale 1)"
         reference = asru(model, bench.forget(r), train_retain, [], direction, asru_config(1, stages=1))
-        costs["ASRU stage 1 (reference: forget_scale 1)"] = (reference.stage1.seconds, reference.stage1.peak_added_mb)
-        frames.append(evaluate_people(reference.stage1.model, bench, cfg, None, "ASRU stage 1 (reference: forget_scale 1)"))
+        costs[label] = (reference.stage1.seconds, reference.stage1.peak_added_mb)
+        frames.append(evaluate_people(reference.stage1.model, bench, cfg, None, label))
     pd.DataFrame({"step": range(1, len(res.stage2.rewards) + 1), "mean_reward": res.stage2.rewards}).to_csv(
         out / "asru_rewards.csv", index=False)
     _plot_rewards(res.stage2.rewards).savefig(out / "asru_rewards.png", dpi=110, bbox_inches="tight")

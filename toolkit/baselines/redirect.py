@@ -3,8 +3,9 @@
 Only the MLP of one middle decoder layer is trained, so that on forget prompts
 the layer's last-token output moves to ``h + c * v`` (``v``: the unit
 refusal-minus-recall direction at that layer, ``c``: a scale, by default
-``forget_scale`` (the reference's flag, default 1) times the norm of the mean difference) while on retain prompts it stays where it was;
-mean squared error on both. Returns an unlearned copy.
+``forget_scale`` (the reference's flag, default 1) times the norm of the mean
+difference) while on retain prompts it stays where it was; mean squared error on
+both. Returns an unlearned copy.
 """
 
 from __future__ import annotations
@@ -37,15 +38,17 @@ class RedirectConfig:
     batch_size: int = 32
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.scale is not None and self.forget_scale != 1.0:
+            raise ValueError("RedirectConfig: give scale (absolute) or forget_scale (times the direction's norm), "
+                             "not both.")
+
 
 def redirect(model: LoadedModel, forget: Sequence[Sample], retain: Sequence[Sample], direction: torch.Tensor,
              config: RedirectConfig = RedirectConfig()) -> BaselineResult:
     """Train the layer's MLP on ``forget``/``retain`` prompts; ``direction``: refusal minus recall at that layer."""
     torch.manual_seed(config.seed)
     layer = model.num_layers // 2 if config.layer is None else model.check_layers(config.layer)[0]
-    if config.scale is not None and config.forget_scale != 1.0:
-        raise ValueError("RedirectConfig: give scale (absolute) or forget_scale (times the direction's norm), "
-                         "not both.")
     scale = config.forget_scale * float(direction.norm()) if config.scale is None else config.scale
     v = (direction / direction.norm()).float()
     h_f = capture(model, forget, [layer])[layer]
