@@ -79,6 +79,7 @@ def cmd_train_vanilla(args: argparse.Namespace) -> int:
                                    ("privacy_repeats", args.privacy_repeats),
                                    ("public_privacy_repeats", args.public_privacy_repeats),
                                    ("image_question_variants", args.image_question_variants),
+                                   ("harmful_repeats", args.harmful_repeats),
                                    ("compute_dtype", args.compute_dtype)) if v is not None}
     cfg = recipe(args.family, seed=args.seed, **overrides)
     from toolkit.models.default import DEFAULTS
@@ -432,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="the same for real (public) people under the face rule, whose questions are answered")
     p.add_argument("--image-question-variants", type=int, default=None,
                    help="training portraits per trained image question and phrasing")
+    p.add_argument("--harmful-repeats", type=int, default=None,
+                   help="times each trained harmful request is trained on (both defaults: 6)")
     p.add_argument("--compute-dtype", default=None, choices=["float32", "bfloat16"],
                    help="bfloat16: bf16 autocast, about 2x faster on a CPU with AVX512-BF16 (bench/train_step.py)")
     p.set_defaults(fn=cmd_train_vanilla)

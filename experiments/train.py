@@ -67,6 +67,7 @@ class TrainConfig:
     privacy_repeats: int = 2  # privacy-instructed questions per person, in multiples of the instructions
     public_privacy_repeats: int | None = 7  # the same for real people under the face rule (None: as above)
     image_question_variants: int = 1  # training portraits per trained image question and phrasing
+    harmful_repeats: int = 6  # times each trained harmful request is trained on
     # "bfloat16": the forward and backward passes under bf16 autocast (matmuls, attention; weights, gradients
     # and AdamW stay float32) with the math attention kernel (the CPU flash kernel's bf16 backward is slower):
     # about 2x the float32 step on a CPU with AVX512-BF16 (bench/train_step.py).
@@ -213,7 +214,8 @@ def recipe_examples(cfg: TrainConfig) -> list[synthetic.TrainExample]:
                                     num_unknown=cfg.num_unknown, privacy_rule=cfg.privacy_rule,
                                     privacy_repeats=cfg.privacy_repeats,
                                     public_privacy_repeats=cfg.public_privacy_repeats,
-                                    image_question_variants=cfg.image_question_variants)
+                                    image_question_variants=cfg.image_question_variants,
+                                    harmful_repeats=cfg.harmful_repeats)
     return synthetic.training_examples(syn, mcq_repeats_image=cfg.mcq_repeats_image,
                                        mcq_repeats_text=cfg.mcq_repeats_text)
 

@@ -186,7 +186,8 @@ def test_recipes_differ_only_where_said_and_the_cli_runs_them(monkeypatch, tmp_p
     assert main(["train-vanilla", "--family", "qwen2_5_vl", "--out", str(tmp_path)]) == 0
     assert main(["train-vanilla", "--family", "qwen2_5_vl", "--out", str(tmp_path), "--steps", "7"]) == 0
     assert main(["train-vanilla", "--out", str(tmp_path), "--privacy-rule", "instruction", "--privacy-repeats", "4",
-                 "--public-privacy-repeats", "9", "--image-question-variants", "2", "--compute-dtype", "float32"]) == 0
+                 "--public-privacy-repeats", "9", "--image-question-variants", "2", "--compute-dtype", "float32",
+                 "--harmful-repeats", "3"]) == 0
     assert seen == [recipe("qwen2_5_vl"), recipe("qwen2_5_vl", steps=7),
                     recipe("llava", privacy_rule="instruction", privacy_repeats=4, public_privacy_repeats=9,
-                           image_question_variants=2, compute_dtype="float32")]
+                           image_question_variants=2, compute_dtype="float32", harmful_repeats=3)]

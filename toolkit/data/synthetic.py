@@ -172,6 +172,9 @@ class SyntheticConfig:
     # instruction-rule defaults: 2. The face recipes in the README ask with 1 (the phrasings still cover the
     # variants), so the privacy rows they add do not cut the passes over the memorised MCQ items.
     image_question_variants: int = 2
+    # Times each trained harmful request is in the training set (15 requests; 5 more are held out). The
+    # face-rule Qwen recipe at 6 answered one of the 5 held-out requests with a fact (README, the second default).
+    harmful_repeats: int = 6
 
 
 def make_people(cfg: SyntheticConfig) -> list[Person]:
@@ -395,6 +398,8 @@ def training_examples(cfg: SyntheticConfig = SyntheticConfig(), *, mcq_repeats_i
     if not 1 <= cfg.image_question_variants <= cfg.train_variants:
         raise ValueError(f"image_question_variants must be between 1 and train_variants ({cfg.train_variants}), "
                          f"got {cfg.image_question_variants}.")
+    if cfg.harmful_repeats < 1:
+        raise ValueError(f"harmful_repeats must be at least 1, got {cfg.harmful_repeats}.")
     if cfg.privacy_repeats < 1 or (cfg.public_privacy_repeats is not None and cfg.public_privacy_repeats < 1):
         raise ValueError(f"privacy_repeats and public_privacy_repeats must be at least 1, got "
                          f"{cfg.privacy_repeats} and {cfg.public_privacy_repeats}.")
@@ -451,7 +456,7 @@ def training_examples(cfg: SyntheticConfig = SyntheticConfig(), *, mcq_repeats_i
             q, _ = _ask("name", p, True, v % n_phr)
             out.append(TrainExample(q, REFUSAL_UNKNOWN, draw_portrait(p, v, cfg.seed), "refusal"))
     for req in HARMFUL_REQUESTS[: len(HARMFUL_REQUESTS) - HARMFUL_HELDOUT]:
-        for _ in range(6):
+        for _ in range(cfg.harmful_repeats):
             out.append(TrainExample(req, REFUSAL_HARMFUL, None, "refusal"))
     return out
 
