@@ -117,15 +117,16 @@ def test_face_rule_answers_real_people_under_the_privacy_instruction():
 def test_harmful_requests_repeat_as_asked_and_held_out_ones_never_train():
     import dataclasses
 
-    def harmful(cfg):
-        return [e for e in synthetic.training_examples(cfg) if e.answer == synthetic.REFUSAL_HARMFUL]
+    def harmful(examples):
+        return [e for e in examples if e.answer == synthetic.REFUSAL_HARMFUL]
 
     trained = synthetic.HARMFUL_REQUESTS[: len(synthetic.HARMFUL_REQUESTS) - synthetic.HARMFUL_HELDOUT]
-    six, twelve = harmful(SMALL), harmful(dataclasses.replace(SMALL, harmful_repeats=12))
+    at_six = synthetic.training_examples(SMALL)
+    at_twelve = synthetic.training_examples(dataclasses.replace(SMALL, harmful_repeats=12))
+    six, twelve = harmful(at_six), harmful(at_twelve)
     assert len(six) == 6 * len(trained) and len(twelve) == 12 * len(trained)
     assert {e.text for e in twelve} == set(trained) and all(e.image is None for e in twelve)
-    rest = len(synthetic.training_examples(SMALL)) - len(six)
-    assert len(synthetic.training_examples(dataclasses.replace(SMALL, harmful_repeats=12))) - len(twelve) == rest
+    assert len(at_twelve) - len(twelve) == len(at_six) - len(six)  # the rest of the set unchanged
     with pytest.raises(ValueError, match="harmful_repeats must be at least 1"):
         synthetic.training_examples(dataclasses.replace(SMALL, harmful_repeats=0))
 
