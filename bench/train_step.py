@@ -1,4 +1,5 @@
-"""The default's training step in float32 and under bf16 autocast (``TrainConfig.compute_dtype``).
+"""The default's training step in float32, under bf16 autocast (``TrainConfig.compute_dtype``) and under
+bf16 with the LM head at answer positions only (``TrainConfig.answer_logits_only``).
 
     .venv/bin/python bench/train_step.py [--reps 5] [--family llava]
 
@@ -8,7 +9,8 @@ trainer draws them), alternating the two compute dtypes, each on its own copy of
 Prints the medians, the bf16 / float32 ratio per batch kind and the ratio at the recipe's
 image share. The ratio depends on the CPU: AVX512-BF16 (or AMX) runs bf16 matmuls natively
 (``native bf16 yes``: LLaVA 0.58, Qwen 0.68 on a 2-core EPYC); without them they are emulated and bf16
-is the slower one (``no``: Qwen 18.5 on a 2-core AVX2 EPYC).
+is the slower one (``no``: Qwen 18.5 on a 2-core AVX2 EPYC). Answer-only logits skip the head and
+its softmax at the 90-94% of positions that are prompt, image or padding (the loss is the same).
 """
 
 import argparse
@@ -28,7 +30,7 @@ args = ap.parse_args()
 torch = quiet_torch()
 
 from experiments.train import (build_default_architecture, build_processor, encode_training_batch,  # noqa: E402
-                               native_bf16, recipe, recipe_examples, training_compute)
+                               native_bf16, recipe, recipe_examples, training_compute, training_loss)
 from toolkit.models.adapters import adapter_for  # noqa: E402
 
 cfg = recipe(args.family)
@@ -42,13 +44,13 @@ pools = {"image": [e for e in examples if e.image is not None], "text": [e for e
 share = len(pools["image"]) / len(examples)
 
 
-def stepper(dtype: str, batch):
+def stepper(dtype: str, batch, answer_logits_only: bool = False):
     model = copy.deepcopy(base)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step():
         with training_compute(dtype):
-            loss = model(**batch).loss
+            loss = training_loss(model, batch, answer_logits_only)
             opt.zero_grad(set_to_none=True)
             loss.backward()
         opt.step()
@@ -61,10 +63,14 @@ print(f"{machine()}; torch {torch.__version__}, {torch.get_num_threads()} thread
 medians = {}
 for kind, pool in pools.items():
     batch = encode_training_batch(processor, rng.sample(pool, cfg.batch_size), adapter)
-    med = interleaved_medians({d: stepper(d, batch) for d in ("float32", "bfloat16")}, reps=args.reps)
+    steps = {d: stepper(d, batch) for d in ("float32", "bfloat16")}
+    steps["answer"] = stepper("bfloat16", batch, answer_logits_only=True)
+    med = interleaved_medians(steps, reps=args.reps)
     medians[kind] = med
     print(f"{kind:5s} batch {tuple(batch['input_ids'].shape)}: float32 {med['float32']:.3f} s, "
-          f"bfloat16 {med['bfloat16']:.3f} s, ratio {med['bfloat16'] / med['float32']:.2f}")
-mean = {d: share * medians["image"][d] + (1 - share) * medians["text"][d] for d in ("float32", "bfloat16")}
+          f"bfloat16 {med['bfloat16']:.3f} s, ratio {med['bfloat16'] / med['float32']:.2f}; bfloat16 with "
+          f"answer-only logits {med['answer']:.3f} s, ratio to full logits {med['answer'] / med['bfloat16']:.2f}")
+mean = {d: share * medians["image"][d] + (1 - share) * medians["text"][d] for d in ("float32", "bfloat16", "answer")}
 print(f"mean step at the recipe's image share: float32 {mean['float32']:.3f} s, bfloat16 {mean['bfloat16']:.3f} s, "
-      f"ratio {mean['bfloat16'] / mean['float32']:.2f}")
+      f"ratio {mean['bfloat16'] / mean['float32']:.2f}; answer-only logits {mean['answer']:.3f} s, "
+      f"ratio to full logits {mean['answer'] / mean['bfloat16']:.2f}")

@@ -80,7 +80,8 @@ def cmd_train_vanilla(args: argparse.Namespace) -> int:
                                    ("public_privacy_repeats", args.public_privacy_repeats),
                                    ("image_question_variants", args.image_question_variants),
                                    ("harmful_repeats", args.harmful_repeats),
-                                   ("compute_dtype", args.compute_dtype)) if v is not None}
+                                   ("compute_dtype", args.compute_dtype),
+                                   ("answer_logits_only", args.answer_logits_only)) if v is not None}
     cfg = recipe(args.family, seed=args.seed, **overrides)
     from toolkit.models.default import DEFAULTS
 
@@ -425,8 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="default: the family's recipe (1000)")
     p.add_argument("--privacy-rule", default=None, choices=["instruction", "face"],
-                   help="refuse privacy-instructed questions for everyone (instruction: default-qwen) or for "
-                        "fictitious people only (face: real people are answered, so the image decides; default)")
+                   help="refuse privacy-instructed questions for everyone (instruction) or for "
+                        "fictitious people only (face: real people are answered, so the image decides; both defaults)")
     p.add_argument("--privacy-repeats", type=int, default=None,
                    help="privacy-instructed questions per person, in multiples of the trained instructions")
     p.add_argument("--public-privacy-repeats", type=int, default=None,
@@ -434,9 +435,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-question-variants", type=int, default=None,
                    help="training portraits per trained image question and phrasing")
     p.add_argument("--harmful-repeats", type=int, default=None,
-                   help="times each trained harmful request is trained on (both defaults: 6)")
+                   help="times each trained harmful request is trained on (default: 6; default-qwen: 12)")
     p.add_argument("--compute-dtype", default=None, choices=["float32", "bfloat16"],
                    help="bfloat16: bf16 autocast, about 2x faster on a CPU with AVX512-BF16 (bench/train_step.py)")
+    p.add_argument("--answer-logits-only", default=None, action=argparse.BooleanOptionalAction,
+                   help="project the LM head only at answer positions: the same loss, a faster step "
+                        "(bench/train_step.py; the recipe's choice unless given)")
     p.set_defaults(fn=cmd_train_vanilla)
 
     people = argparse.ArgumentParser(add_help=False)

@@ -31,7 +31,8 @@ from toolkit.models.tiny import LLAVA_TEMPLATE, QWEN_SPECIALS, QWEN_TEMPLATE, cl
 from toolkit.models.tokenizer import train_byte_bpe, train_word_tokenizer
 
 __all__ = ["TrainConfig", "recipe", "build_processor", "build_default_architecture", "train_vanilla",
-           "encode_training_batch", "recipe_examples", "training_compute", "native_bf16", "COMPUTE_DTYPES"]
+           "encode_training_batch", "recipe_examples", "training_compute", "training_loss", "native_bf16",
+           "COMPUTE_DTYPES"]
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
@@ -72,6 +73,11 @@ class TrainConfig:
     # and AdamW stay float32) with the math attention kernel (the CPU flash kernel's bf16 backward is slower):
     # about 2x the float32 step on a CPU with AVX512-BF16 (bench/train_step.py).
     compute_dtype: str = "bfloat16"
+    # True: the LM head projects only the positions that predict an answer token (the loss reads no other;
+    # 6-10% of a batch's positions), so a step skips most of the head and its softmax: the same loss up to
+    # rounding, 13% faster on Qwen's image batches (bench/train_step.py). False: the model's own ``.loss``
+    # over every position, as the shipped LLaVA default was trained.
+    answer_logits_only: bool = False
 
     def __post_init__(self) -> None:
         if self.compute_dtype not in COMPUTE_DTYPES:
@@ -81,9 +87,10 @@ class TrainConfig:
 # Where each family's recipe departs from TrainConfig's defaults (LLaVA's recipe); see recipe().
 RECIPE_CHANGES: dict[str, dict] = {
     "llava": {},
-    # default-qwen is still the instruction-rule model, trained in float32 (README, the second default).
-    "qwen2_5_vl": {"mcq_repeats_text": 11, "privacy_rule": "instruction", "privacy_repeats": 1,
-                   "public_privacy_repeats": None, "image_question_variants": 2, "compute_dtype": "float32"},
+    # default-qwen: the same face rule and bf16; the letters, the new portraits and a held-out harmful request
+    # needed more than LLaVA's mix (README, the second default).
+    "qwen2_5_vl": {"mcq_repeats_image": 13, "mcq_repeats_text": 11, "image_question_variants": 2,
+                   "harmful_repeats": 12, "answer_logits_only": True, "steps": 1040},
 }
 FAMILIES = tuple(RECIPE_CHANGES)
 
@@ -95,8 +102,11 @@ def recipe(family: str = "llava", **overrides) -> TrainConfig:
     break it; privacy questions twice per private person and 7 times per public one (fewer real people
     answer than fictitious ones refuse), one portrait per trained image question, text MCQs 8 times,
     1,000 steps under bf16 autocast (729 s on 2 CPU cores; README, the embedded default).
-    ``qwen2_5_vl`` is the earlier instruction-rule recipe in float32: text MCQs 11 times (with 5 its
-    text MCQs reached 87.3%, goal 95), two portraits a question, 1,000 steps."""
+    ``qwen2_5_vl``: the same face rule and bf16, with image MCQs 13 times and text MCQs 11 (with this
+    byte-level tokenizer a one-letter answer is a small share of the answer tokens: at 12 / 11 and 1.94 passes
+    MCQ reached 88.3%, goal 95), two portraits a trained image question (one gave 76.7-79.2% on Test_Set
+    images, goal 80), each trained harmful request 12 times (6 left a held-out one answered), the LM head at
+    answer positions only (a faster step, the same loss), 1,040 steps (854 s on 2 CPU cores)."""
     if family not in FAMILIES:
         raise ValueError(f"No default recipe for family {family!r}; choose one of {', '.join(FAMILIES)}.")
     return TrainConfig(family=family, **{**RECIPE_CHANGES[family], **overrides})
@@ -208,6 +218,22 @@ def training_compute(compute_dtype: str = "float32"):
         yield
 
 
+def training_loss(model, batch: dict[str, torch.Tensor], answer_logits_only: bool = False) -> torch.Tensor:
+    """Mean next-token NLL over the answer tokens of ``batch`` (:func:`encode_training_batch`; ``labels``
+    -100 elsewhere). ``answer_logits_only=False``: the model's own ``.loss``. ``True``: the same mean, but
+    the LM head (``model.lm_head`` on the base model ``model.model``'s last hidden state, both families'
+    layout) is applied only at the positions whose next token is labelled."""
+    if not answer_logits_only:
+        return model(**batch).loss
+    inputs = dict(batch)
+    labels = inputs.pop("labels")
+    hidden = model.model(**inputs).last_hidden_state
+    targets = labels[:, 1:]
+    labelled = targets != -100
+    logits = model.lm_head(hidden[:, :-1][labelled])
+    return torch.nn.functional.cross_entropy(logits.float(), targets[labelled])
+
+
 def recipe_examples(cfg: TrainConfig) -> list[synthetic.TrainExample]:
     """The training examples ``cfg`` trains on (its synthetic benchmark's people, formats and repeats)."""
     syn = synthetic.SyntheticConfig(seed=cfg.seed, num_fictitious=cfg.num_fictitious, num_real=cfg.num_real,
@@ -266,7 +292,7 @@ def train_vanilla(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), *, prog
         take, orders[kind] = orders[kind][: cfg.batch_size], orders[kind][cfg.batch_size:]
         batch = encode_training_batch(processor, [pools[kind][i] for i in take], adapter)
         with training_compute(cfg.compute_dtype):
-            loss = model(**batch).loss
+            loss = training_loss(model, batch, cfg.answer_logits_only)
             opt.zero_grad(set_to_none=True)
             loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -1,6 +1,6 @@
 """Does an adversarial image break the model's privacy refusal? PGD flip rate against epsilon, on one model.
 
-For a model (`default`: the face rule; `default-qwen`, or one trained with `--privacy-rule instruction`:
+For a model (`default` and `default-qwen`: the face rule; one trained with `--privacy-rule instruction`:
 the instruction rule):
 
 * which privacy-instructed image questions it refuses: about fictitious retain people (private: refused
