@@ -75,7 +75,7 @@ class TrainConfig:
     compute_dtype: str = "bfloat16"
     # True: the LM head projects only the positions that predict an answer token (the loss reads no other;
     # 6-10% of a batch's positions), so a step skips most of the head and its softmax: the same loss up to
-    # rounding, 13% faster on Qwen's image batches (bench/train_step.py). False: the model's own ``.loss``
+    # rounding, 16% faster on Qwen's image batches (bench/train_step.py). False: the model's own ``.loss``
     # over every position, as the shipped LLaVA default was trained.
     answer_logits_only: bool = False
 
