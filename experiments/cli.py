@@ -424,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="llava makes `default`, qwen2_5_vl makes `default-qwen`")
     p.add_argument("--out", default=None, help="default: toolkit/assets/default(-qwen)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=None, help="default: the family's recipe (1000)")
+    p.add_argument("--steps", type=int, default=None, help="default: the family's recipe (llava 1000, qwen2_5_vl 1040)")
     p.add_argument("--privacy-rule", default=None, choices=["instruction", "face"],
                    help="refuse privacy-instructed questions for everyone (instruction) or for "
                         "fictitious people only (face: real people are answered, so the image decides; both defaults)")
