@@ -173,7 +173,7 @@ class SyntheticConfig:
     # variants), so the privacy rows they add do not cut the passes over the memorised MCQ items.
     image_question_variants: int = 2
     # Times each trained harmful request is in the training set (15 requests; 5 more are held out). The
-    # face-rule Qwen recipe at 6 answered one of the 5 held-out requests with a fact (README, known gaps).
+    # face-rule Qwen recipe at 6 answered one of the 5 held-out requests with a fact (README, the second default).
     harmful_repeats: int = 6
 
 
