@@ -142,8 +142,8 @@ def _gate_options(p: argparse.ArgumentParser) -> None:
     from toolkit.gates import GATE_KINDS, READS
 
     p.add_argument("--gate", default="linear", choices=list(GATE_KINDS),
-                   help="linear = the paper's null-space map; logistic / prototype = membership gates calibrated on "
-                        "validation people")
+                   help="linear = the paper's null-space map; " + ", ".join(k for k in GATE_KINDS if k != "linear")
+                        + " = membership gates calibrated on validation people")
     p.add_argument("--gate-reads", default="last+mean", choices=list(READS),
                    help="what a membership gate reads: the last prompt token, or it and the prompt's mean state")
     p.add_argument("--gate-fpr", type=float, default=0.05,
@@ -151,6 +151,29 @@ def _gate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gate-softness", type=float, default=0.0, help="> 0: a sigmoid gate around the threshold")
     p.add_argument("--edit", default="add", choices=["add", "rotate"],
                    help="add = h + lam g d (the paper); rotate = the same, norm-preserving")
+
+
+def _select_options(p: argparse.ArgumentParser) -> None:
+    """The rehearsal's choices (``demo`` and ``erase``); defaults from :class:`toolkit.erase.EraseConfig`."""
+    from toolkit.erase import EraseConfig
+
+    base = EraseConfig().select
+    p.add_argument("--select-rule", default="leakage", choices=["leakage", "reward"],
+                   help="how the rehearsal chooses: the leakage rule (docs: method) or the highest ASRU reward")
+    p.add_argument("--gates", default=None,
+                   help=f"gate kinds the rehearsal chooses among (default {','.join(base.gates)}; linear = the "
+                        "paper's map alone)")
+    p.add_argument("--gate-fprs", default=None,
+                   help=f"target false-positive rates screened (default {','.join(map(str, base.gate_fprs))})")
+
+
+def _select_config(args: argparse.Namespace):
+    from toolkit.erase import EraseConfig
+    from toolkit.selection import SelectConfig
+
+    base = EraseConfig().select
+    return SelectConfig(rule=args.select_rule, gates=_kinds(args.gates) if args.gates else base.gates,
+                        gate_fprs=_floats(args.gate_fprs) if args.gate_fprs else base.gate_fprs)
 
 
 def _people(args: argparse.Namespace):
@@ -236,15 +259,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from experiments.demo import DemoConfig, run_demo
+    from experiments.demo import run_demo
 
-    from toolkit.selection import SelectConfig
+    from toolkit.erase import EraseConfig
 
-    base = DemoConfig().select
-    select = SelectConfig(rule=args.select_rule, gates=_kinds(args.gates) if args.gates else base.gates,
-                          gate_fprs=_floats(args.gate_fprs) if args.gate_fprs else base.gate_fprs)
-    cfg = DemoConfig(forget_ratio=args.forget, people=_people(args), in_fit_people=args.in_fit_people,
-                     select=select)
+    cfg = EraseConfig(forget_ratio=args.forget, people=_people(args), in_fit_people=args.in_fit_people,
+                      select=_select_config(args))
     info = run_demo(args.out, cfg, model=_load(args), bench_root=args.bench)
     import pandas as pd
 
@@ -256,6 +276,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
           "and real_* are evaluation people (never in the fit or the selection), in_fit_* are fit people.")
     print(pd.DataFrame(info["headline"]).set_index("method").T.to_string())
     print(f"\nwrote {args.out}/report.md, metrics.json, results.csv and plots ({info['seconds']} s)")
+    return 0
+
+
+def cmd_erase(args: argparse.Namespace) -> int:
+    """The whole job on a forget list (or an MLLMU-Bench folder): :func:`toolkit.erase.erase`."""
+    import pandas as pd
+
+    from toolkit.erase import EraseConfig, erase
+
+    if _people(args) is None:
+        raise ValueError("erase chooses its settings on validation people: --all-people leaves none; drop it.")
+    from dataclasses import replace
+
+    cfg = EraseConfig(forget_ratio=args.ratio, people=_people(args), in_fit_people=args.in_fit_people,
+                      select=replace(_select_config(args), batch_size=args.batch_size),
+                      layers=_layers(args.layers) if args.layers else None, batch_size=args.batch_size)
+    model = _load(args)
+    res = erase(model, args.forget, args.retain, real=args.real, config=cfg, out=args.out, progress=True)
+    info = res.info
+    print()
+    print(f"chosen on the rehearsal: a {info['gate']} gate at layer {info['layer']}, lambda {info['lam']}, "
+          f"threshold {info['threshold']}, positions {info['positions']}. Percent; leak / recall = the fact appears "
+          "in the answer; retain_* and real_* are evaluation people (never in the fit or the selection), "
+          "in_fit_* are fit people.")
+    print(pd.DataFrame(res.table).set_index("method").T.to_string())
+    print(f"\nwrote {args.out}/eraser.safetensors, report.md, metrics.json and results.csv ({info['seconds']} s)")
     return 0
 
 
@@ -380,7 +426,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from experiments.compare import run_compare
 
-    table = run_compare(args.out)
+    table = run_compare(args.out, model=_load(args), demo_metrics=args.demo)
     print(table.set_index("method").T.to_string())
     print(f"\nwrote {args.out}/table.md and summary.csv")
     return 0
@@ -414,35 +460,6 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="command", required=True)
     model_opts = _model_parent()
 
-    p = sub.add_parser("make-benchmark", help="write the synthetic MLLMU-Bench-format benchmark")
-    p.add_argument("out")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(fn=cmd_make_benchmark)
-
-    p = sub.add_parser("train-vanilla", help="train the embedded default model (about 15 min on 2 cores)")
-    p.add_argument("--family", default="llava", choices=["llava", "qwen2_5_vl"],
-                   help="llava makes `default`, qwen2_5_vl makes `default-qwen`")
-    p.add_argument("--out", default=None, help="default: toolkit/assets/default(-qwen)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=None, help="default: the family's recipe (llava 1000, qwen2_5_vl 1040)")
-    p.add_argument("--privacy-rule", default=None, choices=["instruction", "face"],
-                   help="refuse privacy-instructed questions for everyone (instruction) or for "
-                        "fictitious people only (face: real people are answered, so the image decides; both defaults)")
-    p.add_argument("--privacy-repeats", type=int, default=None,
-                   help="privacy-instructed questions per person, in multiples of the trained instructions")
-    p.add_argument("--public-privacy-repeats", type=int, default=None,
-                   help="the same for real (public) people under the face rule, whose questions are answered")
-    p.add_argument("--image-question-variants", type=int, default=None,
-                   help="training portraits per trained image question and phrasing")
-    p.add_argument("--harmful-repeats", type=int, default=None,
-                   help="times each trained harmful request is trained on (default: 6; default-qwen: 12)")
-    p.add_argument("--compute-dtype", default=None, choices=["float32", "bfloat16"],
-                   help="bfloat16: bf16 autocast, about 2x faster on a CPU with AVX512-BF16 (bench/train_step.py)")
-    p.add_argument("--answer-logits-only", default=None, action=argparse.BooleanOptionalAction,
-                   help="project the LM head only at answer positions: the same loss, a faster step "
-                        "(bench/train_step.py; the recipe's choice unless given)")
-    p.set_defaults(fn=cmd_train_vanilla)
-
     people = argparse.ArgumentParser(add_help=False)
     people.add_argument("--people-seed", type=int, default=0, help="seed of the fit / validation / evaluation split")
     people.add_argument("--fit-share", type=float, default=0.45, help="share of retain and real people in the fit")
@@ -450,6 +467,73 @@ def main(argv: list[str] | None = None) -> int:
                         help="share that chooses settings (the rest is evaluation)")
     people.add_argument("--all-people", action="store_true",
                         help="the reference: every retain person in the fit (utility is then in-fit only)")
+
+    p = sub.add_parser("quickstart", help="load, capture, steer, generate", parents=[model_opts])
+    p.set_defaults(fn=cmd_quickstart)
+
+    p = sub.add_parser("demo", parents=[model_opts, people],
+                       help="the main job on an embedded default: fit, choose, evaluate, compare")
+    p.add_argument("--out", default="results/demo")
+    p.add_argument("--forget", type=int, default=10, choices=[5, 10, 15])
+    p.add_argument("--in-fit-people", type=int, default=20, help="fit people evaluated beside the held-out ones")
+    _select_options(p)
+    p.add_argument("--bench", default=None, help="benchmark dir (default: the synthetic one the default learnt)")
+    p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("erase", parents=[model_opts, people],
+                       help="the whole job on your people: fit, choose on the rehearsal, report, write the eraser")
+    p.add_argument("--forget", required=True,
+                   help="forget list (.jsonl / .csv, or a folder of them), or an MLLMU-Bench folder (then no --retain)")
+    p.add_argument("--retain", default=None, help="retain list: the people whose knowledge must stay (same format)")
+    p.add_argument("--real", default=None, help="optional second group of kept people, reported apart")
+    p.add_argument("--ratio", type=int, default=10, choices=[5, 10, 15],
+                   help="an MLLMU-Bench folder's forget split (forget_5 / 10 / 15)")
+    p.add_argument("--layers", default=None, help="layers to fit, e.g. 3-7 (default: all; the rehearsal chooses "
+                   "among the upper half)")
+    _select_options(p)
+    p.add_argument("--in-fit-people", type=int, default=20, help="fit people evaluated beside the held-out ones")
+    p.add_argument("--out", default="results/erase")
+    p.set_defaults(fn=cmd_erase)
+
+    p = sub.add_parser("evaluate", parents=[model_opts, people],
+                       help="MLLMU-Bench metrics for a model, optionally with an eraser")
+    p.add_argument("--bench", default=None)
+    p.add_argument("--eraser", default=None)
+    p.add_argument("--forget", type=int, default=10, choices=[5, 10, 15])
+    p.add_argument("--in-fit-people", type=int, default=0, help="also evaluate up to N fit people (labelled)")
+    p.add_argument("--out", default="results/evaluate")
+    p.set_defaults(fn=cmd_evaluate)
+
+    p = sub.add_parser("probe", parents=[model_opts],
+                       help="all probes before erasure: separability, null space, steering grid")
+    p.add_argument("--bench", default=None)
+    p.add_argument("--forget", type=int, default=10, choices=[5, 10, 15])
+    p.add_argument("--layers", default=None)
+    p.add_argument("--n-contrast", type=int, default=0, help="contrastive questions (0: all of the fit people's)")
+    p.add_argument("--pgd-steps", type=int, default=20)
+    p.add_argument("--out", default="results/probe")
+    p.set_defaults(fn=cmd_probe)
+
+    p = sub.add_parser("attack", parents=[model_opts],
+                       help="forget leakage under re-asking, jailbreaks, prefill, relearning, long generation, PGD")
+    p.add_argument("--bench", default=None)
+    p.add_argument("--eraser", default=None, help="an eraser file (default: the model alone)")
+    p.add_argument("--positions", default=None, choices=["prompt", "last", "all"])
+    p.add_argument("--forget", type=int, default=10, choices=[5, 10, 15])
+    p.add_argument("--control", default="real",
+                   help="control people: 'real' (the Retain_Set) or N (the first N retain people)")
+    p.add_argument("--attacks", default=None, help="comma-separated subset (default: all)")
+    p.add_argument("--out", default="results/attack")
+    p.set_defaults(fn=cmd_attack)
+
+    p = sub.add_parser("generate", help="answer one prompt, optionally with an eraser", parents=[model_opts])
+    p.add_argument("--eraser", default=None)
+    p.add_argument("--image", default=None)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--lam", type=float, default=None)
+    p.add_argument("--positions", default=None, choices=["prompt", "last", "all"])
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.set_defaults(fn=cmd_generate)
 
     p = sub.add_parser("fit", help="fit an eraser for a forget split (--select: choose layer, lambda, "
                        "threshold on validation people)", parents=[model_opts, people])
@@ -492,25 +576,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="results/eraser.safetensors")
     p.set_defaults(fn=cmd_fit)
 
-    p = sub.add_parser("generate", help="answer one prompt, optionally with an eraser", parents=[model_opts])
-    p.add_argument("--eraser", default=None)
-    p.add_argument("--image", default=None)
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--lam", type=float, default=None)
-    p.add_argument("--positions", default=None, choices=["prompt", "last", "all"])
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.set_defaults(fn=cmd_generate)
-
-    p = sub.add_parser("probe", parents=[model_opts],
-                       help="all probes before erasure: separability, null space, steering grid")
-    p.add_argument("--bench", default=None)
-    p.add_argument("--forget", type=int, default=10, choices=[5, 10, 15])
-    p.add_argument("--layers", default=None)
-    p.add_argument("--n-contrast", type=int, default=0, help="contrastive questions (0: all of the fit people's)")
-    p.add_argument("--pgd-steps", type=int, default=20)
-    p.add_argument("--out", default="results/probe")
-    p.set_defaults(fn=cmd_probe)
-
     p = sub.add_parser("baseline", parents=[model_opts, people],
                        help="a training-based unlearning baseline: GA, GA_Diff, KL_Min, NPO, ASRU (both stages)")
     p.add_argument("name", choices=["GA", "GA_Diff", "KL_Min", "NPO", "ASRU"])
@@ -526,19 +591,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_baseline)
 
-    p = sub.add_parser("attack", parents=[model_opts],
-                       help="forget leakage under re-asking, jailbreaks, prefill, relearning, long generation, PGD")
-    p.add_argument("--bench", default=None)
-    p.add_argument("--eraser", default=None, help="an eraser file (default: the model alone)")
-    p.add_argument("--positions", default=None, choices=["prompt", "last", "all"])
-    p.add_argument("--forget", type=int, default=10, choices=[5, 10, 15])
-    p.add_argument("--control", default="real",
-                   help="control people: 'real' (the Retain_Set) or N (the first N retain people)")
-    p.add_argument("--attacks", default=None, help="comma-separated subset (default: all)")
-    p.add_argument("--out", default="results/attack")
-    p.set_defaults(fn=cmd_attack)
-
-    p = sub.add_parser("compare", help="MLLMEraser vs GA, GA_Diff, KL_Min, NPO, ASRU redirection (slow)")
+    p = sub.add_parser("compare", parents=[model_opts],
+                       help="MLLMEraser vs GA, GA_Diff, KL_Min, NPO, ASRU redirection (slow)")
+    p.add_argument("--demo", default=None,
+                   help="the demo run whose choice is compared (default: results/demo, run first if absent; "
+                        "it must be of the same --model)")
     p.add_argument("--out", default="results/compare")
     p.set_defaults(fn=cmd_compare)
 
@@ -554,31 +611,34 @@ def main(argv: list[str] | None = None) -> int:
                    help="PGD's aim: the true answer (the paper) or away from the refusal's first token")
     p.set_defaults(fn=cmd_ablations)
 
-    p = sub.add_parser("quickstart", help="load, capture, steer, generate", parents=[model_opts])
-    p.set_defaults(fn=cmd_quickstart)
+    p = sub.add_parser("make-benchmark", help="write the synthetic MLLMU-Bench-format benchmark")
+    p.add_argument("out")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_make_benchmark)
 
-    p = sub.add_parser("demo", parents=[model_opts, people],
-                       help="the main job on an embedded default: fit, choose, evaluate, compare")
-    p.add_argument("--out", default="results/demo")
-    p.add_argument("--forget", type=int, default=10, choices=[5, 10, 15])
-    p.add_argument("--in-fit-people", type=int, default=20, help="fit people evaluated beside the held-out ones")
-    p.add_argument("--select-rule", default="leakage", choices=["leakage", "reward"],
-                   help="how the rehearsal chooses: the leakage rule (README) or the highest ASRU reward")
-    p.add_argument("--gates", default=None,
-                   help="gate kinds the rehearsal chooses among (default prototype,logistic,linear; linear = the "
-                        "paper's map alone)")
-    p.add_argument("--gate-fprs", default=None, help="target false-positive rates screened (default 0.02,0.05)")
-    p.add_argument("--bench", default=None, help="benchmark dir (default: the synthetic one the default learnt)")
-    p.set_defaults(fn=cmd_demo)
-
-    p = sub.add_parser("evaluate", parents=[model_opts, people],
-                       help="MLLMU-Bench metrics for a model, optionally with an eraser")
-    p.add_argument("--bench", default=None)
-    p.add_argument("--eraser", default=None)
-    p.add_argument("--forget", type=int, default=10, choices=[5, 10, 15])
-    p.add_argument("--in-fit-people", type=int, default=0, help="also evaluate up to N fit people (labelled)")
-    p.add_argument("--out", default="results/evaluate")
-    p.set_defaults(fn=cmd_evaluate)
+    p = sub.add_parser("train-vanilla", help="train the embedded default model (about 15 min on 2 cores)")
+    p.add_argument("--family", default="llava", choices=["llava", "qwen2_5_vl"],
+                   help="llava makes `default`, qwen2_5_vl makes `default-qwen`")
+    p.add_argument("--out", default=None, help="default: toolkit/assets/default(-qwen)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None, help="default: the family's recipe (llava 1000, qwen2_5_vl 1040)")
+    p.add_argument("--privacy-rule", default=None, choices=["instruction", "face"],
+                   help="refuse privacy-instructed questions for everyone (instruction) or for "
+                        "fictitious people only (face: real people are answered, so the image decides; both defaults)")
+    p.add_argument("--privacy-repeats", type=int, default=None,
+                   help="privacy-instructed questions per person, in multiples of the trained instructions")
+    p.add_argument("--public-privacy-repeats", type=int, default=None,
+                   help="the same for real (public) people under the face rule, whose questions are answered")
+    p.add_argument("--image-question-variants", type=int, default=None,
+                   help="training portraits per trained image question and phrasing")
+    p.add_argument("--harmful-repeats", type=int, default=None,
+                   help="times each trained harmful request is trained on (default: 6; default-qwen: 12)")
+    p.add_argument("--compute-dtype", default=None, choices=["float32", "bfloat16"],
+                   help="bfloat16: bf16 autocast, about 2x faster on a CPU with AVX512-BF16 (bench/train_step.py)")
+    p.add_argument("--answer-logits-only", default=None, action=argparse.BooleanOptionalAction,
+                   help="project the LM head only at answer positions: the same loss, a faster step "
+                        "(bench/train_step.py; the recipe's choice unless given)")
+    p.set_defaults(fn=cmd_train_vanilla)
 
     args = ap.parse_args(argv)
     try:

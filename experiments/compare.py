@@ -40,7 +40,20 @@ from toolkit.memory import PeakMemory
 from toolkit.data.synthetic import default_benchmark
 from toolkit.models.loading import load_model
 
-__all__ = ["run_compare", "matched_epochs", "matched_forget_scale", "asru_config"]
+__all__ = ["run_compare", "matched_epochs", "matched_forget_scale", "asru_config", "check_same_model"]
+
+
+def check_same_model(chosen: dict, model, demo_dir: Path) -> None:
+    """One line if the demo run in ``demo_dir`` was measured on another model than ``model``."""
+    theirs = chosen.get("fingerprint")
+    if theirs is None:
+        raise ValueError(f"{demo_dir}/metrics.json records no model (an older demo run): rerun `mllmeraser demo "
+                         f"--model {model.name} --out {demo_dir}` first.")
+    if json.dumps(theirs, sort_keys=True, default=str) != json.dumps(model.fingerprint(), sort_keys=True,
+                                                                     default=str):
+        raise ValueError(f"{demo_dir}/metrics.json was measured on model {chosen.get('model')!r}, not "
+                         f"{model.name!r}: its layer and gate do not apply. Run `mllmeraser demo --model "
+                         f"{model.name} --out DIR` and pass `--demo DIR`.")
 
 EPOCHS = (1, 2, 4, 8, 16)
 # ASRU's forget_scale candidates: the reference's 1, then the 2-4x its target needed to refuse on the
@@ -83,12 +96,15 @@ def matched_forget_scale(model, stand_ins, train_retain, stand_in_items, directi
 
 
 def run_compare(out_dir: str | Path = "results/compare", cfg: DemoConfig = DemoConfig(),
-                demo_metrics: str | Path | None = None) -> pd.DataFrame:
+                demo_metrics: str | Path | None = None, model=None) -> pd.DataFrame:
+    """Every method on ``model`` (default: the embedded default). The eraser's setting is the demo's choice
+    in ``demo_metrics`` (default ``results/demo``, run there first if absent), which must have been measured
+    on the same model: its layer and gate mean nothing for another."""
     from toolkit.fit import fit_eraser, fit_people
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model = load_model("default")
+    model = model or load_model("default")
     bench = MLLMUBench(default_benchmark())
     r = cfg.forget_ratio
     demo_dir = Path(demo_metrics or "results/demo")
@@ -97,6 +113,7 @@ def run_compare(out_dir: str | Path = "results/compare", cfg: DemoConfig = DemoC
 
         run_demo(demo_dir, cfg, model=model)
     chosen = json.loads((demo_dir / "metrics.json").read_text())
+    check_same_model(chosen, model, demo_dir)
     layer, lam = chosen["layer"], chosen["lam"]
     # Time the eraser's fit for the chosen layer alone: what a user pays once the setting is known.
     with PeakMemory() as meter:

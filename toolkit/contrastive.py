@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .adversarial import PGDConfig, PGDResult, pgd_attack
-from .data.items import instructed_image_questions
+from .data.items import instructed_image_questions, question_image
 from .data.mllmu import Profile
 from .data.synthetic import HARMFUL_REQUESTS, PRIVACY_INSTRUCTIONS
 from .models.loading import LoadedModel, Sample
@@ -68,8 +68,8 @@ def privacy_questions(profiles: Sequence[Profile], *, n: int | None = 40,
     asked = instructed_image_questions(profiles, instructions, n)
     if not asked:
         raise ValueError("No image generation questions in these profiles: the privacy recipe needs them.")
-    instructed = [Sample(text, p.image_bytes[0]) for p, _, text in asked]
-    plain = [Sample(q.question, p.image_bytes[0]) for p, q, _ in asked]
+    instructed = [Sample(text, question_image(p, q)) for p, q, text in asked]
+    plain = [Sample(q.question, question_image(p, q)) for p, q, _ in asked]
     return instructed, plain, [q.ground_truth for _, q, _ in asked]
 
 

@@ -53,8 +53,6 @@ def benchmark_items(bench: Any, forget_ratio: int, *, retain_people: int | None 
     Without ``people``, every retain / real person (in-fit figures if the fit used them all).
     ``retain_people`` / ``real_people`` evaluate only the first that many people.
     """
-    from pathlib import Path
-
     r = forget_ratio
     retain, real = bench.retain(r), bench.real()
     if people is not None:
@@ -67,7 +65,7 @@ def benchmark_items(bench: Any, forget_ratio: int, *, retain_people: int | None 
     if people is not None and in_fit_people:
         items += (items_from_profiles(fit_retain[:in_fit_people], "Retain (in fit)")
                   + items_from_profiles(fit_real[:in_fit_people], "Real (in fit)"))
-    if people is not None and (Path(bench.root) / "Paraphrase_Set").is_dir():
+    if people is not None and bench.has_split("Paraphrase_Set"):
         from .data.boundary import boundary_questions
 
         ids = {p.id for p in retain}
@@ -75,7 +73,7 @@ def benchmark_items(bench: Any, forget_ratio: int, *, retain_people: int | None 
         items += [Item("Boundary", p.id, "generation", q.modality, generation_prompt(q.question, q.modality == "image"),
                        q.ground_truth, p.image_bytes[0] if q.modality == "image" else None, q.answer_key, None,
                        q.question) for p, q in pairs if q.answer_key]
-    if (Path(bench.root) / "Paraphrase_Set").is_dir():
+    if bench.has_split("Paraphrase_Set"):
         ids = {p.id for p in bench.forget(r)}
         items += items_from_profiles([p for p in bench.split("Paraphrase_Set") if p.id in ids], "Paraphrase",
                                      ("generation",))

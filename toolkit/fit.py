@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -175,7 +176,7 @@ def fit_eraser(model: LoadedModel, bench: MLLMUBench | Any, config: FitConfig = 
     Retain statistics and contrastive pairs come from :func:`fit_people` only.
     """
     start = time.time()
-    bench = bench if isinstance(bench, MLLMUBench) else MLLMUBench(bench)
+    bench = MLLMUBench(bench) if isinstance(bench, (str, Path)) else bench
     layers = model.check_layers(list(config.layers))
     forget = list(bench.forget(config.forget_ratio) if forget is None else forget)
     retain_people = fit_people(bench, config)

@@ -14,7 +14,7 @@ from typing import Any
 from .mllmu import Profile
 from .prompts import cloze_prompt, generation_prompt, mcq_prompt
 
-__all__ = ["Item", "items_from_profiles", "instructed_image_questions"]
+__all__ = ["Item", "items_from_profiles", "instructed_image_questions", "question_image"]
 
 
 @dataclass(frozen=True)
@@ -39,26 +39,30 @@ def items_from_profiles(profiles: Sequence[Profile], split: str,
     """Benchmark items for ``profiles``. ``all_images``: one item per image (Test_Set)."""
     out: list[Item] = []
     for p in profiles:
-        images = p.image_bytes if all_images else p.image_bytes[:1]
-        for img in images:
-            def add(task, modality, prompt, ref, key=None, options=None, question=""):
-                if modality == "text" and img is not images[0]:
-                    return  # text questions do not depend on the image: once per person
-                out.append(Item(split, p.id, task, modality, prompt, ref, img if modality == "image" else None,
-                                key, options, question))
+        # One pass per image with all_images (Test_Set: every question on every image), else one pass in
+        # which each image question shows its own image (a hand-written list may give several).
+        passes = range(len(p.image_bytes)) if all_images and p.image_bytes else [None]
+        for view in passes:
+            def add(task, q, prompt, ref, key=None, options=None):
+                if q.modality == "text":
+                    if view:
+                        return  # text questions do not depend on the image: once per person
+                    image = None
+                else:
+                    image = p.image_bytes[q.image if view is None else view]
+                out.append(Item(split, p.id, task, q.modality, prompt, ref, image, key, options, q.question))
 
             if "classification" in tasks:
                 for q in p.classification:
-                    add("classification", q.modality, mcq_prompt(q.question, q.options), q.answer,
-                        q.options.get(q.answer), q.options, q.question)
+                    add("classification", q, mcq_prompt(q.question, q.options), q.answer, q.options.get(q.answer),
+                        q.options)
             if "generation" in tasks:
                 for q in p.generation:
-                    add("generation", q.modality, generation_prompt(q.question, q.modality == "image"),
-                        q.ground_truth, q.answer_key, None, q.question)
+                    add("generation", q, generation_prompt(q.question, q.modality == "image"), q.ground_truth,
+                        q.answer_key)
             if "cloze" in tasks:
                 for q in p.cloze:
-                    add("cloze", q.modality, cloze_prompt(q.question), q.ground_truth, q.ground_truth, None,
-                        q.question)
+                    add("cloze", q, cloze_prompt(q.question), q.ground_truth, q.ground_truth)
     return out
 
 
@@ -71,3 +75,8 @@ def instructed_image_questions(profiles: Sequence[Profile], instructions: Sequen
     if n is not None:
         questions = questions[:: max(1, len(questions) // n)][:n]
     return [(p, q, f"{instructions[i % len(instructions)]} {q.question}") for i, (p, q) in enumerate(questions)]
+
+
+def question_image(profile: Profile, question) -> Any:
+    """The image an image question about ``profile`` shows (its own, where a list gives several)."""
+    return profile.image_bytes[question.image]

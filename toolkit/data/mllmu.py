@@ -33,6 +33,7 @@ class MCQ:
     options: dict[str, str]
     answer: str  # the correct letter
     modality: Modality
+    image: int = 0  # which of the person's images an image question shows
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class GenerationQ:
     ground_truth: str
     modality: Modality
     answer_key: str | None = None  # the fact itself where the data has it (synthetic benchmark)
+    image: int = 0  # which of the person's images an image question shows
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class ClozeQ:
     question: str
     ground_truth: str
     modality: Modality
+    image: int = 0  # which of the person's images an image question shows
 
 
 @dataclass(frozen=True)
@@ -66,8 +69,9 @@ class Profile:
         return [load_image(b) for b in self.image_bytes]
 
     @property
-    def image(self) -> Image.Image:
-        return load_image(self.image_bytes[0])
+    def image(self) -> Image.Image | None:
+        """The first image (None for a person known from text only)."""
+        return load_image(self.image_bytes[0]) if self.image_bytes else None
 
 
 def _modality(t: str) -> Modality:
@@ -163,6 +167,10 @@ class MLLMUBench:
             raise FileNotFoundError(f"Benchmark directory {str(root)!r} does not exist. "
                                     "Write the synthetic one with `mllmeraser make-benchmark DIR`.")
         self._cache: dict[str, list[Profile]] = {}
+
+    def has_split(self, name: str) -> bool:
+        """Whether the folder holds split ``name`` (the synthetic benchmark's ``Paraphrase_Set`` ...)."""
+        return (self.root / name).is_dir()
 
     def split(self, name: str) -> list[Profile]:
         if name not in self._cache:

@@ -1,0 +1,79 @@
+"""``erase``: one call from people to a chosen, reported eraser; a hand-written list and the benchmark
+folder it was written from give the same choice and the same numbers."""
+
+import json
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+
+from toolkit.data.mllmu import MLLMUBench
+from toolkit.data.request import write_people
+from toolkit.data.synthetic import default_benchmark
+from toolkit.erase import EraseConfig, erase
+from toolkit.selection import SelectConfig
+
+# A small version of the defaults (two layers, two gate kinds, one rate) so both runs fit in the suite.
+SMALL = EraseConfig(forget_ratio=5, layers=(5, 6), in_fit_people=2, pgd_steps=5, pgd_limit=4,
+                    select=SelectConfig(gates=("prototype_whitened", "linear"), gate_fprs=(0.02,), lams=(4.0, 8.0),
+                                        thresholds=(0.0,), positions=("prompt",)))
+
+
+@pytest.fixture(scope="module")
+def model():
+    from toolkit import load_model
+
+    return load_model("default")
+
+
+def small_folder(dst, retain: int = 20, real: int = 6):
+    """The default benchmark's folder with forget_5's people, the first ``retain`` other fictitious people and
+    the first ``real`` real people (every split the layout has, rows filtered by ID)."""
+    src = MLLMUBench(default_benchmark())
+    keep = ({p.id for p in src.forget(5)} | {p.id for p in src.retain(5)[:retain]}
+            | {p.id for p in src.real()[:real]})
+    for folder in sorted(p for p in src.root.iterdir() if p.is_dir()):
+        for f in folder.glob("*.parquet"):
+            df = pd.read_parquet(f)
+            (dst / folder.name).mkdir(parents=True, exist_ok=True)
+            (df[df.ID.astype(str).isin(keep)] if "ID" in df else df).to_parquet(dst / folder.name / f.name)
+    return MLLMUBench(dst)
+
+
+def test_a_written_list_gives_the_benchmark_folder_s_choice_and_numbers(model, tmp_path):
+    bench = small_folder(tmp_path / "bench")
+    lists = {name: write_people(tmp_path / f"{name}.jsonl", people, image_dir=tmp_path / "images")
+             for name, people in (("forget", bench.forget(5)), ("retain", bench.retain(5)), ("real", bench.real()))}
+    folder = erase(model, bench.root, config=SMALL, out=tmp_path / "folder")
+    written = erase(model, lists["forget"], lists["retain"], real=lists["real"], config=SMALL, out=tmp_path / "lists")
+    for key in ("gate", "gate_fpr", "layer", "lam", "threshold", "positions", "rehearsal_leak", "validation_recall",
+                "stand_ins", "validation_people", "people"):
+        assert folder.info[key] == written.info[key], key
+    pd.testing.assert_frame_equal(folder.selection.grid, written.selection.grid)
+    # Every row the list has (the folder adds Test_Set, paraphrase and boundary rows) is the same answer.
+    keep = ["method", "split", "person", "task", "modality", "question", "output", "accuracy", "rougeL", "leaked"]
+    a = folder.results[folder.results.split.isin(written.results.split.unique())][keep].reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, written.results[keep].reset_index(drop=True))
+    common = [c for c in written.table.columns if c in folder.table.columns]
+    assert len(common) == len(written.table.columns) >= 12
+    pd.testing.assert_frame_equal(folder.table[common], written.table)
+    # The eraser forgets what it should and the report says where it was measured.
+    row = written.table.set_index("method")
+    assert row.loc["vanilla", "forget_leak_img"] >= 90 and row.loc["MLLMEraser", "forget_leak_img"] <= 20
+    assert row.loc["MLLMEraser", "retain_recall"] >= row.loc["vanilla", "retain_recall"] - 15
+    report = (tmp_path / "lists" / "report.md").read_text()
+    assert f"a {written.info['gate']} gate at layer {written.info['layer']}" in report
+    saved = json.loads((tmp_path / "lists" / "metrics.json").read_text())
+    assert saved["forget_people"] == [p.id for p in bench.forget(5)]
+    from toolkit.eraser import Eraser
+
+    loaded = Eraser.load(tmp_path / "lists" / "eraser.safetensors", model)
+    assert list(loaded.layers) == [written.info["layer"]]
+
+
+def test_the_demo_is_a_user_of_erase():
+    import inspect
+
+    from experiments import demo
+
+    assert demo.DemoConfig is EraseConfig and "erase(model, bench" in inspect.getsource(demo.run_demo)

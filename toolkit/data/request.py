@@ -1,0 +1,267 @@
+"""A forget request written by hand: your people, your questions, no benchmark layout.
+
+One row per question, in a JSONL or CSV file (or a folder of them, read in name order):
+
+=============  ========  ===================================================================
+column         needed    meaning
+=============  ========  ===================================================================
+``person``     yes       who the question is about (an id or a name; the people split hashes it)
+``question``   yes       the question as a user would ask it
+``answer``     yes       the true answer (generation), the correct letter (with ``options``), or
+                         the word that fills ``__`` (``task: cloze``)
+``image``      no        a path to a picture of the person, relative to the file; empty: a
+                         text-only question
+``fact``       no        the short fact whose appearance in an answer counts as recall
+                         ("Lisbon"); without it recall is ROUGE-L >= 0.5 against ``answer``
+``options``    no        multiple choice: ``{"A": .., "B": .., ...}`` (a JSON object; in a CSV
+                         its JSON text)
+``task``       no        ``generation`` (default), ``mcq`` or ``cloze``
+=============  ========  ===================================================================
+
+The retain list (the people whose knowledge must stay) has the same format. A
+:class:`ForgetRequest` holds both and answers what the fit, the rehearsal and the
+evaluation ask an :class:`~toolkit.data.mllmu.MLLMUBench` (``forget``, ``retain``,
+``real``, ``test``), so an MLLMU-Bench folder and a hand-written list go through the
+same :func:`toolkit.erase.erase`. Every problem with a file is one line naming the file,
+the row and the fix.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..models.loading import load_image
+from .mllmu import MCQ, ClozeQ, GenerationQ, Profile
+
+__all__ = ["COLUMNS", "ForgetRequest", "read_people", "read_request", "write_people"]
+
+COLUMNS = ("person", "question", "answer", "image", "fact", "options", "task")
+REQUIRED = ("person", "question", "answer")
+TASKS = {"generation": "generation", "gen": "generation", "mcq": "mcq", "classification": "mcq", "cloze": "cloze"}
+SUFFIXES = (".jsonl", ".csv")
+
+
+def _rows(path: Path) -> list[tuple[str, dict]]:
+    """``(where, row)`` for every row of a JSONL / CSV file; ``where`` is ``file:line`` for messages."""
+    out = []
+    if path.suffix == ".jsonl":
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{n}: not a JSON object ({err.msg}); write one JSON object per line.") \
+                    from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{n}: a JSONL row must be an object with keys {', '.join(REQUIRED)}.")
+            out.append((f"{path}:{n}", row))
+    elif path.suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ValueError(f"{path}: missing column(s) {', '.join(missing)} in the header "
+                                 f"(found: {', '.join(reader.fieldnames or []) or 'nothing'}); the columns are "
+                                 f"{', '.join(COLUMNS)}.")
+            for n, row in enumerate(reader, 2):
+                out.append((f"{path}:{n}", row))
+    else:
+        raise ValueError(f"{path}: a forget or retain list is a .jsonl or .csv file (or a folder of them).")
+    return out
+
+
+def _files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in SUFFIXES)
+        if not files:
+            raise FileNotFoundError(f"{path}: no .jsonl or .csv file in this folder.")
+        return files
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder.")
+    return [path]
+
+
+def _text(row: dict, key: str) -> str:
+    value = row.get(key)
+    return "" if value is None else str(value).strip()
+
+
+def _options(where: str, value: Any) -> dict[str, str] | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError(f'{where}: options must be a JSON object such as {{"A": "Paris", "B": "Rome"}}.') \
+                from None
+    if not isinstance(value, dict) or len(value) < 2:
+        raise ValueError(f'{where}: options must map at least two letters to answers, e.g. {{"A": "Paris", '
+                         '"B": "Rome"}.')
+    return {str(k).strip(): str(v) for k, v in value.items()}
+
+
+def read_people(path: str | Path, *, check_images: bool = True) -> list[Profile]:
+    """The people of one forget or retain list (a ``.jsonl`` / ``.csv`` file or a folder of them), in
+    the order they first appear, each with every question about them.
+
+    Images are read as bytes (relative paths from the file's folder). Raises ``ValueError`` /
+    ``FileNotFoundError`` with one line naming the file, the row and the fix for: a missing column,
+    an empty person / question / answer, a missing or undecodable image, an unknown task, an MCQ
+    answer that is not one of its option letters, a cloze question without ``__``.
+    """
+    people: dict[str, dict] = {}
+    for file in _files(Path(path)):
+        for where, row in _rows(file):
+            for key in REQUIRED:
+                if not _text(row, key):
+                    raise ValueError(f"{where}: empty {key!r}; every row needs a person, a question and an answer.")
+            person, question, answer = (_text(row, k) for k in REQUIRED)
+            task = TASKS.get(_text(row, "task").lower() or "generation")
+            if task is None:
+                raise ValueError(f"{where}: unknown task {_text(row, 'task')!r}; use generation, mcq or cloze.")
+            options = _options(where, row.get("options"))
+            if options is not None:
+                task = "mcq"
+            entry = people.setdefault(person, {"images": [], "mcq": [], "gen": [], "cloze": []})
+            image_path = _text(row, "image")
+            index = None
+            if image_path:
+                full = Path(image_path) if Path(image_path).is_absolute() else file.parent / image_path
+                if not full.is_file():
+                    raise FileNotFoundError(f"{where}: image {image_path!r} not found (looked for {full}); paths "
+                                            "are relative to the list's folder.")
+                data = full.read_bytes()
+                if check_images:
+                    try:
+                        load_image(data)
+                    except ValueError as err:
+                        raise ValueError(f"{where}: {err}") from None
+                if data not in entry["images"]:
+                    entry["images"].append(data)
+                index = entry["images"].index(data)
+            modality = "image" if index is not None else "text"
+            if task == "mcq":
+                if options is None:
+                    raise ValueError(f"{where}: an mcq row needs options, e.g. {{\"A\": \"Paris\", \"B\": \"Rome\"}}.")
+                if answer not in options:
+                    raise ValueError(f"{where}: the answer of a multiple-choice row is the correct letter, one of "
+                                     f"{', '.join(options)}; got {answer!r}.")
+                entry["mcq"].append(MCQ(question, options, answer, modality, image=index or 0))
+            elif task == "cloze":
+                if "__" not in question:
+                    raise ValueError(f"{where}: a cloze question marks the blank with '__'.")
+                entry["cloze"].append(ClozeQ(question, answer, modality, image=index or 0))
+            else:
+                entry["gen"].append(GenerationQ(question, answer, modality, _text(row, "fact") or None,
+                                                image=index or 0))
+    if not people:
+        raise ValueError(f"{path}: no rows; write one row per question with {', '.join(REQUIRED)}.")
+    return [Profile(pid, tuple(e["images"]), tuple(e["mcq"]), tuple(e["gen"]), tuple(e["cloze"]), {"name": pid})
+            for pid, e in people.items()]
+
+
+def write_people(path: str | Path, profiles: Iterable[Profile], *, image_dir: str | Path | None = None) -> Path:
+    """Write ``profiles`` as a JSONL list :func:`read_people` reads back to equal questions: every
+    question of every task, images saved as PNG files under ``image_dir`` (default: ``images/``
+    beside the file). For turning benchmark people into a hand-written list, or a starting point."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images = Path(image_dir) if image_dir else path.parent / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for p in profiles:
+        names = []
+        for i, data in enumerate(p.image_bytes):
+            f = images / f"{p.id}-{i}.png"
+            load_image(data).save(f)
+            names.append(str(f.relative_to(path.parent)) if f.is_relative_to(path.parent) else str(f))
+
+        def image(q):
+            return names[q.image] if q.modality == "image" else None
+
+        for q in p.classification:
+            lines.append({"person": p.id, "question": q.question, "answer": q.answer, "options": q.options,
+                          "image": image(q)})
+        for q in p.generation:
+            lines.append({"person": p.id, "question": q.question, "answer": q.ground_truth, "fact": q.answer_key,
+                          "image": image(q)})
+        for q in p.cloze:
+            lines.append({"person": p.id, "question": q.question, "answer": q.ground_truth, "task": "cloze",
+                          "image": image(q)})
+    path.write_text("".join(json.dumps({k: v for k, v in row.items() if v is not None}) + "\n" for row in lines))
+    return path
+
+
+@dataclass(frozen=True)
+class ForgetRequest:
+    """People to forget and people to keep, read as a benchmark.
+
+    Answers the calls the fit, the rehearsal and the evaluation make on an
+    :class:`~toolkit.data.mllmu.MLLMUBench`: ``forget(r)`` (the forget list; ``r`` is ignored,
+    a request has one list), ``retain(r)`` (the retain list), ``real()`` (an optional second
+    group of kept people, reported apart: MLLMU-Bench's real celebrities), ``test(r)`` (empty: a
+    hand-written request has no held-out images of the forget people). Retain (and real) people
+    are split into fit / validation / evaluation by :class:`~toolkit.data.splits.PeopleSplit`.
+    """
+
+    forget_people: tuple[Profile, ...]
+    retain_people: tuple[Profile, ...]
+    real_people: tuple[Profile, ...] = ()
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.forget_people:
+            raise ValueError("The forget list is empty: name at least one person to forget.")
+        if not self.retain_people:
+            raise ValueError("The retain list is empty: the fit needs people whose knowledge must stay.")
+        forget = {p.id for p in self.forget_people}
+        for name, group in (("retain", self.retain_people), ("real", self.real_people)):
+            both = sorted(forget & {p.id for p in group})
+            if both:
+                raise ValueError(f"{', '.join(map(repr, both[:5]))} in both the forget and the {name} list: a person "
+                                 "is either forgotten or kept; remove them from one list.")
+
+    def forget(self, ratio: int | None = None) -> list[Profile]:
+        return list(self.forget_people)
+
+    def retain(self, ratio: int | None = None) -> list[Profile]:
+        return list(self.retain_people)
+
+    def real(self) -> list[Profile]:
+        return list(self.real_people)
+
+    def test(self, ratio: int | None = None) -> list[Profile]:
+        return []
+
+    def has_split(self, name: str) -> bool:
+        return False
+
+    def check_split(self, people: Any, minimum: int = 2) -> None:
+        """One line if ``people`` (a PeopleSplit) leaves too few retain people in a role: the fit needs
+        one, the rehearsal ``minimum`` validation people, the report one evaluation person."""
+        counts = people.counts(self.retain_people + self.real_people)
+        need = {"fit": 1, "validation": minimum, "evaluation": 1}
+        short = {r: counts[r] for r, n in need.items() if counts[r] < n}
+        if short:
+            n = len(self.retain_people) + len(self.real_people)
+            raise ValueError(f"{n} retain people split into {counts['fit']} fit / {counts['validation']} validation / "
+                             f"{counts['evaluation']} evaluation (seed {people.seed}): too few for a people split, "
+                             f"which needs at least 1 / {minimum} / 1. Add retain people (about 10 or more) or change "
+                             "the split's shares.")
+
+
+def read_request(forget: str | Path | Sequence[Profile], retain: str | Path | Sequence[Profile],
+                 real: str | Path | Sequence[Profile] | None = None) -> ForgetRequest:
+    """A :class:`ForgetRequest` from list files (or folders, or profiles already read)."""
+    def people(x):
+        return tuple(x) if isinstance(x, (list, tuple)) else tuple(read_people(x))
+
+    return ForgetRequest(people(forget), people(retain), people(real) if real is not None else (),
+                         source=str(forget) if isinstance(forget, (str, Path)) else "")
