@@ -1,15 +1,17 @@
 # Two commands do all set-up: `make demo` and `make test` create or reuse .venv.
+# The CPU torch pin and the offline variables below apply to the .venv targets only; to use the package in
+# your own (CUDA) environment, `pip install -e .` there (docs/install.md) and `make test-gpu`.
 PYTHON ?= python3
+PYTHON_GPU ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
+# Never more threads than the user asked for; 2 is this project's CI machine.
 export OMP_NUM_THREADS ?= 2
-export TOKENIZERS_PARALLELISM := false
-export HF_HUB_OFFLINE := 1
-export TRANSFORMERS_OFFLINE := 1
+OFFLINE := TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: venv test test-slow test-gpu demo compare probe bench bench-real-shapes notebooks clean
+.PHONY: venv test test-slow test-gpu demo compare probe bench bench-real-shapes docs notebooks clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,48 +19,53 @@ $(STAMP): pyproject.toml
 	# The CPU build of torch first (a local file here); an unpinned torch would
 	# pull several GB of CUDA packages.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,docs]'
 	touch $(STAMP)
 
 venv: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(OFFLINE) $(PY) -m pytest -q
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
+	$(OFFLINE) $(PY) -m pytest -q -m slow
 
-# On a CUDA machine: every family in bf16 on the GPU against plain hooks, a fit on the default.
-test-gpu: $(STAMP)
-	$(PY) -m pytest -q -m gpu tests/test_gpu.py
+# On a CUDA machine, with your own interpreter (where `pip install -e '.[dev]'` put this package beside your
+# CUDA torch): every family in bf16 on the GPU against plain hooks, a fit on the default. Hub access as you set it.
+test-gpu:
+	$(PYTHON_GPU) -m pytest -q -m gpu tests/test_gpu.py
 
 demo: $(STAMP)
-	$(PY) -m experiments.cli demo
+	$(OFFLINE) $(PY) -m experiments.cli demo
 
 compare: $(STAMP)
-	$(PY) -m experiments.cli compare
+	$(OFFLINE) $(PY) -m experiments.cli compare
 
 probe: $(STAMP)
-	$(PY) -m experiments.cli probe
+	$(OFFLINE) $(PY) -m experiments.cli probe
 
-# Each script prints ratios measured in one run; see the README's performance section.
+# The documentation site (Sphinx + MyST + furo), warnings as errors, into docs/_build/html.
+docs: $(STAMP)
+	$(OFFLINE) $(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
+
+# Each script prints ratios measured in one run; see docs/results.md, "Performance".
 bench: $(STAMP)
-	$(PY) bench/tracing_overhead.py
-	$(PY) bench/steering_overhead.py
-	$(PY) bench/capture_throughput.py
-	$(PY) bench/eraser_size.py
-	$(PY) bench/fit_vs_baselines.py
-	$(PY) bench/train_step.py
+	$(OFFLINE) $(PY) bench/tracing_overhead.py
+	$(OFFLINE) $(PY) bench/steering_overhead.py
+	$(OFFLINE) $(PY) bench/capture_throughput.py
+	$(OFFLINE) $(PY) bench/eraser_size.py
+	$(OFFLINE) $(PY) bench/fit_vs_baselines.py
+	$(OFFLINE) $(PY) bench/train_step.py
 
 # 7B-shaped slices (random weights, bf16): costs per sample and layer, projected to the full models
 # (about 25 minutes on 2 CPU cores, 12 GiB of memory), then the width-scaling plot (docs/scaling.png).
 bench-real-shapes: $(STAMP)
-	$(PY) bench/real_shapes.py
-	$(PY) bench/scaling.py
+	$(OFFLINE) $(PY) bench/real_shapes.py
+	$(OFFLINE) $(PY) bench/scaling.py
 
 notebooks: $(STAMP)
 	$(PY) -m pip install -q -e '.[notebooks]'
-	$(VENV)/bin/jupyter lab notebooks/
+	$(OFFLINE) $(VENV)/bin/jupyter lab notebooks/
 
 clean:
-	rm -rf $(VENV) results .pytest_cache
+	rm -rf $(VENV) results .pytest_cache docs/_build docs/tutorials

@@ -451,9 +451,10 @@ def cmd_ablations(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    _quiet()
-    ap = argparse.ArgumentParser(prog="mllmeraser", description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    """The ``mllmeraser`` argument parser (the CLI reference in the docs is generated from it)."""
+    ap = argparse.ArgumentParser(prog="mllmeraser", description="Test-time unlearning for multimodal LLMs by "
+                                 "activation steering (MLLMEraser). Commands in the order a newcomer meets them.")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (default: torch's, which follows OMP_NUM_THREADS)")
     ap.add_argument("--debug", action="store_true", help="on an error, print the full traceback")
@@ -640,7 +641,12 @@ def main(argv: list[str] | None = None) -> int:
                         "(bench/train_step.py; the recipe's choice unless given)")
     p.set_defaults(fn=cmd_train_vanilla)
 
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet()
+    args = build_parser().parse_args(argv)
     try:
         _threads(args.threads)
         return args.fn(args)

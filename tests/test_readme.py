@@ -1,17 +1,43 @@
-"""The README's quickstart runs as written, and its three routes agree."""
+"""Every code block of the README runs as written: the quickstart (and its three routes agree), the erase
+example from Python and from the command line, and the two `make` commands (dry run: they name the
+targets that exist)."""
 
 import re
 import runpy
+import shlex
+import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
 import torch
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+
+
+def blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README.read_text(), re.S)
+
+
+def test_the_readme_is_short_and_every_block_is_one_this_file_runs():
+    text = README.read_text()
+    assert len(text.splitlines()) <= 250
+    opening = re.findall(r"^```(\w+)$", text, re.M)
+    assert len(re.findall(r"^```", text, re.M)) == 2 * len(opening)  # no block without a language
+    assert sorted(opening) == ["bash", "bash", "python", "python"], opening
+
+
+@pytest.fixture
+def in_a_copy(tmp_path, monkeypatch):
+    """The README's relative paths (examples/..., results/...) from a scratch folder, not the repository."""
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
 
 
 def test_readme_quickstart_runs_and_routes_agree(tmp_path):
-    text = README.read_text()
-    block = re.search(r"## Quickstart.*?```python\n(.*?)```", text, re.S).group(1)
+    block = re.search(r"## Quickstart.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
     script = tmp_path / "quickstart.py"  # nnsight reads a trace's source back from its file
     script.write_text(block)
     scope = runpy.run_path(str(script))
@@ -26,3 +52,49 @@ def test_readme_quickstart_runs_and_routes_agree(tmp_path):
     gates = scope["gates"].per_step(7)
     assert len(gates) >= 1 and all(isinstance(g, float) for g in gates)
     assert torch.isfinite(torch.tensor(gates)).all()
+
+
+def test_readme_erase_block_runs_and_its_eraser_steers_the_user_s_own_block(in_a_copy):
+    block = re.search(r"## Erase your own people.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
+    script = in_a_copy / "erase_example.py"
+    script.write_text(block)
+    scope = runpy.run_path(str(script))
+    from toolkit import tracing
+    from toolkit.eraser import Eraser
+
+    result, model, enc, ids = scope["result"], scope["model"], scope["enc"], scope["ids"]
+    table = result.table.set_index("method")
+    assert table.loc["vanilla", "forget_leak_img"] == 100 and table.loc["MLLMEraser", "forget_leak_img"] <= 20
+    assert {"retain_recall", "in_fit_retain_recall", "forget_mcq_acc"} <= set(table.columns)
+    saved = Eraser.load(in_a_copy / "results" / "my_people" / "eraser.safetensors", model)
+    width = enc["input_ids"].shape[1]
+    from toolkit import Sample
+
+    samples = [Sample("Where was the person in the image born?", "examples/my_people/images/vuvos_zibrigo.png")]
+    want = tracing.generate(model, samples, steers=saved, max_new_tokens=24, return_ids=True)[0]
+    assert ids[0, width: width + len(want)].tolist() == want.tolist()  # the user's block = the toolkit's call
+    assert (in_a_copy / "results" / "my_people" / "report.md").exists()
+
+
+def test_readme_erase_command_runs(in_a_copy, capsys):
+    from experiments.cli import main
+
+    command = next(b for b in blocks("bash") if "mllmeraser erase" in b).strip()
+    argv = shlex.split(command)
+    assert argv[0] == "mllmeraser"
+    assert main(argv[1:]) == 0
+    out = capsys.readouterr().out
+    assert "chosen on the rehearsal" in out and "forget_leak_img" in out
+    assert (in_a_copy / "results" / "my_people" / "eraser.safetensors").exists()
+
+
+def test_readme_make_commands_name_targets_that_exist():
+    block = next(b for b in blocks("bash") if "make demo" in b)
+    targets = [line.split()[1] for line in block.splitlines() if line.startswith("make ")]
+    assert targets == ["demo", "test"]
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    for target in targets:
+        dry = subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True, text=True)
+        assert dry.returncode == 0, dry.stderr
+        assert ("experiments.cli demo" if target == "demo" else "pytest -q") in dry.stdout

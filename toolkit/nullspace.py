@@ -45,7 +45,8 @@ class SecondMoment:
       ``block_rows`` wait in a buffer and go in as one ``X^T X``: one rounding per block reaches the
       total). :attr:`gram` rebuilds ``S + c s^T + s c^T + n c c^T`` in float64 when read
       (tests/test_lean.py: the null space, the map and the eraser equal float64's). Memory held:
-      4 d^2 bytes plus the buffer (``4 block_rows d``);
+      4 d^2 bytes plus the buffer (``4 block_rows d``).
+
     The eigendecomposition is always computed in float64 (the null space is the end of the spectrum,
     where float32's rounding is largest), once per layer, on the moment's device.
     """

@@ -271,7 +271,7 @@ ABLATIONS = [
                       "and real people. Each variant's strength is chosen on the rehearsal (validation people) "
                       "and reported on evaluation people. This notebook runs a reduced configuration (one seed, "
                       "two studies, a few people) in about a minute; `mllmeraser ablations` runs them all on "
-                      "three seeds (README, \"The paper's ablations\")."),
+                      "three seeds (docs/results.md, \"The paper's ablations\")."),
     new_code_cell(SETUP),
     new_code_cell("""from experiments.ablations import AblationConfig, run_ablations, chosen_points, check_claims, plot_tradeoffs
 from toolkit import load_model
@@ -283,13 +283,92 @@ result = run_ablations(model, None, cfg)
 curves = result["curves"]
 curves[["study", "variant", "lam", "stand-ins", "recall", "forget_leak", "heldout_recall"]]"""),
     new_markdown_cell("PGD's flip rate on the contrastive pairs: where it flips none, the multimodal direction's "
-                      "image side carries no refusal-to-recall contrast (README, known gaps)."),
+                      "image side carries no refusal-to-recall contrast (docs/limits.md)."),
     new_code_cell("""result["pgd"][["seed", "eps_255", "refused_clean", "pgd_attacked", "pgd_success"]]"""),
     new_markdown_cell("## The trade-off curves, then each variant's chosen point and the paper's claims"),
     new_code_cell("""fig = plot_tradeoffs(curves)"""),
     new_code_cell("""chosen_points(curves)[["study", "variant", "lam", "forget_leak", "heldout_recall", "balance"]]"""),
     new_code_cell("""claims = check_claims(curves)
 claims"""),
+]
+
+ERASE_YOUR_OWN = [
+    new_markdown_cell("# Erase your own people\n\n"
+                      "A forget list and a retain list written by hand (JSONL or CSV, one row per question: "
+                      "`person`, `question`, `answer`, optional `image`, `fact`, `options`, `task`; "
+                      "`docs/data.md`), then one call that splits the kept people into fit / validation / evaluation "
+                      "people, fits the eraser, chooses gate, layer and strength on the rehearsal (validation people "
+                      "stand in for your forget list) and reports before / after on your forget people and on "
+                      "held-out people. Here on the embedded default with `examples/my_people/` (three people to "
+                      "forget, sixteen to keep; about a minute on 2 CPU cores)."),
+    new_code_cell(SETUP),
+    new_markdown_cell("## The one cell to change for a real checkpoint\n"
+                      "Model id, dtype and device; and your lists, about people that model knows. For "
+                      "LLaVA-1.5-7B in bf16 on one GPU expect at least 17.2 GiB (13.2 GiB of weights, 4 GiB of fit "
+                      "statistics for all 32 layers) plus one batch of activations: `docs/install.md`."),
+    new_code_cell("""MODEL = "default"                 # e.g. "llava-hf/llava-1.5-7b-hf" or a checkpoint directory
+LOAD = {}                         # on a GPU: {"dtype": "bfloat16", "device_map": "cuda"}
+FORGET = "examples/my_people/forget.jsonl"
+RETAIN = "examples/my_people/retain.csv"
+OUT = "results/my_people"
+"""),
+    new_markdown_cell("## The lists, as read\nEvery problem in a file is one line naming the file, the row and "
+                      "the fix."),
+    new_code_cell("""import pandas as pd
+from toolkit.data.request import read_people
+
+forget_people, retain_people = read_people(FORGET), read_people(RETAIN)
+pd.DataFrame([{"person": p.id, "images": len(p.image_bytes), "questions": len(p.generation),
+               "MCQ": len(p.classification), "cloze": len(p.cloze)} for p in forget_people])"""),
+    new_markdown_cell("## One call"),
+    new_code_cell("""from toolkit import load_model
+from toolkit.erase import erase
+
+model = load_model(MODEL, **LOAD)
+result = erase(model, FORGET, RETAIN, out=OUT)
+info = result.info
+print(f"chosen on the rehearsal: {info['gate']} gate, layer {info['layer']}, lambda {info['lam']}, "
+      f"positions {info['positions']}; people {info['people']['retain']}")
+result.table.set_index("method").T"""),
+    new_markdown_cell("`retain_*` are evaluation people: neither the fit nor the choice of settings read them. "
+                      "`in_fit_*` are people whose activations built the fit, shown beside them."),
+    new_code_cell("""import seaborn as sns
+rows = result.table.set_index("method")
+bars = pd.DataFrame([{"method": m, "people": who, "answers with the fact (%)": rows.loc[m, col]}
+                     for m in rows.index for who, col in (("forget (image questions)", "forget_leak_img"),
+                                                          ("forget (text questions)", "forget_leak_txt"),
+                                                          ("held-out kept people", "retain_recall"),
+                                                          ("kept people in the fit", "in_fit_retain_recall"))])
+ax = sns.barplot(bars, x="people", y="answers with the fact (%)", hue="method")
+ax.set(xlabel="", ylim=(0, 105), title="the eraser removes the forget people's facts, not the others'")
+ax.legend(loc="upper left", bbox_to_anchor=(1, 1))
+ax.tick_params(axis="x", rotation=20)"""),
+    new_markdown_cell("## The eraser it wrote, inside your own nnsight block\n"
+                      "The file holds the chosen layer, gate and strength; `mask=` lets a gate that reads the "
+                      "prompt's mean skip left padding."),
+    new_code_cell("""import nnsight
+from toolkit import Sample
+from toolkit.eraser import Eraser
+
+eraser = Eraser.load(f"{OUT}/eraser.safetensors", model)
+asked = [Sample(q.question, forget_people[0].image_bytes[q.image] if q.modality == "image" else None)
+         for q in forget_people[0].generation[:2]]
+enc = model.encode(asked, device=model.device)
+width = enc["input_ids"].shape[1]
+with torch.no_grad(), model.nn.generate(max_new_tokens=24, do_sample=False) as tracer:
+    with tracer.invoke(**enc):
+        eraser.intervene(model, mask=enc["attention_mask"])
+    with tracer.invoke():
+        ids = nnsight.save(tracer.result)
+with torch.no_grad():
+    plain = model.module.generate(**enc, max_new_tokens=24, do_sample=False)
+for q, before, after in zip(asked, model.decode(plain[:, width:]), model.decode(ids[:, width:])):
+    print(f"{q.text}\n  without the eraser: {before}\n  with it:            {after}")"""),
+    new_markdown_cell("The same file as hooks around the plain HF `generate`, removed when the block ends:"),
+    new_code_cell("""with torch.no_grad(), eraser.attached(model):
+    hooked = model.module.generate(**enc, max_new_tokens=24, do_sample=False)
+assert hooked[:, width:].tolist() == ids[:, width:].tolist()
+print("identical ids through nnsight and through plain hooks")"""),
 ]
 
 
@@ -309,3 +388,4 @@ if __name__ == "__main__":
     write("03_layer_sensitivity.ipynb", SENSITIVITY)
     write("04_bring_your_own_checkpoint.ipynb", BRING_YOUR_OWN)
     write("05_ablations.ipynb", ABLATIONS)
+    write("06_erase_your_own_people.ipynb", ERASE_YOUR_OWN)

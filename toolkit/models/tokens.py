@@ -9,7 +9,7 @@ __all__ = ["join_answer", "continuation_ids"]
 
 def join_answer(prompt: str, answer: str) -> str:
     """``prompt`` followed by ``answer`` as the model would write it: one space after a prompt
-    that ends in a non-space (``ASSISTANT:``), none after one that ends in whitespace (``assistant\n``)."""
+    that ends in a non-space (``ASSISTANT:``), none after one that ends in whitespace (``assistant\\n``)."""
     sep = "" if (not prompt or prompt[-1].isspace()) else " "
     return prompt + sep + answer.lstrip()
 
@@ -18,7 +18,7 @@ def continuation_ids(tokenizer: Any, prompt: str, answer: str) -> list[int]:
     """The ids ``answer`` gets as the continuation of ``prompt``.
 
     Tokenises ``prompt`` and ``prompt + sep + answer`` (``sep`` a space unless the
-    prompt already ends in whitespace, as Qwen's ``assistant\n`` does) and returns
+    prompt already ends in whitespace, as Qwen's ``assistant\\n`` does) and returns
     the tokens after the prompt's. This is what the model sees and emits: a word
     tokenised on its own gets other ids under byte-level BPE (``ĠI`` vs ``I``) and
     SentencePiece (a bare ``▁`` first). Raises if the tokenizer merges the prompt's
