@@ -363,7 +363,7 @@ with torch.no_grad(), model.nn.generate(max_new_tokens=24, do_sample=False) as t
 with torch.no_grad():
     plain = model.module.generate(**enc, max_new_tokens=24, do_sample=False)
 for q, before, after in zip(asked, model.decode(plain[:, width:]), model.decode(ids[:, width:])):
-    print(f"{q.text}\n  without the eraser: {before}\n  with it:            {after}")"""),
+    print(f"{q.text}\\n  without the eraser: {before}\\n  with it:            {after}")"""),
     new_markdown_cell("The same file as hooks around the plain HF `generate`, removed when the block ends:"),
     new_code_cell("""with torch.no_grad(), eraser.attached(model):
     hooked = model.module.generate(**enc, max_new_tokens=24, do_sample=False)
