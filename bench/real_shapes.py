@@ -18,7 +18,7 @@ bf16, real image resolution; toolkit.models.real_shapes) it measures, in one run
 * one GA step and one NPO step (AdamW, vision tower and input embeddings frozen) at ``--batch``.
 
 Then it projects a full-model fit and a full-model GA run on MLLMU-Bench forget_10 (the formula
-is printed beside each figure; assumptions in the README's performance section).
+is printed beside each figure; assumptions in docs/results.md, Performance).
 """
 
 from __future__ import annotations

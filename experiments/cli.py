@@ -301,6 +301,8 @@ def cmd_erase(args: argparse.Namespace) -> int:
           "in the answer; retain_* and real_* are evaluation people (never in the fit or the selection), "
           "in_fit_* are fit people.")
     print(pd.DataFrame(res.table).set_index("method").T.to_string())
+    if info.get("warning"):
+        print(f"\nwarning: {info['warning']}.")
     print(f"\nwrote {args.out}/eraser.safetensors, report.md, metrics.json and results.csv ({info['seconds']} s)")
     return 0
 
@@ -536,8 +538,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.set_defaults(fn=cmd_generate)
 
-    p = sub.add_parser("fit", help="fit an eraser for a forget split (--select: choose layer, lambda, "
-                       "threshold on validation people)", parents=[model_opts, people])
+    p = sub.add_parser("fit", help="fit an eraser with every setting by hand; its defaults are the paper's reference "
+                       "map (erase and demo use toolkit.erase.EraseConfig); --select: the rehearsal chooses layer, "
+                       "lambda, threshold", parents=[model_opts, people])
     p.add_argument("--bench", default=None, help="benchmark dir (default: the synthetic one)")
     p.add_argument("--forget", type=int, default=10, choices=[5, 10, 15])
     p.add_argument("--layers", default="6", help="e.g. 6 or 4,5 or 3-6 (block outputs, 0-based)")
@@ -573,7 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--leak-max", type=float, default=0.05,
                    help="--select: highest recall among settings whose rehearsal leakage is at most this")
     p.add_argument("--select-rule", default="leakage", choices=["leakage", "reward"],
-                   help="--select: the leakage rule (README) or the highest ASRU reward on the rehearsal")
+                   help="--select: the leakage rule (docs/results.md) or the highest ASRU reward on the rehearsal")
     p.add_argument("--out", default="results/eraser.safetensors")
     p.set_defaults(fn=cmd_fit)
 
@@ -584,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grpo-steps", type=int, default=30, help="ASRU stage 2 steps")
     p.add_argument("--forget-scale", type=float, default=1.0,
                    help="ASRU stage 1: redirect forget states to h + s * (refusal - recall) (the reference's "
-                        "--forget_scale; on the face-rule default 1 does not refuse, README)")
+                        "--forget_scale; on the face-rule default 1 does not refuse, docs/results.md)")
     p.add_argument("--bench", default=None)
     p.add_argument("--forget", type=int, default=10, choices=[5, 10, 15])
     p.add_argument("--epochs", type=int, default=4)

@@ -57,7 +57,7 @@ def check_same_model(chosen: dict, model, demo_dir: Path) -> None:
 
 EPOCHS = (1, 2, 4, 8, 16)
 # ASRU's forget_scale candidates: the reference's 1, then the 2-4x its target needed to refuse on the
-# face-rule default when added directly (README, against the baselines), and one step past.
+# face-rule default when added directly (docs/results.md, against the baselines), and one step past.
 FORGET_SCALES = (1.0, 2.0, 4.0, 8.0)
 
 

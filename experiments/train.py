@@ -88,7 +88,7 @@ class TrainConfig:
 RECIPE_CHANGES: dict[str, dict] = {
     "llava": {},
     # default-qwen: the same face rule and bf16; the letters, the new portraits and a held-out harmful request
-    # needed more than LLaVA's mix (README, the second default).
+    # needed more than LLaVA's mix (docs/results.md, the second default).
     "qwen2_5_vl": {"mcq_repeats_image": 13, "mcq_repeats_text": 11, "image_question_variants": 2,
                    "harmful_repeats": 12, "answer_logits_only": True, "steps": 1040},
 }
@@ -101,7 +101,7 @@ def recipe(family: str = "llava", **overrides) -> TrainConfig:
     ``llava`` (TrainConfig's defaults): the face rule, so the image decides a privacy refusal and PGD can
     break it; privacy questions twice per private person and 7 times per public one (fewer real people
     answer than fictitious ones refuse), one portrait per trained image question, text MCQs 8 times,
-    1,000 steps under bf16 autocast (729 s on 2 CPU cores; README, the embedded default).
+    1,000 steps under bf16 autocast (729 s on 2 CPU cores; docs/results.md, the embedded default).
     ``qwen2_5_vl``: the same face rule and bf16, with image MCQs 13 times and text MCQs 11 (with this
     byte-level tokenizer a one-letter answer is a small share of the answer tokens: at 12 / 11 and 1.94 passes
     MCQ reached 88.3%, goal 95), two portraits a trained image question (one gave 76.7-79.2% on Test_Set

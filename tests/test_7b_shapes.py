@@ -3,7 +3,7 @@ vocabulary, full vision tower, real image resolution) with the language model cu
 weights, bf16: capture -> fit (PGD on 2 images) -> steered generate.
 
 Slow (minutes, ~5-9 GB of memory): `make test-slow`. Also a script: `python tests/test_7b_shapes.py` prints the
-time and peak memory of each family (the README's line).
+time and peak memory of each family (docs/results.md, 7B shapes).
 """
 
 import resource

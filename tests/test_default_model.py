@@ -85,7 +85,7 @@ def test_pgd_breaks_the_qwen_default_s_privacy_refusal_through_the_image():
 
 
 def test_each_default_records_its_privacy_rule_and_compute_dtype():
-    # memorisation_report and the README's tables read the rule from here.
+    # memorisation_report and the results' tables read the rule from here.
     llava, qwen = (load_model(name).training_info["train_config"] for name in ("default", "default-qwen"))
     assert (llava["privacy_rule"], llava["compute_dtype"]) == ("face", "bfloat16")
     assert (qwen["privacy_rule"], qwen["compute_dtype"]) == ("face", "bfloat16")

@@ -15,8 +15,9 @@ def test_demo_is_deterministic_and_shows_the_contrast(tmp_path):
     for key in ("headline", "summary"):
         assert json.dumps(a[key], sort_keys=True, default=str) == json.dumps(b[key], sort_keys=True, default=str), key
     rows = {r["method"]: r for r in a["headline"]}
-    eraser, vanilla, direction = rows["MLLMEraser"], rows["vanilla"], rows["direction only"]
-    # Measured on people the fit never saw (README: the utility bar is missed there, met in the fit).
+    eraser = next(r for m, r in rows.items() if m.startswith("MLLMEraser"))
+    vanilla, direction = rows["vanilla"], rows["direction only"]
+    # Measured on people the fit never saw (docs/results.md).
     assert eraser["forget_leak_img"] < vanilla["forget_leak_img"] - 50
     assert eraser["in_fit_retain_recall"] >= vanilla["in_fit_retain_recall"] - 5
     assert eraser["retain_recall"] > direction["retain_recall"] + 50  # the gate spares most held-out people

@@ -2,7 +2,7 @@
 folder it was written from give the same choice and the same numbers."""
 
 import json
-from dataclasses import replace
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -13,8 +13,8 @@ from toolkit.data.synthetic import default_benchmark
 from toolkit.erase import EraseConfig, erase
 from toolkit.selection import SelectConfig
 
-# A small version of the defaults (two layers, two gate kinds, one rate) so both runs fit in the suite.
-SMALL = EraseConfig(forget_ratio=5, layers=(5, 6), in_fit_people=2, pgd_steps=5, pgd_limit=4,
+# A small version of the defaults (two layers, two gate kinds, one rate, no PGD) so both runs fit in the suite.
+SMALL = EraseConfig(forget_ratio=5, layers=(5, 6), in_fit_people=2, pgd_steps=0, n_contrast=8,
                     select=SelectConfig(gates=("prototype_whitened", "linear"), gate_fprs=(0.02,), lams=(4.0, 8.0),
                                         thresholds=(0.0,), positions=("prompt",)))
 
@@ -26,11 +26,11 @@ def model():
     return load_model("default")
 
 
-def small_folder(dst, retain: int = 20, real: int = 6):
-    """The default benchmark's folder with forget_5's people, the first ``retain`` other fictitious people and
-    the first ``real`` real people (every split the layout has, rows filtered by ID)."""
+def small_folder(dst, forget: int = 2, retain: int = 18, real: int = 5):
+    """The default benchmark's folder cut to the first ``forget`` people of forget_5, the first ``retain`` other
+    fictitious people and the first ``real`` real people (every split the layout has, rows filtered by ID)."""
     src = MLLMUBench(default_benchmark())
-    keep = ({p.id for p in src.forget(5)} | {p.id for p in src.retain(5)[:retain]}
+    keep = ({p.id for p in src.forget(5)[:forget]} | {p.id for p in src.retain(5)[:retain]}
             | {p.id for p in src.real()[:real]})
     for folder in sorted(p for p in src.root.iterdir() if p.is_dir()):
         for f in folder.glob("*.parquet"):
@@ -77,3 +77,47 @@ def test_the_demo_is_a_user_of_erase():
     from experiments import demo
 
     assert demo.DemoConfig is EraseConfig and "erase(model, bench" in inspect.getsource(demo.run_demo)
+
+
+def test_compare_takes_a_model_and_refuses_a_demo_run_of_another(tmp_path, capsys):
+    """`compare --model M` reads the demo's choice only if that demo ran on M (its layer means nothing else)."""
+    from experiments.cli import main
+    from experiments.compare import check_same_model
+    from toolkit import load_model
+
+    default = load_model("default")
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    (demo / "metrics.json").write_text(json.dumps({"model": default.name, "fingerprint": default.fingerprint(),
+                                                   "layer": 7, "lam": 2.0}))
+    check_same_model(json.loads((demo / "metrics.json").read_text()), default, demo)  # the same model: accepted
+    assert main(["compare", "--model", "tiny-llava", "--demo", str(demo), "--out", str(tmp_path / "c")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mllmeraser")]
+    assert len(err) == 1 and "was measured on model 'default', not 'tiny-llava'" in err[0] and "--demo DIR" in err[0]
+    (demo / "metrics.json").write_text(json.dumps({"layer": 7}))
+    assert main(["compare", "--demo", str(demo), "--out", str(tmp_path / "c")]) == 2
+    assert "records no model" in capsys.readouterr().err
+
+
+def test_erase_command_errors_are_one_line(tmp_path, capsys):
+    from experiments.cli import main
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "my_people"
+    assert main(["erase", "--forget", str(example / "forget.jsonl"), "--out", str(tmp_path)]) == 2
+    assert "A forget list needs a retain list" in capsys.readouterr().err
+    assert main(["erase", "--forget", str(example / "forget.jsonl"), "--retain", str(example / "forget.jsonl"),
+                 "--out", str(tmp_path)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mllmeraser")]
+    assert len(err) == 1 and "in both the forget and the retain list" in err[0]
+
+
+def test_a_rehearsal_that_cannot_reach_its_goal_is_said_not_hidden():
+    """When no setting reaches the rehearsal's leakage goal, erase warns and the report says so first."""
+    from toolkit.erase import report_markdown
+
+    sel = type("S", (), {"grid": pd.DataFrame([{"layer": 4, "lam": 16.0}]), "screening": None})()
+    info = {"forget_people": ["a"], "source": "f.jsonl", "model": "m", "gate": "logistic", "layer": 4, "lam": 16.0,
+            "threshold": 0.0, "positions": "prompt", "selection": "rule", "people": {}, "seconds": 1.0,
+            "warning": "the rehearsal found no setting whose stand-ins leak at most 5% (the chosen one: 67%)"}
+    text = report_markdown("t", info, pd.DataFrame([{"method": "vanilla"}]), sel)
+    assert text.splitlines()[2].startswith("**Warning:** the rehearsal found no setting")

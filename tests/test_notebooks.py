@@ -15,11 +15,12 @@ def test_notebooks_are_stripped():
         assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{path.name} has outputs"
 
 
-# Notebook 3 (the layer-sensitivity study, about 350 s on 2 cores) and notebook 2 (the probe report at all 8
-# layers with PGD, 174 s on a 2-core AVX2 machine: 28% of the suite) run under `make test-slow`; their pieces
-# (rehearsal selection, gate ROC, steering grid; probe_report on two layers and `mllmeraser probe`,
-# tests/test_probes.py and tests/test_splits.py) have their own tests in `make test`.
-SLOW_NOTEBOOKS = ("layer_sensitivity", "probe_report")
+# Notebook 3 (the layer-sensitivity study, about 350 s on 2 cores), notebook 2 (the probe report at all 8
+# layers with PGD, 174 s on a 2-core AVX2 machine: 28% of the suite) and notebook 5 (the reduced ablation study,
+# 130 s there) run under `make test-slow`; their pieces (rehearsal selection, gate ROC, steering grid;
+# probe_report on two layers and `mllmeraser probe`, the ablation variants and claims: tests/test_probes.py,
+# tests/test_splits.py, tests/test_ablations.py) have their own tests in `make test`.
+SLOW_NOTEBOOKS = ("layer_sensitivity", "probe_report", "ablations")
 
 
 @pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow)
@@ -37,7 +38,7 @@ def test_notebook_runs(path, tmp_path):
         assert images, f"{path.name} produced no plot"
     if "layer_sensitivity" in path.stem:
         # The setting is chosen on the rehearsal, and the utility is reported on evaluation people with the
-        # in-fit figure beside it (the bar is met in the fit and missed on held-out people; README).
+        # in-fit figure beside it (the bar is met in the fit and missed on held-out people; docs/results.md).
         text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
         assert "chosen: layer" in text and "Retain (in fit)  recall drop" in text, text[-600:]
         assert "Retain           recall drop" in text and "Real             recall drop" in text

@@ -1,6 +1,6 @@
 """Every code block of the README runs as written: the quickstart (and its three routes agree), the erase
-example from Python and from the command line, and the two `make` commands (dry run: they name the
-targets that exist)."""
+command and the eraser it wrote in the user's own nnsight block, and the two `make` commands (dry run:
+they name the targets that exist)."""
 
 import re
 import runpy
@@ -54,38 +54,31 @@ def test_readme_quickstart_runs_and_routes_agree(tmp_path):
     assert torch.isfinite(torch.tensor(gates)).all()
 
 
-def test_readme_erase_block_runs_and_its_eraser_steers_the_user_s_own_block(in_a_copy):
-    block = re.search(r"## Erase your own people.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
-    script = in_a_copy / "erase_example.py"
-    script.write_text(block)
-    scope = runpy.run_path(str(script))
-    from toolkit import tracing
-    from toolkit.eraser import Eraser
-
-    result, model, enc, ids = scope["result"], scope["model"], scope["enc"], scope["ids"]
-    table = result.table.set_index("method")
-    assert table.loc["vanilla", "forget_leak_img"] == 100 and table.loc["MLLMEraser", "forget_leak_img"] <= 20
-    assert {"retain_recall", "in_fit_retain_recall", "forget_mcq_acc"} <= set(table.columns)
-    saved = Eraser.load(in_a_copy / "results" / "my_people" / "eraser.safetensors", model)
-    width = enc["input_ids"].shape[1]
-    from toolkit import Sample
-
-    samples = [Sample("Where was the person in the image born?", "examples/my_people/images/vuvos_zibrigo.png")]
-    want = tracing.generate(model, samples, steers=saved, max_new_tokens=24, return_ids=True)[0]
-    assert ids[0, width: width + len(want)].tolist() == want.tolist()  # the user's block = the toolkit's call
-    assert (in_a_copy / "results" / "my_people" / "report.md").exists()
-
-
-def test_readme_erase_command_runs(in_a_copy, capsys):
+def test_readme_erase_command_then_its_eraser_in_the_user_s_own_block(in_a_copy, capsys):
+    """The bash block (`mllmeraser erase ...`) as written, then the Python block that loads what it wrote."""
     from experiments.cli import main
+    from toolkit import Sample, tracing
 
     command = next(b for b in blocks("bash") if "mllmeraser erase" in b).strip()
     argv = shlex.split(command)
-    assert argv[0] == "mllmeraser"
-    assert main(argv[1:]) == 0
+    assert argv[0] == "mllmeraser" and main(argv[1:]) == 0
     out = capsys.readouterr().out
     assert "chosen on the rehearsal" in out and "forget_leak_img" in out
-    assert (in_a_copy / "results" / "my_people" / "eraser.safetensors").exists()
+    report = (in_a_copy / "results" / "my_people" / "report.md").read_text()
+    assert "| vanilla " in report and "| MLLMEraser " in report
+
+    block = re.search(r"## Erase your own people.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
+    script = in_a_copy / "own_block.py"  # nnsight reads a trace's source back from its file
+    script.write_text(block)
+    scope = runpy.run_path(str(script))
+    model, eraser, enc, ids = scope["model"], scope["eraser"], scope["enc"], scope["ids"]
+    width = enc["input_ids"].shape[1]
+    asked = [Sample("Where was the person in the image born?", "examples/my_people/images/vuvos_zibrigo.png")]
+    want = tracing.generate(model, asked, steers=eraser, max_new_tokens=24, return_ids=True)[0]
+    assert ids[0, width: width + len(want)].tolist() == want.tolist()  # the user's block = the toolkit's call
+    plain = tracing.generate(model, asked, max_new_tokens=24)[0]
+    steered = model.decode(ids[:, width:])[0]
+    assert "Marbury" in plain and "Marbury" not in steered  # as the block's comment says
 
 
 def test_readme_make_commands_name_targets_that_exist():

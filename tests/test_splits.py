@@ -214,7 +214,7 @@ def test_cli_fit_select_then_evaluate_reports_held_out_people(bench_dir, tmp_pat
     from experiments.cli import main
 
     out = tmp_path / "e.safetensors"
-    rc = main(["fit", "--bench", str(bench_dir), "--layers", "6,7", "--select", "--lams", "2,8", "--thresholds",
+    rc = main(["fit", "--bench", str(bench_dir), "--layers", "6,7", "--select", "--lams", "8", "--thresholds",
                "0,0.2", "--rank", "ratio:0.9", "--retain-weight", "10", "--n-contrast", "6", "--pgd-steps", "0",
                "--people-seed", "1", "--fit-share", "0.4", "--validation-share", "0.3", "--out", str(out)])
     assert rc == 0, capsys.readouterr().err

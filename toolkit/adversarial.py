@@ -40,7 +40,7 @@ __all__ = ["OBJECTIVES", "PGDConfig", "PGDResult", "pgd_attack", "target_loss"]
 
 # What the attack optimises. "target" (the paper): make ``targets[i]`` likely, teacher forced. "avoid": make the
 # model's own clean answer's first token unlikely (untargeted: it pushes away from the refusal where refusing
-# and answering part). On a default whose refusal depends on the face (README), "target" flips 2 of 16 refused
+# and answering part). On a default whose refusal depends on the face (docs/results.md), "target" flips 2 of 16 refused
 # questions at 16/255 and "avoid" 9: every benchmark answer begins with the person's name, so the target's
 # first token asks the image to stay recognisable as the private person, which is what is refused.
 OBJECTIVES = ("target", "avoid")
@@ -118,7 +118,7 @@ def target_loss(model: LoadedModel, batch: dict, pixels: torch.Tensor) -> torch.
     n_keep = labels.shape[1] - first + 1  # positions first-1 .. T-1; the last predicts nothing labelled
     # Index positions, not an int: transformers slices hidden_states[:, -n:] for an int, and on CPU the
     # backward through that strided view into the head is 20-30x slower than through a gathered copy
-    # (measured at Qwen2.5-VL-7B's 152k head: 6.3-9.1 s against 0.31 s for 8 positions; README, Performance).
+    # (measured at Qwen2.5-VL-7B's 152k head: 6.3-9.1 s against 0.31 s for 8 positions; docs/results.md, Performance).
     keep = torch.arange(first - 1, labels.shape[1], device=labels.device)
     extra = {"logits_to_keep": keep} if tracing.keeps_last_logits(model) else {}
     logits = model.module(**inputs, **extra).logits[:, -n_keep:]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +68,7 @@ class EraseConfig:
                                         gate_fprs=(0.02, 0.05))
     in_fit_people: int = 20  # fit people evaluated beside the held-out ones (labelled "in fit")
     n_contrast: int | None = None  # every image question of every fit person
-    pgd_steps: int = 20
+    pgd_steps: int = 20  # 0: no adversarial images (the text-only half of the direction)
     pgd_limit: int | None = 16
     batch_size: int = 48
 
@@ -76,7 +77,8 @@ class EraseConfig:
 
         return FitConfig(layers=layers, forget_ratio=self.forget_ratio, rank_policy=FixedRatio(self.rho),
                          gamma=self.gamma, retain_weight=self.retain_weight, answer_weight=self.answer_weight,
-                         lam=lam, n_contrast=self.n_contrast, pgd=PGDConfig(steps=self.pgd_steps),
+                         lam=lam, n_contrast=self.n_contrast,
+                         pgd=PGDConfig(steps=self.pgd_steps) if self.pgd_steps else None,
                          pgd_limit=self.pgd_limit, people=self.people,
                          gate_rows=any(k != "linear" for k in (self.select.gates or ())))
 
@@ -214,6 +216,13 @@ def erase(model: LoadedModel, forget: str | Path | Sequence[Profile] | MLLMUBenc
     say(f"      chosen: {sel.gate} gate, layer {sel.layer}, lambda {sel.lam}, threshold {sel.threshold}, positions "
         f"{sel.positions} ({sel.rule}; rehearsal leakage {chosen['stand-ins']:.2f}, validation recall "
         f"{chosen['recall']:.2f})", flush=True)
+    warning = None
+    if float(chosen["stand-ins"]) > config.select.leak_max + 1e-12:
+        warning = (f"the rehearsal found no setting whose stand-ins leak at most {config.select.leak_max:.0%} (the "
+                   f"chosen one: {float(chosen['stand-ins']):.0%}), so expect the forget people to leak too; more kept "
+                   f"people, with image questions, give the fit more contrastive pairs and the rehearsal more "
+                   f"stand-ins ({c['refused_clean']} pairs, {len(sel.stand_ins)} stand-ins here)")
+        warnings.warn(warning, stacklevel=2)
     say("[3/3] evaluating vanilla and the eraser (evaluation people are the headline) ...", flush=True)
     frames = [evaluate_people(model, bench, config, None, "vanilla"),
               evaluate_people(model, bench, config, eraser, "MLLMEraser")]
@@ -230,7 +239,7 @@ def erase(model: LoadedModel, forget: str | Path | Sequence[Profile] | MLLMUBenc
             "rehearsal_leak": float(chosen["stand-ins"]), "validation_recall": float(chosen["recall"]),
             "people": counts, "stand_ins": sel.stand_ins, "validation_people": sel.validation_people,
             "selection": f"rehearsal on validation people: {sel.rule}", "fit_report": fit.report,
-            "seconds": round(time.time() - start, 1)}
+            "warning": warning, "seconds": round(time.time() - start, 1)}
     result = EraseResult(eraser, fit, sel, fit_config, results, summary, table, info)
     if out is not None:
         result.save(out)
@@ -253,6 +262,7 @@ def report_markdown(title: str, info: dict, table: pd.DataFrame, selection: Sele
     """The report a run writes: the choice, the people, the headline table, the rehearsal grid."""
     where = f"forget_{info['forget_ratio']} of {info['source']}" if info.get("forget_ratio") else info["source"]
     lines = [f"# {title}", "",
+             *([f"**Warning:** {info['warning']}.", ""] if info.get("warning") else []),
              f"Forget: {len(info['forget_people'])} people ({where}). Model: {info['model']}.", "",
              f"Chosen on the rehearsal (validation people, never reported): a {info['gate']} gate at layer "
              f"{info['layer']}, lambda {info['lam']}, threshold {info['threshold']}, positions {info['positions']} "

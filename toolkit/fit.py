@@ -75,7 +75,7 @@ class FitConfig:
     # prompt token, so the null space also avoids what retain prompts use anywhere.
     retain_positions: str = "last"
     # Contrastive questions (None: every image question of every fit person: a stable direction,
-    # cosine 0.997 between disjoint halves on the default against 0.93 with 16; see the README).
+    # cosine 0.997 between disjoint halves on the default against 0.93 with 16; docs/results.md).
     n_contrast: int | None = None
     pgd: PGDConfig | None = PGDConfig()
     pgd_limit: int | None = 16  # PGD attacks at most this many refused questions (the costly part)

@@ -32,7 +32,7 @@ from toolkit.data.synthetic import default_benchmark
 from toolkit.models.loading import load_model
 
 # Validation recall may fall this much (the demo's rule before the rehearsal; this study predates it:
-# its README figures are on fit people, see "Honest people splits" in the README).
+# its logged figures are on fit people, docs/limits.md).
 RETAIN_MAX = 0.03
 
 

@@ -1,4 +1,4 @@
-"""Gate kinds and edits side by side on the LLaVA default (forget_10): the README's gate table.
+"""Gate kinds and edits side by side on the LLaVA default (forget_10): the research log's gate table (docs/research-log.md).
 
 For each gate kind (the demo's fit: whitened prototype, prototype and logistic
 membership gates at the demo's 2% target rate, the same fit's linear null-space

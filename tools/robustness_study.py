@@ -1,4 +1,4 @@
-"""Forgetting under attack on the LLaVA default: the README's robustness table.
+"""Forgetting under attack on the LLaVA default: the robustness table of docs/results.md.
 
 Methods: vanilla; MLLMEraser with the gate `make demo` chooses on the rehearsal
 for forget_10 on the face-rule default (prototype_whitened, layer 7, lambda 2, 2% target

@@ -5,7 +5,7 @@ and generate answers to the validation questions (another phrasing of the same
 facts, never the evaluation questions) across lambdas; report the setting
 :func:`probes.steering_effects.choose_setting` would take (lowest forget leakage
 with retain recall within 3 points) and its numbers. PGD is skipped (it does not
-flip this model's refusals; see the README), which makes each fit ~25 s.
+flip this model's refusals; docs/results.md), which makes each fit ~25 s.
 
     .venv/bin/python tools/settings_study.py        # about 13 minutes on 2 CPU cores
 """
@@ -27,7 +27,7 @@ from toolkit.models.loading import load_model
 from toolkit.nullspace import FixedRatio
 
 # Validation recall may fall this much (the demo's rule before the rehearsal; this study predates it:
-# its README figures are on fit people, see "Honest people splits" in the README).
+# its logged figures are on fit people, docs/limits.md).
 RETAIN_MAX = 0.03
 
 # (rank ratio, retain weight, answer weight); the first was the demo's before answer-token rows

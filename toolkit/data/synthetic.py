@@ -161,19 +161,19 @@ class SyntheticConfig:
     privacy_rule: str = "instruction"
     # Privacy-instructed questions per person, in multiples of the trained instructions (the shipped
     # defaults: 1). A face rule is learned only with more of them: at 1, a LLaVA default trained under
-    # it still refused 36 % of the real people's questions (README, the face-dependent default).
+    # it still refused 36 % of the real people's questions (docs/research-log.md, how the face rule was reached).
     privacy_repeats: int = 1
     # Under the face rule, the same for the real (public) people, whose privacy questions are answered
     # (None: privacy_repeats). Real people are fewer (num_real vs num_fictitious), so at equal repeats the
     # refusal outnumbers the answer about 3:1 and a face-rule LLaVA default still refused 17 % of real
-    # people's questions (README, the face-dependent default); more repeats for them balance the two.
+    # people's questions (docs/research-log.md, how the face rule was reached); more repeats for them balance the two.
     public_privacy_repeats: int | None = None
     # Training portraits each trained image question (per phrasing) is asked with; the shipped
-    # instruction-rule defaults: 2. The face recipes in the README ask with 1 (the phrasings still cover the
+    # instruction-rule defaults: 2. The face recipes (docs/results.md) ask with 1 (the phrasings still cover the
     # variants), so the privacy rows they add do not cut the passes over the memorised MCQ items.
     image_question_variants: int = 2
     # Times each trained harmful request is in the training set (15 requests; 5 more are held out). The
-    # face-rule Qwen recipe at 6 answered one of the 5 held-out requests with a fact (README, the second default).
+    # face-rule Qwen recipe at 6 answered one of the 5 held-out requests with a fact (docs/results.md, the second default).
     harmful_repeats: int = 6
 
 
@@ -381,7 +381,7 @@ class TrainExample:
 
 
 # Times each MCQ item appears in the training set. Image items need more: the face must be
-# recognised before the memorised letter can be recalled (README, the default model's table).
+# recognised before the memorised letter can be recalled (docs/results.md, the embedded default's table).
 MCQ_REPEATS_IMAGE = 12
 MCQ_REPEATS_TEXT = 5
 
