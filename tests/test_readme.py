@@ -36,11 +36,16 @@ def in_a_copy(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_readme_quickstart_runs_and_routes_agree(tmp_path):
-    block = re.search(r"## Quickstart.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
-    script = tmp_path / "quickstart.py"  # nnsight reads a trace's source back from its file
+def run_python_block(section: str, folder: Path) -> dict:
+    """Run the first Python block under README heading ``section`` as a script; its globals."""
+    block = re.search(rf"## {section}.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
+    script = folder / "readme_block.py"  # nnsight reads a trace's source back from its file
     script.write_text(block)
-    scope = runpy.run_path(str(script))
+    return runpy.run_path(str(script))
+
+
+def test_readme_quickstart_runs_and_routes_agree(tmp_path):
+    scope = run_python_block("Quickstart", tmp_path)
     from toolkit import tracing
 
     model, eraser, forget, enc = scope["model"], scope["eraser"], scope["forget"], scope["enc"]
@@ -67,10 +72,7 @@ def test_readme_erase_command_then_its_eraser_in_the_user_s_own_block(in_a_copy,
     report = (in_a_copy / "results" / "my_people" / "report.md").read_text()
     assert "| vanilla " in report and "| MLLMEraser " in report
 
-    block = re.search(r"## Erase your own people.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
-    script = in_a_copy / "own_block.py"  # nnsight reads a trace's source back from its file
-    script.write_text(block)
-    scope = runpy.run_path(str(script))
+    scope = run_python_block("Erase your own people", in_a_copy)
     model, eraser, enc, ids = scope["model"], scope["eraser"], scope["enc"], scope["ids"]
     width = enc["input_ids"].shape[1]
     asked = [Sample("Where was the person in the image born?", "examples/my_people/images/vuvos_zibrigo.png")]
