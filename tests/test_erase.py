@@ -13,9 +13,9 @@ from toolkit.data.synthetic import default_benchmark
 from toolkit.erase import EraseConfig, erase
 from toolkit.selection import SelectConfig
 
-# A small version of the defaults (two layers, two gate kinds, one rate, no PGD) so both runs fit in the suite.
-SMALL = EraseConfig(forget_ratio=5, layers=(5, 6), in_fit_people=2, pgd_steps=0, n_contrast=8,
-                    select=SelectConfig(gates=("prototype_whitened", "linear"), gate_fprs=(0.02,), lams=(4.0, 8.0),
+# A small version of the defaults (one layer, two gate kinds, one rate and strength, no PGD) for the suite.
+SMALL = EraseConfig(forget_ratio=5, layers=(6,), in_fit_people=2, pgd_steps=0, n_contrast=8,
+                    select=SelectConfig(gates=("prototype_whitened", "linear"), gate_fprs=(0.02,), lams=(8.0,),
                                         thresholds=(0.0,), positions=("prompt",)))
 
 
