@@ -103,6 +103,7 @@ def test_boundary_questions_share_a_fact_with_the_forget_people():
     assert [p.forget for p in prompts] == [True] * len(forget[0].generation) + [False, False]
 
 
+@pytest.mark.slow  # about 20 s on a 2-core AVX2 machine; the GRPO loss and gradient against the formula stay in make test
 def test_grpo_raises_the_reward_on_a_reduced_setting():
     """ASRU's rule reward on two forget prompts: the mean rollout reward rises after a few steps."""
     from toolkit import tracing

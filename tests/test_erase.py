@@ -14,7 +14,7 @@ from toolkit.erase import EraseConfig, erase
 from toolkit.selection import SelectConfig
 
 # A small version of the defaults (one layer, two gate kinds, one rate and strength, no PGD) for the suite.
-SMALL = EraseConfig(forget_ratio=5, layers=(6,), in_fit_people=2, pgd_steps=0, n_contrast=8,
+SMALL = EraseConfig(forget_ratio=5, layers=(6,), in_fit_people=1, pgd_steps=0, n_contrast=8,
                     select=SelectConfig(gates=("prototype_whitened", "linear"), gate_fprs=(0.02,), lams=(8.0,),
                                         thresholds=(0.0,), positions=("prompt",)))
 
@@ -26,7 +26,7 @@ def model():
     return load_model("default")
 
 
-def small_folder(dst, forget: int = 2, retain: int = 18, real: int = 5):
+def small_folder(dst, forget: int = 2, retain: int = 14, real: int = 4):
     """The default benchmark's folder cut to the first ``forget`` people of forget_5, the first ``retain`` other
     fictitious people and the first ``real`` real people (every split the layout has, rows filtered by ID)."""
     src = MLLMUBench(default_benchmark())

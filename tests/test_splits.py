@@ -192,6 +192,7 @@ def test_half_split_cosines_against_direct_computation():
     assert half_split_cosines(plus, plus + 1.0)["even_odd"] == pytest.approx(1.0)
 
 
+@pytest.mark.slow  # 28 s; probe_report on two layers (tests/test_probes.py) and `fit --select` on this split stay
 def test_probe_cli_runs_on_published_columns_only(bench_dir, tmp_path, capsys):
     """`mllmeraser probe --layers 6,7` on a benchmark with only the published layout: validation comes from
     validation people (the rehearsal), not from the synthetic benchmark's names or paraphrases."""
