@@ -133,3 +133,7 @@ def test_erase_refuses_a_forget_list_without_a_retain_list():
 
     with pytest.raises(ValueError, match="A forget list needs a retain list"):
         as_benchmark(EXAMPLE / "forget.jsonl")
+    from toolkit.data.synthetic import default_benchmark
+
+    with pytest.raises(ValueError, match="is a benchmark, which holds its retain and real people"):
+        as_benchmark(default_benchmark(), real=EXAMPLE / "retain.csv")

@@ -165,15 +165,12 @@ def _is_mllmu_folder(path: Path) -> bool:
 def as_benchmark(forget: Any, retain: Any = None, real: Any = None) -> MLLMUBench | ForgetRequest:
     """What :func:`erase` reads: an :class:`MLLMUBench` (or its folder, with ``retain=None``), a
     :class:`ForgetRequest`, or forget / retain lists (files, folders of them, or profiles)."""
-    if isinstance(forget, (MLLMUBench, ForgetRequest)):
-        if retain is not None:
-            raise ValueError("A benchmark already holds its retain people: pass retain=None with it.")
-        return forget
-    if isinstance(forget, (str, Path)) and _is_mllmu_folder(Path(forget)):
-        if retain is not None:
-            raise ValueError(f"{forget} is an MLLMU-Bench folder, which holds its retain people: pass no retain "
-                             "list with it.")
-        return MLLMUBench(forget)
+    folder = isinstance(forget, (str, Path)) and _is_mllmu_folder(Path(forget))
+    if isinstance(forget, (MLLMUBench, ForgetRequest)) or folder:
+        if retain is not None or real is not None:
+            raise ValueError(f"{forget} is a benchmark, which holds its retain and real people: pass no retain or "
+                             "real list with it.")
+        return MLLMUBench(forget) if folder else forget
     if retain is None:
         raise ValueError("A forget list needs a retain list (the people whose knowledge must stay): "
                          "erase(model, forget=..., retain=...).")
