@@ -283,13 +283,14 @@ def cmd_erase(args: argparse.Namespace) -> int:
     """The whole job on a forget list (or an MLLMU-Bench folder): :func:`toolkit.erase.erase`."""
     import pandas as pd
 
-    from toolkit.erase import EraseConfig, erase
-
-    if _people(args) is None:
-        raise ValueError("erase chooses its settings on validation people: --all-people leaves none; drop it.")
     from dataclasses import replace
 
-    cfg = EraseConfig(forget_ratio=args.ratio, people=_people(args), in_fit_people=args.in_fit_people,
+    from toolkit.erase import EraseConfig, erase
+
+    people = _people(args)
+    if people is None:
+        raise ValueError("erase chooses its settings on validation people: --all-people leaves none; drop it.")
+    cfg = EraseConfig(forget_ratio=args.ratio, people=people, in_fit_people=args.in_fit_people,
                       select=replace(_select_config(args), batch_size=args.batch_size),
                       layers=_layers(args.layers) if args.layers else None, batch_size=args.batch_size)
     model = _load(args)

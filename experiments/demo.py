@@ -19,8 +19,8 @@ reported.
 
 from __future__ import annotations
 
-import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -29,7 +29,7 @@ import torch
 from toolkit import tracing
 from toolkit.data.mllmu import MLLMUBench
 from toolkit.data.synthetic import default_benchmark
-from toolkit.erase import EraseConfig, erase, evaluate_people, headline, report_markdown
+from toolkit.erase import EraseConfig, erase, evaluate_people, headline
 from toolkit.evaluate import run_items, summarize
 from toolkit.fit import eraser_with_gate
 from toolkit.models.loading import LoadedModel, load_model
@@ -79,24 +79,15 @@ def run_demo(out_dir: str | Path = "results/demo", cfg: EraseConfig = EraseConfi
             layers=[layer], lam=lam, positions=sel.positions, threshold=0.0)
         frames.append(evaluate_people(model, bench, cfg, linear, "linear gate, same edit"))
     frames.append(evaluate_people(model, bench, cfg, [direction_steer(layer, d, lam_dir)], "direction only"))
-    results = pd.concat(frames, ignore_index=True)
     summary = pd.concat([summarize(f.drop(columns="method")).assign(method=f.method.iloc[0]) for f in frames],
                         ignore_index=True)
-    table = headline(summary)
-    res.eraser.save(out / "eraser.safetensors")
-    results.to_csv(out / "results.csv", index=False)
-    summary.to_csv(out / "summary.csv", index=False)
-    sel.grid.to_csv(out / "selection_grid.csv", index=False)
-    if sel.screening is not None:
-        sel.screening.to_csv(out / "gate_screening.csv", index=False)
-    info = dict(res.info, direction_only_lam=lam_dir, headline=table.to_dict("records"),
-                summary=summary.to_dict("records"), seconds=round(time.time() - t0, 1))
-    (out / "metrics.json").write_text(json.dumps(info, indent=1, default=str))
+    shown = replace(res, results=pd.concat(frames, ignore_index=True), summary=summary, table=headline(summary),
+                    info=dict(res.info, direction_only_lam=lam_dir, seconds=round(time.time() - t0, 1)))
+    shown.save(out, "MLLMEraser demo on the embedded default",
+               note=f"Direction-only alternative at lambda {lam_dir}, calibrated to the same rehearsal forgetting.")
     from toolkit.report import plot_summary
 
     plot_summary(summary).savefig(out / "metrics.png", dpi=110, bbox_inches="tight")
-    text = report_markdown("MLLMEraser demo on the embedded default", info, table, sel)
-    text = text.replace("\n\nPeople:", f" Direction-only alternative at lambda {lam_dir}, calibrated to the same "
-                        "rehearsal forgetting.\n\nPeople:", 1)
-    (out / "report.md").write_text(text + "\n\n![metrics](metrics.png)\n")
-    return info
+    with open(out / "report.md", "a") as report:
+        report.write("\n\n![metrics](metrics.png)\n")
+    return shown.metrics()

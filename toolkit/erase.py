@@ -101,9 +101,14 @@ class EraseResult:
     table: pd.DataFrame
     info: dict = field(default_factory=dict)
 
-    def save(self, out: str | Path, title: str = "MLLMEraser") -> Path:
+    def metrics(self) -> dict:
+        """What ``metrics.json`` holds: :attr:`info` with the headline table and the summary, as records."""
+        return dict(self.info, headline=self.table.to_dict("records"), summary=self.summary.to_dict("records"))
+
+    def save(self, out: str | Path, title: str = "MLLMEraser", note: str = "") -> Path:
         """Write ``eraser.safetensors``, ``report.md``, ``metrics.json``, ``results.csv``, ``summary.csv``,
-        ``selection_grid.csv`` (and ``gate_screening.csv``) under ``out``."""
+        ``selection_grid.csv`` (and ``gate_screening.csv``) under ``out``. ``note``: a sentence the report
+        gives after the chosen setting."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         self.eraser.save(out / "eraser.safetensors")
@@ -112,9 +117,9 @@ class EraseResult:
         self.selection.grid.to_csv(out / "selection_grid.csv", index=False)
         if self.selection.screening is not None:
             self.selection.screening.to_csv(out / "gate_screening.csv", index=False)
-        info = dict(self.info, headline=self.table.to_dict("records"), summary=self.summary.to_dict("records"))
+        info = self.metrics()
         (out / "metrics.json").write_text(json.dumps(info, indent=1, default=str))
-        (out / "report.md").write_text(report_markdown(title, info, self.table, self.selection))
+        (out / "report.md").write_text(report_markdown(title, info, self.table, self.selection, note))
         return out
 
 
@@ -255,15 +260,15 @@ def evaluate_people(model: LoadedModel, bench: Any, config: EraseConfig, steers:
     return df
 
 
-def report_markdown(title: str, info: dict, table: pd.DataFrame, selection: Selection) -> str:
-    """The report a run writes: the choice, the people, the headline table, the rehearsal grid."""
+def report_markdown(title: str, info: dict, table: pd.DataFrame, selection: Selection, note: str = "") -> str:
+    """The report a run writes: the choice (then ``note``), the people, the headline table, the rehearsal grid."""
     where = f"forget_{info['forget_ratio']} of {info['source']}" if info.get("forget_ratio") else info["source"]
     lines = [f"# {title}", "",
              *([f"**Warning:** {info['warning']}.", ""] if info.get("warning") else []),
              f"Forget: {len(info['forget_people'])} people ({where}). Model: {info['model']}.", "",
              f"Chosen on the rehearsal (validation people, never reported): a {info['gate']} gate at layer "
              f"{info['layer']}, lambda {info['lam']}, threshold {info['threshold']}, positions {info['positions']} "
-             f"({info['selection']}).", "",
+             f"({info['selection']}).{' ' + note if note else ''}", "",
              f"People: {json.dumps(info['people'])}. `retain_*` / `real_*`: evaluation people (never in the fit or "
              "the selection); `in_fit_*`: people whose activations built the fit.", "",
              "Percent. `leak` / `recall`: the fact appears in the answer (where a question gives no fact: "
