@@ -8,6 +8,7 @@ import re
 import sys
 import warnings
 from pathlib import Path
+from dataclasses import replace
 
 
 def _quiet() -> None:
@@ -145,7 +146,12 @@ def _gate_options(p: argparse.ArgumentParser) -> None:
                    help="linear = the paper's null-space map; " + ", ".join(k for k in GATE_KINDS if k != "linear")
                         + " = membership gates calibrated on validation people")
     p.add_argument("--gate-reads", default="last+mean", choices=list(READS),
-                   help="what a membership gate reads: the last prompt token, or it and the prompt's mean state")
+                   help="what a membership gate reads (toolkit.reads): the last prompt token, the prompt's mean, the "
+                        "image tokens pooled (image-max / image-mean; keyed to the person, not the wording)")
+    p.add_argument("--latch", action="store_true",
+                   help="membership gates: once the gate fires for a row, steer every token generated after it")
+    p.add_argument("--wrap", type=int, default=0,
+                   help="fit-pool wrappers per question added to the gate's rows and calibration (0: none)")
     p.add_argument("--gate-fpr", type=float, default=0.05,
                    help="membership gates: share of validation people's questions the gate may fire on")
     p.add_argument("--gate-softness", type=float, default=0.0, help="> 0: a sigmoid gate around the threshold")
@@ -165,15 +171,37 @@ def _select_options(p: argparse.ArgumentParser) -> None:
                         "paper's map alone)")
     p.add_argument("--gate-fprs", default=None,
                    help=f"target false-positive rates screened (default {','.join(map(str, base.gate_fprs))})")
+    p.add_argument("--reads", default=None,
+                   help=f"what membership gates may read, screened (default {','.join(base.gate_reads or ())}; "
+                        "toolkit.reads)")
+    p.add_argument("--latch", default="choose", choices=["choose", "on", "off"],
+                   help="hold a membership gate's decision through generation: chosen on the rehearsal, or forced")
+    p.add_argument("--wrap", type=int, default=None,
+                   help=f"fit-pool wrappers per question in the gate rows, calibration and rehearsal "
+                        f"(default {base.wrap}; 0: the benchmark's phrasings only)")
+    p.add_argument("--screen-top", type=int, default=None,
+                   help=f"screened gates tried in the generation grid, the best of each read (default "
+                        f"{base.screen_top})")
+    p.add_argument("--screen-fp", default=None, choices=["people", "questions"],
+                   help=f"what the gate screening charges false fires by (default {base.screen_fp})")
 
 
 def _select_config(args: argparse.Namespace):
     from toolkit.erase import EraseConfig
     from toolkit.selection import SelectConfig
 
+    from toolkit.reads import parse_reads
+
     base = EraseConfig().select
-    return SelectConfig(rule=args.select_rule, gates=_kinds(args.gates) if args.gates else base.gates,
-                        gate_fprs=_floats(args.gate_fprs) if args.gate_fprs else base.gate_fprs)
+    reads = tuple(r.strip() for r in args.reads.split(",")) if args.reads else base.gate_reads
+    for r in reads or ():
+        parse_reads(r)
+    latch = {"choose": base.latch, "on": (True,), "off": (False,)}[args.latch]
+    return replace(base, rule=args.select_rule, gates=_kinds(args.gates) if args.gates else base.gates,
+                   gate_fprs=_floats(args.gate_fprs) if args.gate_fprs else base.gate_fprs, gate_reads=reads,
+                   latch=latch, wrap=base.wrap if args.wrap is None else args.wrap,
+                   screen_top=base.screen_top if args.screen_top is None else args.screen_top,
+                   screen_fp=args.screen_fp or base.screen_fp)
 
 
 def _people(args: argparse.Namespace):
@@ -213,6 +241,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
                     pgd=PGDConfig(eps=args.eps, steps=args.pgd_steps) if args.pgd_steps > 0 else None,
                     batch_size=args.batch_size, people=_people(args), gate=args.gate, gate_reads=args.gate_reads,
                     gate_fpr=args.gate_fpr, gate_softness=args.gate_softness, edit=args.edit,
+                    latch=args.latch, wrap=args.wrap,
                     gate_rows=bool(args.select and any(k != "linear" for k in _kinds(args.gates or args.gate))))
     bench = MLLMUBench(_bench_path(args.bench))
     result = fit_eraser(model, bench, cfg, progress=True)
@@ -269,7 +298,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import pandas as pd
 
     print()
-    print(f"MLLMEraser with a {info['gate']} gate at layer {info['layer']}, lambda {info['lam']}, threshold "
+    print(f"MLLMEraser with a {info['gate']} gate at layer {info['layer']} (reading {info.get('gate_reads', 'last')}"
+          f"{', latched' if info.get('latch') else ''}), lambda {info['lam']}, threshold "
           f"{info['threshold']}, positions "
           f"{info['positions']}; direction-only "
           f"lambda {info['direction_only_lam']}. Percent; leak / recall = the fact appears in the answer; retain_* "
@@ -297,7 +327,8 @@ def cmd_erase(args: argparse.Namespace) -> int:
     res = erase(model, args.forget, args.retain, real=args.real, config=cfg, out=args.out, progress=True)
     info = res.info
     print()
-    print(f"chosen on the rehearsal: a {info['gate']} gate at layer {info['layer']}, lambda {info['lam']}, "
+    print(f"chosen on the rehearsal: a {info['gate']} gate at layer {info['layer']} (reading "
+          f"{info.get('gate_reads', 'last')}{', latched' if info.get('latch') else ''}), lambda {info['lam']}, "
           f"threshold {info['threshold']}, positions {info['positions']}. Percent; leak / recall = the fact appears "
           "in the answer; retain_* and real_* are evaluation people (never in the fit or the selection), "
           "in_fit_* are fit people.")

@@ -29,7 +29,7 @@ import torch
 from toolkit import tracing
 from toolkit.data.mllmu import MLLMUBench
 from toolkit.data.synthetic import default_benchmark
-from toolkit.erase import EraseConfig, erase, evaluate_people, headline
+from toolkit.erase import EraseConfig, erase, evaluate_people, headline, headline_table
 from toolkit.evaluate import run_items, summarize
 from toolkit.fit import eraser_with_gate
 from toolkit.models.loading import LoadedModel, load_model
@@ -81,7 +81,8 @@ def run_demo(out_dir: str | Path = "results/demo", cfg: EraseConfig = EraseConfi
     frames.append(evaluate_people(model, bench, cfg, [direction_steer(layer, d, lam_dir)], "direction only"))
     summary = pd.concat([summarize(f.drop(columns="method")).assign(method=f.method.iloc[0]) for f in frames],
                         ignore_index=True)
-    shown = replace(res, results=pd.concat(frames, ignore_index=True), summary=summary, table=headline(summary),
+    results = pd.concat(frames, ignore_index=True)
+    shown = replace(res, results=results, summary=summary, table=headline_table(results, summary),
                     info=dict(res.info, direction_only_lam=lam_dir, seconds=round(time.time() - t0, 1)))
     shown.save(out, "MLLMEraser demo on the embedded default",
                note=f"Direction-only alternative at lambda {lam_dir}, calibrated to the same rehearsal forgetting.")

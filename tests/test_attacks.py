@@ -57,7 +57,14 @@ def test_vanilla_leaks_and_a_refusal_steer_stops_every_attack(setup):
     assert set(broken.split) == {"forget", "control"} and (broken.n > 0).all()
 
 
-def test_gate_text_picks_the_lowest_gate_suffix(setup):
+def test_gate_text_searches_the_pool_and_picks_the_lowest_gate_suffix(setup, monkeypatch):
+    """The universal stage (the suffixes with the lowest mean gate on the sampled questions) and the
+    per-question stage, against the gate computed directly for every (question, suffix)."""
+    import toolkit.attacks as attacks
+
+    assert len(GATE_SUFFIXES) == 400 and len(set(GATE_SUFFIXES)) == 400
+    pool = GATE_SUFFIXES[::37]  # 11 of them, for time
+    monkeypatch.setattr(attacks, "GATE_SUFFIXES", pool)
     model, forget, _ = setup
     g = torch.Generator().manual_seed(1)
     eraser = Eraser((EraserLayer(6, torch.randn(model.hidden_size, 1, generator=g) * 0.1,
@@ -65,15 +72,17 @@ def test_gate_text_picks_the_lowest_gate_suffix(setup):
     from toolkit.attacks import gate_text_probes
     from toolkit.evaluate import items_from_profiles
 
-    items = items_from_profiles(forget[:1], "forget", ("generation",))[:2]
-    chosen = gate_text_probes(model, items, eraser)
-    for it, probe in zip(items, chosen):
-        cands = [f"{it.prompt} {s}" for s in GATE_SUFFIXES]
-        acts = tracing.capture(model, [(it.image, c) for c in cands], [6])[6]
-        gates = eraser.layer_map(6).gate(acts)[:, 0]
-        assert probe.sample.text == cands[int(gates.argmin())]
+    items = items_from_profiles(forget[:1], "forget", ("generation",))[:3]
+    chosen = gate_text_probes(model, items, eraser, search_items=2, keep=3)
+    gates = torch.stack([eraser.layer_map(6).gate(tracing.capture(
+        model, [(it.image, f"{it.prompt} {s}") for s in pool], [6])[6])[:, 0] for it in items])  # (items, pool)
+    sampled = items[:: len(items) // 2][:2]
+    best = gates[[items.index(it) for it in sampled]].mean(0).argsort()[:3]
+    for i, (it, probe) in enumerate(zip(items, chosen)):
+        want = pool[int(best[gates[i, best].argmin()])]
+        assert probe.sample.text == f"{it.prompt} {want}"
 
 
 def test_all_attacks_listed():
     assert {"clean", "reask", "roleplay", "ignore", "hypothetical", "translate", "prefill", "relearn", "long",
-            "adaptive_pgd", "gate_text"} == set(ATTACKS)
+            "adaptive_pgd", "gate_pgd", "gate_text"} == set(ATTACKS)

@@ -248,12 +248,14 @@ def test_fitter_keeps_a_bounded_reservoir_of_retain_rows():
     assert (torch.cdist(kept, seen[50:]).min(1).values == 0).any()  # later rows can enter
 
 
+@pytest.mark.parametrize("reads,wrap", [("last+mean", 0), ("image-max", 1)])
 def test_membership_fit_calibrates_on_validation_people_and_never_reads_evaluation_people(tiny_models, bench_dir,
-                                                                                         tmp_path):
+                                                                                         tmp_path, reads, wrap):
     """The noise test extended to the calibration step: noise on every evaluation person's images leaves the gate
-    and its threshold bit-identical; noise on the validation people moves the threshold (so the check can fail)."""
+    and its threshold bit-identical; noise on the validation people moves the threshold (so the check can fail).
+    Also with the image read and the fit pool's wrapped questions in the gate rows and the calibration."""
     m = tiny_models("llava")
-    cfg = config(gate="prototype", gate_fpr=0.1)
+    cfg = config(gate="prototype", gate_fpr=0.1, gate_reads=reads, wrap=wrap)
     base = fit_eraser(m, bench_dir, cfg, contrast=given_contrast())
     bench = MLLMUBench(bench_dir)
     samples, people = calibration_samples(bench, cfg)
@@ -290,8 +292,40 @@ def test_the_rehearsal_screens_gate_kinds_and_chooses_one(tiny_models, bench_dir
     eraser, sel = select_setting(m, fit, MLLMUBench(bench_dir), cfg, select)
     s = sel.screening
     assert set(s.gate) == {"prototype_whitened", "prototype", "logistic", "linear"} and set(s.layer) == {2}
-    assert np.allclose(s.score, s.caught - s.fp)
+    assert np.allclose(s.score, s.caught - s.fp_people)
     best = s.sort_values(["score", "gate_fpr"], ascending=[False, True], kind="stable").iloc[0]
     assert sel.gate == best.gate and eraser.gate_kinds == (sel.gate,) and eraser.layers == (2,)
     if sel.gate != "linear":
         assert eraser.positions in ("prompt", "last")  # a mean-reading gate decides at prefill
+
+
+def test_gates_fitted_from_kept_rows_equal_gates_fitted_on_their_read_alone(tiny_models, bench_dir):
+    """One capture keeps every screened read (last first); a gate for one read, fitted from those columns, is the
+    gate a fit of that read alone gives. The screening covers each read, the fit pool's rows included."""
+    m = tiny_models("qwen2_5_vl")
+    both = fit_eraser(m, bench_dir, config(gate="prototype", gate_reads="image-max", gate_reads_kept=("last+mean",),
+                                           wrap=1), contrast=given_contrast())
+    alone = fit_eraser(m, bench_dir, config(gate="prototype", gate_reads="last+mean", wrap=1), contrast=given_contrast())
+    fitter = both.fitter
+    d = m.hidden_size
+    assert fitter.gate_reads == "last+mean+image-max" and fitter.default_reads == "image-max"
+    assert both.eraser.layer_map(1).reads == "image-max" and both.eraser.layer_map(1).width == d
+    for kind in ("forget", "retain", "calibration"):
+        torch.testing.assert_close(fitter.rows(kind, 1, "last+mean"), alone.fitter.rows(kind, 1))
+    g_both, r_both = fitter.gate(1, "prototype", fpr=0.1, reads="last+mean")
+    g_alone, r_alone = alone.fitter.gate(1, "prototype", fpr=0.1)
+    assert r_both["threshold"] == r_alone["threshold"] and torch.equal(g_both.forget, g_alone.forget)
+    # the fit pool's wrapped questions are gate rows, not statistics: the map's moments are the unwrapped fit's
+    plain = fit_eraser(m, bench_dir, config(gate="prototype", gate_reads="last+mean"), contrast=given_contrast())
+    assert len(plain.fitter.rows("forget", 1)) < len(alone.fitter.rows("forget", 1))
+    assert alone.fitter.forget[1].count == plain.fitter.forget[1].count
+    assert alone.fitter.retain[1].count == plain.fitter.retain[1].count
+    select = SelectConfig(layers=(2,), lams=(2.0,), gates=("prototype",), gate_fprs=(0.1,), positions=(None,),
+                          gate_reads=("last+mean", "image-max"), latch=(False, True))
+    eraser, sel = select_setting(m, both, MLLMUBench(bench_dir), config(gate="prototype", gate_reads="image-max",
+                                                                        gate_reads_kept=("last+mean",), wrap=1),
+                                 select)
+    assert set(sel.screening.reads) == {"last+mean", "image-max"}
+    assert eraser.layer_map(2).reads == sel.gate_reads and eraser.latch == sel.latch
+    assert set(sel.grid[sel.grid.layer >= 0].latch) == {False, True}
+    assert sel.screening.fp_people.between(0, 1).all()

@@ -118,3 +118,56 @@ def test_cuda_fit_statistics_stay_on_the_gpu_and_equal_float64_on_the_host():
     full = tracing.forward(model, samples, last_only=False)
     torch.testing.assert_close(tracing.forward(model, samples), torch.stack([f[-1] for f in full]), rtol=2e-2,
                                atol=2e-2)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_5_vl"])
+def test_cuda_bf16_image_read_with_latch_equals_a_hand_written_hook(family):
+    """An image-max prototype gate, latched, in bf16 on CUDA: the three routes against a plain hook that
+    pools the image tokens by hand, gates once at prefill and keeps shifting the fired rows' new tokens."""
+    import nnsight
+
+    from toolkit.gates import PrototypeGate
+
+    model = load_model(f"tiny-{family}", dtype="bfloat16", device_map="cuda")
+    samples = [Sample("who is this person", random_image(0)), Sample("what is shown in the picture", random_image(1))]
+    feats = tracing.capture(model, samples, [1], "image-max")[1]
+    unit = torch.nn.functional.normalize(feats, dim=-1)
+    d = model.hidden_size
+    gate = PrototypeGate(unit[:1], unit[1:], torch.zeros(d), torch.ones(d), 0.0, 0.0, "image-max")
+    direction = torch.randn(1, d, generator=torch.Generator().manual_seed(3))
+    eraser = Eraser((EraserLayer(1, gate, direction),), 6.0, "prompt", model.fingerprint(), latch=True)
+    enc = model.encode(samples, device=model.device)
+    image = (enc["input_ids"] == model.image_token_id) & enc["attention_mask"].bool()
+    state = {}
+
+    def hook(mod, inp, out):
+        h = out[0] if isinstance(out, tuple) else out
+        if h.shape[1] > 1:  # prefill: decide per row, shift every real prompt token
+            pooled = h.float().masked_fill(~image[:, :, None], float("-inf")).max(1).values
+            state["w"] = gate(pooled)
+            shift = 6.0 * state["w"] @ direction.to(h.device)
+            h = h + (shift[:, None, :] * enc["attention_mask"][:, :, None].float()).to(h.dtype)
+        else:
+            shift = 6.0 * state["w"] @ direction.to(h.device)
+            fired = (state["w"] != 0).any(-1, keepdim=True)
+            h = h + torch.where(fired, shift, torch.zeros_like(shift)).to(h.dtype)[:, None, :]
+        return (h,) + tuple(out[1:]) if isinstance(out, tuple) else h
+
+    kw = dict(max_new_tokens=8, do_sample=False, pad_token_id=model.tokenizer.pad_token_id)
+    handle = model.layer_modules[1].register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            ref = [r[enc["input_ids"].shape[1]:].tolist() for r in model.module.generate(**enc, **kw)]
+    finally:
+        handle.remove()
+    ours = [t.tolist() for t in tracing.generate(model, samples, steers=eraser, max_new_tokens=8, return_ids=True)]
+    with eraser.attached(model):
+        hooked = [r[enc["input_ids"].shape[1]:].tolist() for r in model.module.generate(**enc, **kw)]
+    with model.nn.generate(**kw) as tracer:
+        with tracer.invoke(**enc):
+            eraser.intervene(model, inputs=enc)
+        with tracer.invoke():
+            ids = nnsight.save(tracer.result)
+    mine = [r[enc["input_ids"].shape[1]:].tolist() for r in ids]
+    for a, b, c, e in zip(ours, ref, hooked, mine):
+        assert a == b[: len(a)] == c[: len(a)] == e[: len(a)]

@@ -35,7 +35,7 @@ from .models.adapters import ADAPTERS
 from .models.loading import LoadedModel, Sample, load_image
 from .models.pixels import attack_canvas, canvas_image
 
-__all__ = ["OBJECTIVES", "PGDConfig", "PGDResult", "pgd_attack", "target_loss"]
+__all__ = ["OBJECTIVES", "PGDConfig", "PGDResult", "pgd_attack", "target_loss", "frozen"]
 
 
 # What the attack optimises. "target" (the paper): make ``targets[i]`` likely, teacher forced. "avoid": make the
@@ -91,7 +91,8 @@ def _check_supported(model: LoadedModel) -> None:
 
 
 @contextlib.contextmanager
-def _frozen(module: torch.nn.Module):
+def frozen(module: torch.nn.Module):
+    """Within the block, no parameter of ``module`` takes a gradient (flags restored after)."""
     flags = [p.requires_grad for p in module.parameters()]
     for p in module.parameters():
         p.requires_grad_(False)
@@ -156,7 +157,7 @@ def pgd_attack(model: LoadedModel, samples: Sequence[Sample], targets: Sequence[
     gen = torch.Generator().manual_seed(config.seed)
     layout, ip = model.adapter.pixel_layout, model.processor.image_processor
     adv_images, lin, loss0, loss1 = [], [], [], []
-    with _frozen(model.module), torch.enable_grad():
+    with frozen(model.module), torch.enable_grad():
         for sample, target in tqdm(list(zip(samples, targets)), desc="PGD", disable=not progress, leave=False):
             x, _, to_pixels = attack_canvas(layout, ip, load_image(sample.image))
             start = canvas_image(x)

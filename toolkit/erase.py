@@ -43,7 +43,9 @@ from .models.loading import LoadedModel
 from .nullspace import FixedRatio
 from .selection import SelectConfig, Selection, fact_hits, select_setting
 
-__all__ = ["EraseConfig", "EraseResult", "erase", "as_benchmark", "headline", "HEADLINE_COLUMNS"]
+__all__ = ["EraseConfig", "EraseResult", "erase", "as_benchmark", "headline", "headline_table", "people_refused",
+           "HEADLINE_COLUMNS",
+           "PEOPLE_COLUMNS"]
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,9 @@ class EraseConfig:
     layers: tuple[int, ...] | None = None
     people: PeopleSplit = PeopleSplit()
     select: SelectConfig = SelectConfig(gates=("prototype_whitened", "prototype", "logistic", "linear"),
-                                        gate_fprs=(0.02, 0.05))
+                                        gate_fprs=(0.02, 0.05),
+                                        gate_reads=("last+mean", "image-max", "last+image-max"),
+                                        wrap=1, screen_top=3)
     in_fit_people: int = 20  # fit people evaluated beside the held-out ones (labelled "in fit")
     n_contrast: int | None = None  # every image question of every fit person
     pgd_steps: int = 20  # 0: no adversarial images (the text-only half of the direction)
@@ -80,7 +84,9 @@ class EraseConfig:
                          lam=lam, n_contrast=self.n_contrast,
                          pgd=PGDConfig(steps=self.pgd_steps) if self.pgd_steps else None,
                          pgd_limit=self.pgd_limit, people=self.people,
-                         gate_rows=any(k != "linear" for k in (self.select.gates or ())))
+                         gate_rows=any(k != "linear" for k in (self.select.gates or ())),
+                         gate_reads=(self.select.gate_reads or ("last+mean",))[0],
+                         gate_reads_kept=tuple(self.select.gate_reads or ()), wrap=self.select.wrap)
 
 
 @dataclass
@@ -163,6 +169,30 @@ def headline(summary: pd.DataFrame, *, drop_empty: bool = False) -> pd.DataFrame
     return table.dropna(axis=1, how="all") if drop_empty else table
 
 
+PEOPLE_COLUMNS = {"retain_people_refused": "Retain", "real_people_refused": "Real"}
+
+
+def people_refused(results: pd.DataFrame) -> pd.DataFrame:
+    """Per method, the share (percent) of evaluation people with *any* generation question refused
+    (``retain_people_refused``, ``real_people_refused``): false refusals come in people (a gate that
+    mistakes one held-out person for a forget person refuses all their questions), so a question rate
+    can look small while a person is lost."""
+    rows = []
+    for method, g in results.groupby("method", sort=False):
+        row = {"method": method}
+        for name, split in PEOPLE_COLUMNS.items():
+            s = g[(g.split == split) & (g.task == "generation")]
+            row[name] = round(100 * float(s.groupby("person").refused.max().mean()), 1) if len(s) else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def headline_table(results: pd.DataFrame, summary: pd.DataFrame, *, drop_empty: bool = False) -> pd.DataFrame:
+    """:func:`headline` with the people-level false refusals (:func:`people_refused`) beside it."""
+    table = headline(summary).merge(people_refused(results), on="method", how="left")
+    return table.dropna(axis=1, how="all") if drop_empty else table
+
+
 def _is_mllmu_folder(path: Path) -> bool:
     return path.is_dir() and any((path / s).is_dir() for s in ("Full_Set", "forget_10", "forget_5", "forget_15"))
 
@@ -215,7 +245,8 @@ def erase(model: LoadedModel, forget: str | Path | Sequence[Profile] | MLLMUBenc
     say("[2/3] choosing gate, layer, lambda and positions on the rehearsal (validation people) ...", flush=True)
     eraser, sel = select_setting(model, fit, bench, fit_config, config.select, progress=progress)
     chosen = sel.chosen
-    say(f"      chosen: {sel.gate} gate, layer {sel.layer}, lambda {sel.lam}, threshold {sel.threshold}, positions "
+    say(f"      chosen: {sel.gate} gate reading {sel.gate_reads}{' (latched)' if sel.latch else ''}, layer "
+        f"{sel.layer}, lambda {sel.lam}, threshold {sel.threshold}, positions "
         f"{sel.positions} ({sel.rule}; rehearsal leakage {chosen['stand-ins']:.2f}, validation recall "
         f"{chosen['recall']:.2f})", flush=True)
     warning = None
@@ -230,13 +261,13 @@ def erase(model: LoadedModel, forget: str | Path | Sequence[Profile] | MLLMUBenc
               evaluate_people(model, bench, config, eraser, "MLLMEraser")]
     results = pd.concat(frames, ignore_index=True)
     summary = pd.concat([summarize(f).assign(method=f.method.iloc[0]) for f in frames], ignore_index=True)
-    table = headline(summary, drop_empty=isinstance(bench, ForgetRequest))
+    table = headline_table(results, summary, drop_empty=isinstance(bench, ForgetRequest))
     info = {"source": getattr(bench, "source", "") or str(getattr(bench, "root", "")),
             "model": model.name, "fingerprint": model.fingerprint(),
             "forget_ratio": r if isinstance(bench, MLLMUBench) else None,
             "forget_people": [p.id for p in bench.forget(r)],
             "layer": sel.layer, "lam": sel.lam, "threshold": sel.threshold, "positions": sel.positions,
-            "gate": sel.gate, "gate_fpr": sel.gate_fpr,
+            "gate": sel.gate, "gate_fpr": sel.gate_fpr, "gate_reads": sel.gate_reads, "latch": sel.latch,
             "gate_report": eraser.settings.get("report", {}).get("layers", {}).get(sel.layer, {}),
             "rehearsal_leak": float(chosen["stand-ins"]), "validation_recall": float(chosen["recall"]),
             "people": counts, "stand_ins": sel.stand_ins, "validation_people": sel.validation_people,
@@ -267,12 +298,14 @@ def report_markdown(title: str, info: dict, table: pd.DataFrame, selection: Sele
              *([f"**Warning:** {info['warning']}.", ""] if info.get("warning") else []),
              f"Forget: {len(info['forget_people'])} people ({where}). Model: {info['model']}.", "",
              f"Chosen on the rehearsal (validation people, never reported): a {info['gate']} gate at layer "
-             f"{info['layer']}, lambda {info['lam']}, threshold {info['threshold']}, positions {info['positions']} "
+             f"{info['layer']} (reading {info.get('gate_reads', 'last')}"
+             f"{', latched through generation' if info.get('latch') else ''}), lambda {info['lam']}, threshold {info['threshold']}, positions {info['positions']} "
              f"({info['selection']}).{' ' + note if note else ''}", "",
              f"People: {json.dumps(info['people'])}. `retain_*` / `real_*`: evaluation people (never in the fit or "
              "the selection); `in_fit_*`: people whose activations built the fit.", "",
              "Percent. `leak` / `recall`: the fact appears in the answer (where a question gives no fact: "
-             "ROUGE-L >= 0.5 against its answer).", "",
+             "ROUGE-L >= 0.5 against its answer). `*_refused`: share of questions refused; `*_people_refused`: "
+             "share of people with any question refused.", "",
              table.to_markdown(index=False), "", "## Selection grid (rehearsal, validation people)", "",
              selection.grid.round(3).to_markdown(index=False), ""]
     if selection.screening is not None:

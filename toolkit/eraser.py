@@ -37,6 +37,7 @@ import torch
 from . import __version__
 from .gates import Gate, GateStack, LinearGate, gate_from_parts
 from .nullspace import NullSpace
+from .reads import needs_prompt, parse_reads
 from .steering import POSITIONS, GateLog, Steer, attached, intervene
 
 __all__ = ["solve_map", "dead_zone", "Eraser", "EraserLayer", "MismatchError", "EDITS"]
@@ -123,7 +124,8 @@ class EraserLayer:
 
     @property
     def reads(self) -> str:
-        """What the gate reads: ``"last"`` (the state) or ``"last+mean"`` (state and prompt mean, 2 d)."""
+        """What the gate reads (:mod:`toolkit.reads`): ``"last"`` (the state), or pooled prompt parts
+        (``"last+mean"``, ``"image-max"`` ...; k d features)."""
         return self.gate_object.reads
 
     @property
@@ -145,22 +147,33 @@ class EraserLayer:
             cols.append(dead_zone(w, threshold) if threshold and part.kind == "linear" else w)
         return cols[0] if len(cols) == 1 else torch.cat(cols, -1)
 
-    def shift(self, x: torch.Tensor, lam: float, threshold: float = 0.0, edit: str = "add") -> torch.Tensor:
-        """``(B, f) -> (B, d)`` in ``x``'s dtype; ``x`` is the state (f = d) or, for a ``"last+mean"``
-        gate, ``[state, prompt mean]`` (f = 2 d). O(r d) per row for the linear gate.
+    def shift(self, x: torch.Tensor, lam: float, threshold: float = 0.0, edit: str = "add",
+              state: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, f) -> (B, d)`` in ``x``'s dtype; ``x`` is what the gate reads (:mod:`toolkit.reads`):
+        the state (f = d) or pooled prompt features (f = k d). O(r d) per row for the linear gate.
 
         The gate is computed in float32 whatever ``x``'s dtype: in bf16 the rounding
         of ``w`` (8 bits of mantissa) destroys the cancellation ``h_retain . w ~ 0``.
-        ``edit="rotate"``: ``|h| (h + delta) / |h + delta| - h`` instead of ``delta``.
+        ``edit="rotate"`` needs the state ``h`` (B, d) (``state``; by default the read's
+        ``last`` part): ``|h| (h + delta) / |h + delta| - h`` instead of ``delta``.
         """
-        d = self.directions.shape[1]
-        state = x[..., :d].float()
-        delta = lam * (self.weights(x, threshold) @ self.directions.to(x.device, torch.float32))
+        if state is None and edit == "rotate":
+            if parse_reads(self.reads)[0] != "last":
+                raise ValueError(f"A rotating edit needs the state; this gate reads {self.reads!r}: pass state=.")
+            state = x[..., :self.directions.shape[1]]
+        return self.shift_from(self.weights(x, threshold), state, lam, edit).to(x.dtype)
+
+    def shift_from(self, weights: torch.Tensor, state: torch.Tensor | None, lam: float,
+                   edit: str = "add") -> torch.Tensor:
+        """The float32 shift ``lam * weights @ directions`` (B, d) for gate weights ``(B, r)``; rotated
+        onto the state's norm for ``edit="rotate"`` (``state``: (B, d))."""
+        delta = lam * (weights.float() @ self.directions.to(weights.device, torch.float32))
         if edit == "rotate":
+            state = state.float()
             target = state + delta
             delta = target * (state.norm(dim=-1, keepdim=True)
                               / target.norm(dim=-1, keepdim=True).clamp_min(1e-12)) - state
-        return delta.to(x.dtype)
+        return delta
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """Gate values in float32: ``(..., r)`` (``h @ gates`` for the linear gate, before any dead zone)."""
@@ -191,6 +204,10 @@ class Eraser:
         positions: ``"prompt"`` (reference), ``"last"`` or ``"all"``.
         threshold: gate dead zone in [0, 1) (:func:`dead_zone`) for linear gates; 0 is the paper's map.
         edit: ``"add"`` (the paper) or ``"rotate"`` (norm-preserving, :data:`EDITS`).
+        latch: hold each row's gate decision through its generation (membership gates only): once the
+            gate fires for a row, every token generated after it is steered too; a ``"last"`` gate is
+            also scored on each generated token (:class:`~toolkit.steering.Steer`). A row that
+            never fires is generated exactly as without the eraser.
         fingerprint: identity of the model it was fitted on.
         settings: the fit settings and diagnostics (JSON-serialisable).
     """
@@ -202,6 +219,7 @@ class Eraser:
     settings: dict = field(default_factory=dict)
     threshold: float = 0.0
     edit: str = "add"
+    latch: bool = False
 
     def __post_init__(self) -> None:
         if self.edit not in EDITS:
@@ -230,8 +248,11 @@ class Eraser:
                 shape = tuple(m.gates.shape) if isinstance(m.gates, torch.Tensor) else f"{gate.kind} (d={gate.width}, r={gate.rank})"
                 raise ValueError(f"The map of layer {m.layer} has gates {shape} and directions "
                                  f"{tuple(m.directions.shape)}; expected (d, r) and (r, d).")
-            if gate.reads == "last+mean" and self.positions == "all":
-                raise ValueError(f"The {gate.kind} gate of layer {m.layer} reads the prompt's mean state, so it "
+            if self.latch and any(p.kind == "linear" for p in (gate.parts if isinstance(gate, GateStack) else (gate,))):
+                raise ValueError(f"latch=True holds a membership gate's decision; the gate of layer {m.layer} is "
+                                 f"{gate.kind}, whose weight is never exactly 0. Use a membership gate or latch=False.")
+            if needs_prompt(gate.reads) and self.positions == "all" and not self.latch:
+                raise ValueError(f"The {gate.kind} gate of layer {m.layer} reads {gate.reads!r}, so it "
                                  "decides once per prompt: use positions='prompt' or 'last', not 'all'.")
         layers = [m.layer for m in self.maps]
         if len(set(layers)) != len(layers):
@@ -256,22 +277,32 @@ class Eraser:
                 return m
         raise KeyError(f"This eraser steers layers {list(self.layers)}, not {layer}.")
 
-    def __call__(self, layer: int, h: torch.Tensor, prompt_mean: torch.Tensor | None = None) -> torch.Tensor:
-        """The steered state ``h + lam * g(h) d`` for layer ``layer``; ``h``: (B, d). A ``"last+mean"``
-        gate also needs ``prompt_mean`` (B, d), the mean of the prompt's states at that layer."""
+    def __call__(self, layer: int, h: torch.Tensor, prompt_mean: torch.Tensor | None = None,
+                 features: torch.Tensor | None = None) -> torch.Tensor:
+        """The steered state ``h + lam * g(x) d`` for layer ``layer``; ``h``: (B, d). A gate reading more
+        than the state needs ``features`` (B, k d), :func:`toolkit.reads.pool` of the prompt's states at
+        that layer (for ``"last+mean"``, ``prompt_mean`` (B, d) will do)."""
         m = self.layer_map(layer)
-        x = h if m.reads == "last" else torch.cat([h, _need_mean(prompt_mean, m)], -1)
-        return h + m.shift(x, self.lam, self.threshold, self.edit)
+        if m.reads == "last":
+            x = h
+        elif features is not None:
+            x = features
+        elif m.reads == "last+mean":
+            x = torch.cat([h, _need_mean(prompt_mean, m)], -1)
+        else:
+            raise ValueError(f"The {m.kind} gate of layer {layer} reads {m.reads!r}: pass features="
+                             "toolkit.reads.pool(states, reads, mask, image_mask).")
+        return h + m.shift(x, self.lam, self.threshold, self.edit, state=h)
 
     def with_options(self, *, lam: float | None = None, positions: str | None = None,
                      layers: Sequence[int] | None = None, threshold: float | None = None,
-                     edit: str | None = None) -> "Eraser":
-        """A copy with another strength, position mode, gate threshold, edit or subset of layers."""
+                     edit: str | None = None, latch: bool | None = None) -> "Eraser":
+        """A copy with another strength, position mode, gate threshold, edit, latch or subset of layers."""
         maps = self.maps if layers is None else tuple(self.layer_map(l) for l in layers)
         return replace(self, maps=maps, lam=self.lam if lam is None else lam,
                        positions=self.positions if positions is None else positions,
                        threshold=self.threshold if threshold is None else threshold,
-                       edit=self.edit if edit is None else edit)
+                       edit=self.edit if edit is None else edit, latch=self.latch if latch is None else latch)
 
     def with_direction(self, directions: Mapping[int, torch.Tensor]) -> "Eraser":
         """A copy that steers along other directions with the same gates: ``{layer: (d,) or (r, d)}``
@@ -318,22 +349,28 @@ class Eraser:
             # Moved once, in float32, to the device of the layer it steers (a device_map can spread
             # layers over GPUs); the shift then creates nothing on another device.
             moved = m.to(model.layer_device(m.layer), torch.float32)
-            out.append(Steer(m.layer, lambda h, m=moved: m.shift(h, self.lam, self.threshold, self.edit),
-                             self.positions, gate=moved.gate, reads=m.reads))
+            # weights / from_weights: the route computes the gate once and shifts from the layer's own
+            # state (a rotation needs it, whatever the gate reads), and a latch holds the weights.
+            out.append(Steer(m.layer, lambda x, m=moved: m.shift(x, self.lam, self.threshold, self.edit),
+                             self.positions, gate=moved.gate, reads=m.reads, latch=self.latch,
+                             weights=lambda x, m=moved: m.weights(x, self.threshold),
+                             from_weights=lambda w, h, m=moved: m.shift_from(w, h, self.lam, self.edit)))
         return out
 
     # -- the three routes (toolkit.steering) ---------------------------------------
     def intervene(self, model: Any, *, steps: int | None = None, generating: bool = True,
-                  log: GateLog | None = None, mask: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
+                  log: GateLog | None = None, mask: torch.Tensor | None = None,
+                  inputs: dict | None = None) -> dict[int, torch.Tensor]:
         """Apply this eraser inside your own ``with model.nn.trace(...)`` / ``model.nn.generate(...)`` block.
 
         See :func:`toolkit.steering.intervene` (with ``positions="all"`` in a
         generate, call it last in its invoke, or pass ``steps=max_new_tokens``;
-        in a ``trace``, pass ``generating=False``). ``mask``: the batch's attention
-        mask, needed by gates that read the prompt's mean state (``"last+mean"``)
-        when a batch holds more than one row.
+        in a ``trace``, pass ``generating=False``). ``inputs``: the batch's encoding
+        (``enc = model.encode(...)``, the dict you trace with), from which gates that pool
+        the prompt (``"last+mean"``, ``"image-max"`` ...) read the attention mask and the
+        image tokens; ``mask`` alone (the attention mask) serves gates that read no image part.
         """
-        return intervene(model, self, steps=steps, generating=generating, log=log, mask=mask)
+        return intervene(model, self, steps=steps, generating=generating, log=log, mask=mask, inputs=inputs)
 
     def attached(self, model: Any, *, record_gates: bool = False):
         """``with eraser.attached(model) as log:`` every forward/generate of ``model`` (its HF module or
@@ -359,6 +396,7 @@ class Eraser:
         meta = {"format": "mllmeraser.eraser/1", "toolkit_version": __version__, "lam": json.dumps(self.lam),
                 "positions": self.positions, "layers": json.dumps(list(self.layers)),
                 "threshold": json.dumps(self.threshold), "edit": self.edit, "gates": json.dumps(gate_meta),
+                "latch": json.dumps(self.latch),
                 "fingerprint": json.dumps(self.fingerprint), "settings": json.dumps(self.settings, default=str)}
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(path), metadata=meta)
@@ -414,7 +452,8 @@ class Eraser:
 
         maps = tuple(EraserLayer(l, gate(l), tensors[f"layer{l}.directions"]) for l in layers)
         eraser = cls(maps, json.loads(meta["lam"]), meta["positions"], json.loads(meta["fingerprint"]),
-                     json.loads(meta["settings"]), json.loads(meta.get("threshold", "0.0")), meta.get("edit", "add"))
+                     json.loads(meta["settings"]), json.loads(meta.get("threshold", "0.0")), meta.get("edit", "add"),
+                     bool(json.loads(meta.get("latch", "false"))))
         if model is not None:
             eraser.check_model(model)
         return eraser
@@ -435,6 +474,9 @@ class Eraser:
         if len(thresholds) > 1:
             raise ValueError(f"Erasers with different gate thresholds {sorted(thresholds)} cannot be merged; "
                              "apply them together: generate(..., steers=[e1, e2]) or attached(model, [e1, e2]).")
+        if len({e.latch for e in erasers}) > 1:
+            raise ValueError("Latching and non-latching erasers cannot be merged; apply them together: "
+                             "generate(..., steers=[e1, e2]) or attached(model, [e1, e2]).")
         edits = {e.edit for e in erasers}
         if edits != {"add"}:
             # Two rotations applied together add their shifts; one rotation of the summed edit does not equal that.
@@ -457,7 +499,7 @@ class Eraser:
         maps = tuple(EraserLayer(l, merged([g for g, _ in parts]), torch.cat([d for _, d in parts], 0))
                      for l, parts in sorted(by_layer.items()))
         return Eraser(maps, 1.0, modes.pop(), erasers[0].fingerprint,
-                      {"composed_of": [e.settings for e in erasers]}, thresholds.pop())
+                      {"composed_of": [e.settings for e in erasers]}, thresholds.pop(), latch=erasers[0].latch)
 
 
 def _need_mean(prompt_mean: torch.Tensor | None, m: EraserLayer) -> torch.Tensor:

@@ -44,12 +44,14 @@ from .data.splits import PeopleSplit
 from .direction import Direction
 from .eraser import Eraser
 from .data.items import items_from_profiles
+from .data.wrappers import wrap_items
 from .models.loading import LoadedModel, Sample, join_answer
 from .fitter import EraserFitter, SampleSet, fit_from_samples
 from .nullspace import FixedRatio, NullSpace, RankPolicy
+from .reads import needs_prompt, parse_reads
 from .tracing import Trailing
 
-__all__ = ["FitConfig", "FitResult", "fit_eraser", "refit_forget", "fit_people", "question_samples",
+__all__ = ["FitConfig", "FitResult", "fit_eraser", "refit_forget", "fit_people", "question_samples", "wrapped_samples",
            "answer_samples", "calibration_samples", "eraser_with_gate", "refit_fitter", "rehearsal_eraser"]
 
 
@@ -88,6 +90,13 @@ class FitConfig:
     # ("last+mean": the last prompt token and the prompt's mean state; it then steers at prefill only).
     gate: str = "linear"
     gate_reads: str = "last+mean"
+    # More reads to keep gate rows in (the selection screens gates reading each; toolkit.reads).
+    gate_reads_kept: tuple[str, ...] = ()
+    # Hold each row's gate decision through its generation (toolkit.eraser.Eraser.latch; membership gates).
+    latch: bool = False
+    # Fit-pool wrappers per question (toolkit.data.wrappers) added to the membership gate's forget, retain and
+    # calibration rows (not to the map's statistics); 0: the benchmark's phrasings only.
+    wrap: int = 0
     gate_fpr: float = 0.05
     gate_softness: float = 0.0  # > 0: a sigmoid around the threshold (temperature = softness x score std)
     edit: str = "add"  # "add" (the paper) or "rotate" (norm-preserving)
@@ -103,8 +112,8 @@ class FitConfig:
         (the answer gate acts on generated tokens), else "prompt" (the reference)."""
         if self.positions:
             return self.positions
-        reads_mean = self.gate != "linear" and self.gate_reads == "last+mean"
-        return "all" if self.answer_weight and not reads_mean else "prompt"
+        reads_prompt = self.gate != "linear" and needs_prompt(self.gate_reads)
+        return "all" if self.answer_weight and not reads_prompt else "prompt"
 
 
 @dataclass
@@ -156,12 +165,25 @@ def calibration_samples(bench: MLLMUBench, config: FitConfig, exclude: Sequence[
     retain = config.people.people(bench.retain(config.forget_ratio), "validation")
     real = config.people.people(bench.real(), "validation") if config.include_real else []
     drop = set(exclude)
-    items = items_from_profiles([p for p in retain + real if p.id not in drop], "calibration")
+    people = [p for p in retain + real if p.id not in drop]
+    items = items_from_profiles(people, "calibration")
+    if config.wrap:  # the fit pool's phrasings too: the threshold must hold under them
+        items += wrap_items(items_from_profiles(people, "calibration", ("generation",)), per_question=config.wrap,
+                            seed=2, half="fit")
     return [Sample(it.prompt, it.image) for it in items], [it.person for it in items]
+
+
+def wrapped_samples(profiles: Sequence[Profile], split: str, config: FitConfig, seed: int = 0) -> list[Sample]:
+    """The fit pool's wrapped copies of every generation question of ``profiles`` (``config.wrap`` each)."""
+    items = wrap_items(items_from_profiles(profiles, split, ("generation",)), per_question=config.wrap, seed=seed,
+                       half="fit")
+    return [Sample(it.prompt, it.image) for it in items]
 
 
 def _forget_sets(model: LoadedModel, forget: Sequence[Profile], config: FitConfig) -> list[SampleSet]:
     sets = [SampleSet(question_samples(forget, "forget"), label="forget")]
+    if config.wrap and config.keeps_gate_rows:
+        sets.append(SampleSet(wrapped_samples(forget, "forget", config), label="forget, fit pool", statistics=False))
     if config.answer_weight:
         samples, where = answer_samples(model, forget, "forget")
         sets.append(SampleSet(samples, where, config.answer_weight, formatted=True, label="forget answers"))
@@ -209,6 +231,9 @@ def fit_eraser(model: LoadedModel, bench: MLLMUBench | Any, config: FitConfig = 
             raise ValueError(f"Unknown recipe {config.recipe!r}: privacy or safety.")
     plus, minus = contrast.for_variant(config.variant)
     retain_sets = [SampleSet(question_samples(retain_people, "retain"), config.retain_positions, label="retain")]
+    if config.wrap and config.keeps_gate_rows:
+        retain_sets.append(SampleSet(wrapped_samples(retain_people, "retain", config, seed=1),
+                                     label="retain, fit pool", statistics=False))
     if config.answer_weight:
         samples, where = answer_samples(model, retain_people, "retain")
         retain_sets.append(SampleSet(samples, where, formatted=True, label="retain answers"))
@@ -221,7 +246,7 @@ def fit_eraser(model: LoadedModel, bench: MLLMUBench | Any, config: FitConfig = 
                                       gate_reads=config.gate_reads if config.keeps_gate_rows else None,
                                       calibration=calibration_samples(bench, config) if config.keeps_gate_rows
                                       else None, gate_fpr=config.gate_fpr, gate_softness=config.gate_softness,
-                                      edit=config.edit)
+                                      edit=config.edit, keep_reads=config.gate_reads_kept, latch=config.latch)
     direction = fitter.direction()
     spaces = {l: fitter.null_space(l, config.rank_policy) for l in layers}
     report = {"layers": eraser.settings["layers_report"], "contrast": contrast.info,
@@ -252,8 +277,8 @@ def refit_fitter(model: LoadedModel, result: FitResult, forget: Sequence[Profile
     if clash:
         raise ValueError(f"People {clash[:5]} are in the fit's retain set; they cannot be forgotten by it.")
     old = result.fitter
-    fitter = EraserFitter(old.hidden_size, old.layers, gate_reads=old.gate_reads, precision=old.precision,
-                          block_rows=old.block_rows)
+    fitter = EraserFitter(old.hidden_size, old.layers, gate_reads=old.default_reads, keep_reads=(old.gate_reads,)
+                          if old.gate_reads else (), precision=old.precision, block_rows=old.block_rows)
     fitter.retain = old.retain  # shared, read-only: solve() never changes them (eigh cache included)
     # Shared likewise: the retain and calibration rows of membership gates (forget rows are new).
     fitter.gate_rows["retain"], fitter.gate_rows["calibration"] = old.gate_rows["retain"], old.gate_rows["calibration"]
@@ -262,21 +287,24 @@ def refit_fitter(model: LoadedModel, result: FitResult, forget: Sequence[Profile
     for part in _forget_sets(model, list(forget), config):
         fitter.add_samples(model, "forget", part.samples, positions=part.positions, weight=part.weight,
                            formatted=part.formatted, batch_size=config.batch_size,
-                           progress=progress and f"{part.label} activations")
+                           progress=progress and f"{part.label} activations", statistics=part.statistics,
+                           gate_rows=None if part.statistics else True)
     return fitter
 
 
 def _eraser(model: LoadedModel, fitter: EraserFitter, config: FitConfig, report: dict,
             exclude: Sequence[str] = ()) -> Eraser:
     """``fitter``'s eraser with ``config``'s gate, map and edit; ``exclude``: people left out of the calibration."""
-    if config.keeps_gate_rows and fitter.gate_reads != config.gate_reads:
+    if config.keeps_gate_rows and (fitter.gate_reads is None or not set(parse_reads(config.gate_reads))
+                                   <= set(parse_reads(fitter.gate_reads))):
         raise ValueError(f"The fit kept {'no' if fitter.gate_reads is None else repr(fitter.gate_reads)} gate rows; "
                          f"a {config.gate} gate reading {config.gate_reads!r} needs FitConfig(gate_rows=True, "
-                         f"gate_reads={config.gate_reads!r}) at fit time.")
+                         f"gate_reads={config.gate_reads!r}) (or gate_reads_kept) at fit time.")
     eraser = fitter.eraser(config.rank_policy, config.gamma, retain_weight=config.retain_weight, lam=config.lam,
                            positions=config.steer_positions(), fingerprint=model.fingerprint(), gate=config.gate,
                            gate_fpr=config.gate_fpr, gate_softness=config.gate_softness, edit=config.edit,
-                           exclude_calibration=exclude)
+                           exclude_calibration=exclude, gate_reads=config.gate_reads if config.keeps_gate_rows
+                           else None, latch=config.latch)
     return replace(eraser, settings=_settings(config, dict(report, layers=eraser.settings["layers_report"])))
 
 

@@ -22,8 +22,8 @@ Membership gates (:mod:`toolkit.gates`: logistic, prototype) need rows, not
 moments: with ``gate_reads`` set the fitter also keeps, per layer, the forget
 rows, up to ``max_retain_rows`` retain rows (a seeded reservoir beyond that) and
 calibration rows of people outside the fit, each with its person's id, in the
-features the gate reads (``(n, d)`` for ``"last"``, ``(n, 2d)`` for ``"last+mean"``;
-memory ``4 f (n_f + n_r + n_c)`` bytes a layer).
+features the gates read (:mod:`toolkit.reads`: ``f = k d`` for ``k`` parts, the last token always among
+them; memory ``4 f (n_f + n_r + n_c)`` bytes a layer).
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ import torch
 
 from .direction import Direction, MeanAccumulator, erasure_direction
 from .eraser import Eraser, EraserLayer, solve_map
-from .gates import READS, auroc, calibrate, fit_gate
+from .gates import auroc, calibrate, fit_gate
+from .reads import read_width, select_read, union_reads
 from .models.loading import LoadedModel, Sample
 from .nullspace import NullSpace, RankPolicy, SecondMoment, null_space
 from .tracing import CapturePositions, iter_capture
@@ -61,17 +62,20 @@ class EraserFitter:
     Activations may live on any device and dtype (CUDA bf16 included). ``precision``: how the
     moments are summed (:class:`~toolkit.nullspace.SecondMoment`; ``"auto"``: float32 blocks on the
     model's device for a GPU model, never copied to the host; float64 on the CPU). ``gate_reads``
-    (``"last"`` or ``"last+mean"``): also keep the rows membership gates are fitted and calibrated on
-    (module docstring).
+    (any read of :mod:`toolkit.reads`): also keep the rows membership gates are fitted and calibrated on
+    (module docstring), read as ``"last"`` plus that read's and ``keep_reads``' parts (:attr:`gate_reads`),
+    so that gates reading any of them can be fitted from one capture (:meth:`gate`'s ``reads``).
     """
 
     def __init__(self, hidden_size: int, layers: Sequence[int], *, gate_reads: str | None = None,
-                 max_retain_rows: int = 8192, seed: int = 0, precision: str = "auto",
+                 keep_reads: Sequence[str] = (), max_retain_rows: int = 8192, seed: int = 0, precision: str = "auto",
                  block_rows: int = 4096) -> None:
         if not layers:
             raise ValueError("Give at least one layer to fit.")
-        if gate_reads is not None and gate_reads not in READS:
-            raise ValueError(f"gate_reads must be one of {READS} or None, got {gate_reads!r}.")
+        # The rows are kept with the last token first (the statistics read it) and every part a gate may read.
+        self.default_reads = gate_reads
+        if gate_reads is not None:
+            gate_reads = union_reads("last", gate_reads, *keep_reads)
         self.hidden_size = hidden_size
         self.layers = tuple(layers)
         self.precision, self.block_rows = precision, block_rows
@@ -122,8 +126,8 @@ class EraserFitter:
         """Keep rows ``{layer: (n, f)}`` for membership gates: ``kind`` forget, retain or calibration
         (rows of people outside the fit, ``people`` their ids, one per row)."""
         if self.gate_reads is None:
-            raise ValueError("This fitter keeps no gate rows: create it with gate_reads='last' or 'last+mean'.")
-        width = self.hidden_size * (2 if self.gate_reads == "last+mean" else 1)
+            raise ValueError("This fitter keeps no gate rows: create it with gate_reads= (toolkit.reads).")
+        width = read_width(self.gate_reads, self.hidden_size)
         rows = {l: r.detach().to("cpu", torch.float32) for l, r in _rows(rows, self.layers).items()}
         n = next(iter(rows.values())).shape[0]
         for l, r in rows.items():
@@ -152,10 +156,17 @@ class EraserFitter:
             store[l] = torch.cat([store[l], r]) if l in store else r
         return self
 
+    def rows(self, kind: str, layer: int, reads: str | None = None) -> torch.Tensor:
+        """Kept gate rows of ``kind`` (forget, retain, calibration) at ``layer``, in the columns of ``reads``
+        (default: the read the fitter was created with)."""
+        return select_read(self.gate_rows[kind][layer], self.gate_reads, reads or self.default_reads,
+                           self.hidden_size)
+
     def gate(self, layer: int, kind: str, *, fpr: float = 0.05, softness: float = 0.0,
-             exclude: Sequence[str] = (), **options: Any):
-        """A calibrated membership gate at ``layer``: fitted on the kept forget vs retain rows, its
-        threshold set on the calibration rows of people not in ``exclude`` (:func:`toolkit.gates.calibrate`).
+             exclude: Sequence[str] = (), reads: str | None = None, **options: Any):
+        """A calibrated membership gate at ``layer`` reading ``reads`` (default: the fitter's read): fitted
+        on the kept forget vs retain rows, its threshold set on the calibration rows of people not in
+        ``exclude`` (:func:`toolkit.gates.calibrate`).
 
         Returns ``(gate, report)``; the report holds the threshold, the calibration false-positive
         rate and the AUROC of forget rows against the calibration rows.
@@ -170,11 +181,15 @@ class EraserFitter:
                              "outside the fit (validation people); add them with kind='calibration'.")
         drop = set(exclude)
         keep = torch.tensor([p not in drop for p in self.calibration_people], dtype=torch.bool)
-        gate = fit_gate(kind, rows["forget"][layer], rows["retain"][layer], reads=self.gate_reads, **options)
+        reads = reads or self.default_reads
+        outside = self.rows("calibration", layer, reads)
+        gate = fit_gate(kind, self.rows("forget", layer, reads), self.rows("retain", layer, reads), reads=reads,
+                        **options)
         gate, report = calibrate(gate, outside[keep], fpr, softness)
-        report.update(kind=kind, reads=self.gate_reads, n_forget_rows=int(len(rows["forget"][layer])),
+        report.update(kind=kind, reads=reads, n_forget_rows=int(len(rows["forget"][layer])),
                       n_retain_rows=int(len(rows["retain"][layer])),
-                      auroc_forget_vs_calibration=auroc(gate.score(rows["forget"][layer]), gate.score(outside[keep])))
+                      auroc_forget_vs_calibration=auroc(gate.score(self.rows("forget", layer, reads)),
+                                                        gate.score(outside[keep])))
         return gate, report
 
     # -- results ------------------------------------------------------------------------------
@@ -224,7 +239,8 @@ class EraserFitter:
     def eraser(self, policy: RankPolicy, gamma: float, *, retain_weight: float = 0.0, lam: float = 1.0,
                positions: str = "prompt", fingerprint: dict | None = None, settings: dict | None = None,
                gate: str = "linear", gate_fpr: float = 0.05, gate_softness: float = 0.0, edit: str = "add",
-               exclude_calibration: Sequence[str] = ()) -> Eraser:
+               exclude_calibration: Sequence[str] = (), gate_reads: str | None = None,
+               latch: bool = False) -> Eraser:
         """The fitted :class:`~toolkit.eraser.Eraser`.
 
         ``gate="linear"``: the paper's map (``2 d`` numbers a layer). ``"logistic"`` / ``"prototype"``:
@@ -235,24 +251,26 @@ class EraserFitter:
         if gate != "linear":
             direction = self.direction()
             for l in self.layers:
-                g, report = self.gate(l, gate, fpr=gate_fpr, softness=gate_softness, exclude=exclude_calibration)
+                g, report = self.gate(l, gate, fpr=gate_fpr, softness=gate_softness, exclude=exclude_calibration,
+                                      reads=gate_reads)
                 maps[l] = EraserLayer(l, g, direction.vectors[l][None].to(torch.float32))
                 stats[l] = dict(report, direction_norm=float(direction.vectors[l].norm()))
         return Eraser(tuple(maps[l] for l in self.layers), lam, positions, fingerprint or {},
-                      dict(settings or {}, layers_report=stats), edit=edit)
+                      dict(settings or {}, layers_report=stats), edit=edit, latch=latch and gate != "linear")
 
     # -- from samples -----------------------------------------------------------------------
     def add_samples(self, model: LoadedModel, kind: str, samples: Sequence[Sample], *,
                     positions: CapturePositions = "last", weight: float = 1.0, formatted: bool = False,
                     batch_size: int = 32, progress: bool | str = False, gate_rows: bool | None = None,
-                    people: Sequence[str] | None = None) -> "EraserFitter":
+                    people: Sequence[str] | None = None, statistics: bool = True) -> "EraserFitter":
         """Capture ``samples`` at this fitter's layers and add them as ``kind``: retain, forget, refusal,
         recall or calibration (gate rows only; ``people``: one id per sample).
 
         ``gate_rows=True`` (with ``positions="last"``): also keep the rows for membership gates, in
         the features the fitter's gates read (one capture pass for both). ``None`` (default): keep them
         where a fitter with ``gate_reads`` wants them: forget and retain question rows (``positions="last"``,
-        not templated).
+        not templated). ``statistics=False``: keep the gate rows only (the map's moments are left as they
+        are: the fit pool's wrapped questions train the gate, not the null space).
         """
         if gate_rows is None:
             gate_rows = (self.gate_reads is not None and kind in ("forget", "retain") and positions == "last"
@@ -260,6 +278,8 @@ class EraserFitter:
         update = {"retain": lambda a: self.update_retain(a, weight), "forget": lambda a: self.update_forget(a, weight),
                   "refusal": lambda a: self.update_contrast(refusal=a),
                   "recall": lambda a: self.update_contrast(recall=a), "calibration": lambda a: None}
+        if not statistics and not gate_rows and kind != "calibration":
+            raise ValueError("statistics=False keeps gate rows only: give gate_rows=True (or a fitter with gate_reads).")
         if kind not in update:
             raise ValueError(f"kind must be one of {', '.join(update)}, got {kind!r}.")
         if not samples:
@@ -272,7 +292,7 @@ class EraserFitter:
             raise ValueError("Calibration samples need one person id each (people=...).")
         read = self.gate_reads if keep else positions
         if keep and read is None:
-            raise ValueError("This fitter keeps no gate rows: create it with gate_reads='last' or 'last+mean'.")
+            raise ValueError("This fitter keeps no gate rows: create it with gate_reads= (toolkit.reads).")
         d = self.hidden_size
         # to_cpu=False: rows stay on the model's device; each statistic moves only what it keeps.
         for index, acts in iter_capture(model, samples, list(self.layers), read, batch_size=batch_size,
@@ -280,7 +300,8 @@ class EraserFitter:
             if keep:
                 self.update_gate_rows(kind, acts, [people[i] for i in index.tolist()] if people else None)
                 acts = {l: a[:, :d] for l, a in acts.items()}
-            update[kind](acts)
+            if statistics:
+                update[kind](acts)
         return self
 
 
@@ -294,6 +315,7 @@ class SampleSet:
     weight: float = 1.0
     formatted: bool = False
     label: str = field(default="", compare=False)
+    statistics: bool = True  # False: gate rows only (the fit pool's wrapped questions)
 
 
 def _sets(value: Any, name: str) -> list[SampleSet]:
@@ -310,7 +332,8 @@ def fit_from_samples(model: LoadedModel, *, forget: Any, retain: Any, contrast: 
                      settings: dict | None = None, progress: bool = False, gate: str = "linear",
                      gate_reads: str | None = None, calibration: tuple[Sequence[Sample], Sequence[str]] | None = None,
                      gate_fpr: float = 0.05, gate_softness: float = 0.0, edit: str = "add",
-                     max_retain_rows: int = 8192) -> tuple[Eraser, EraserFitter]:
+                     max_retain_rows: int = 8192, keep_reads: Sequence[str] = (),
+                     latch: bool = False) -> tuple[Eraser, EraserFitter]:
     """Fit an Eraser from plain sample lists.
 
     Args:
@@ -319,8 +342,9 @@ def fit_from_samples(model: LoadedModel, *, forget: Any, retain: Any, contrast: 
         contrast: ``(refusal_samples, recall_samples)`` (direction by :func:`erasure_direction`
             with ``variant``), or a ready :class:`~toolkit.direction.Direction`.
         policy, gamma, retain_weight, lam, positions: as :class:`~toolkit.fit.FitConfig`.
-        gate, gate_reads, gate_fpr, gate_softness, edit: the gate kind and its features, its calibration
-            target and softness, and the edit (as :class:`~toolkit.fit.FitConfig`). With ``gate_reads``
+        gate, gate_reads, gate_fpr, gate_softness, edit, latch: the gate kind and its features, its
+            calibration target and softness, the edit and the latch (as :class:`~toolkit.fit.FitConfig`);
+            ``keep_reads``: more reads to keep rows in (gates reading them can be fitted later). With ``gate_reads``
             set, the rows of the forget and retain sets read at the last prompt token are kept for
             membership gates (whatever ``gate``, so another kind can be fitted from the same fitter).
         calibration: ``(samples, person ids)`` of people outside the fit and the forget list
@@ -330,8 +354,9 @@ def fit_from_samples(model: LoadedModel, *, forget: Any, retain: Any, contrast: 
     """
     layers = model.check_layers(list(layers))
     if gate != "linear" and gate_reads is None:
-        raise ValueError(f"A {gate} gate is fitted on kept rows: give gate_reads ('last' or 'last+mean').")
-    fitter = EraserFitter(model.hidden_size, layers, gate_reads=gate_reads, max_retain_rows=max_retain_rows)
+        raise ValueError(f"A {gate} gate is fitted on kept rows: give gate_reads ('last', 'image-max', ...: toolkit.reads).")
+    fitter = EraserFitter(model.hidden_size, layers, gate_reads=gate_reads, keep_reads=keep_reads,
+                          max_retain_rows=max_retain_rows)
     if isinstance(contrast, Direction):
         direction = contrast
     else:
@@ -343,13 +368,14 @@ def fit_from_samples(model: LoadedModel, *, forget: Any, retain: Any, contrast: 
         for part in _sets(value, kind):
             fitter.add_samples(model, kind, part.samples, positions=part.positions, weight=part.weight,
                                formatted=part.formatted, batch_size=batch_size,
-                               progress=progress and f"{part.label or kind} activations")
+                               progress=progress and f"{part.label or kind} activations",
+                               statistics=part.statistics, gate_rows=None if part.statistics else True)
     if calibration is not None and gate_reads is not None:
-        samples, people = calibration
+        samples, people = calibration[:2]
         if len(samples):
             fitter.add_samples(model, "calibration", list(samples), people=list(people), batch_size=batch_size,
                                progress=progress and "calibration activations")
     eraser = fitter.eraser(policy, gamma, retain_weight=retain_weight, lam=lam, positions=positions,
                            fingerprint=model.fingerprint(), settings=settings, gate=gate, gate_fpr=gate_fpr,
-                           gate_softness=gate_softness, edit=edit)
+                           gate_softness=gate_softness, edit=edit, latch=latch)
     return eraser, fitter

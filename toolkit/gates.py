@@ -6,10 +6,12 @@ maps the layer's state to ``(B, r)`` weights. What the gate reads:
 
 * ``"last"``: the state ``h`` (B, d) the shift is computed from (the last prompt
   token at prefill, the new token at each decoding step);
-* ``"last+mean"``: ``[h_last, mean of the prompt's states]`` (B, 2d), read at
-  prefill only (the mean carries the image tokens, so the face, which the last
-  token of "What is the name of the person in the image?" does not). Such a gate
-  decides once per prompt: its eraser steers ``positions="prompt"`` or ``"last"``.
+* anything else of :mod:`toolkit.reads` (``"last+mean"``, ``"image-max"``,
+  ``"last+image-max"`` ...): pooled reads of the prompt, (B, k d) for k parts,
+  read at prefill only (the image tokens carry the face, which the last token of
+  "What is the name of the person in the image?" does not). Such a gate decides
+  once per prompt: its eraser steers ``positions="prompt"`` or ``"last"``, and
+  with ``latch=True`` carries that decision into every generated token.
 
 Kinds (each a frozen dataclass; all computed in float32 on the state's device):
 
@@ -50,17 +52,18 @@ from typing import Any
 
 import torch
 
+from .reads import READS, parse_reads
+
 __all__ = ["Gate", "LinearGate", "LogisticGate", "PrototypeGate", "MLPGate", "GateStack", "GATE_KINDS", "READS",
            "fit_gate", "fit_logistic", "fit_prototype", "fit_mlp", "whitener", "calibrate", "auroc", "gate_from_parts"]
 
-READS = ("last", "last+mean")
 GATE_KINDS = ("linear", "logistic", "prototype", "prototype_whitened", "mlp")
 
 
 class Gate:
     """Interface: ``gate(x)`` -> ``(B, r)`` float32 weights; ``score(x)`` -> ``(B,)`` raw score.
 
-    ``x``: ``(B, f)`` with ``f = width`` (``d``) for ``reads == "last"`` and ``2 d`` for ``"last+mean"``.
+    ``x``: ``(B, f)`` with ``f = k d`` for a read of ``k`` parts (:mod:`toolkit.reads`: ``d`` for ``"last"``).
     """
 
     kind = "gate"
@@ -96,7 +99,7 @@ class Gate:
 def _check_features(x: torch.Tensor, features: int, gate: str) -> torch.Tensor:
     if x.shape[-1] != features:
         raise ValueError(f"The {gate} gate reads {features} features per row, got {x.shape[-1]}: "
-                         "a 'last+mean' gate needs [last, prompt mean] (2 d) rows.")
+                         "a gate reading k parts (toolkit.reads, e.g. 'last+image-max') needs (B, k d) rows.")
     return x.float()
 
 
@@ -172,7 +175,7 @@ class LogisticGate(_Membership):
 
     @property
     def width(self) -> int:
-        return self.coef.shape[0] // (2 if self.reads == "last+mean" else 1)
+        return self.coef.shape[0] // len(parse_reads(self.reads))
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         x = _check_features(x, self.coef.shape[0], self.kind)
@@ -216,7 +219,7 @@ class PrototypeGate(_Membership):
 
     @property
     def width(self) -> int:
-        return self.center.shape[0] // (2 if self.reads == "last+mean" else 1)
+        return self.center.shape[0] // len(parse_reads(self.reads))
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         x = _check_features(x, self.center.shape[0], self.kind)
@@ -257,7 +260,7 @@ class MLPGate(_Membership):
 
     @property
     def width(self) -> int:
-        return self.w1.shape[0] // (2 if self.reads == "last+mean" else 1)
+        return self.w1.shape[0] // len(parse_reads(self.reads))
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         x = _check_features(x, self.w1.shape[0], self.kind)

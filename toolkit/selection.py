@@ -33,9 +33,10 @@ layer x kind x target false-positive rate, the rehearsal's gate is fitted on the
 stand-ins' questions and *caught* is the share of them it fires on (as the real
 gate is fitted on the forget questions and must fire on them), its threshold is set
 on one half of the other validation people and its false positives counted on the
-other half, never seen by the fit or the threshold (and the halves swapped): *fp*.
-The highest ``caught - fp`` wins; the generation grid then runs for that (layer,
-kind, rate) only, over position modes and lambdas. (Holding out some of each
+other half, never seen by the fit or the threshold (and the halves swapped): *fp* (questions)
+and *fp_people* (people with any question fired on). The highest ``caught - fp_people`` wins; the generation grid then runs for that (layer,
+kind, read, rate) only (``screen_top > 1``: for the best of each read, which trade leakage for
+recall in ways the screening cannot see), over position modes, latch and lambdas. (Holding out some of each
 stand-in's questions instead was tried: another question about the same person
 looks like another person's question at these layers, so no membership kind caught
 more than 33% there, while the same kinds catch 94-99% of the forget people's
@@ -44,7 +45,9 @@ paraphrases to hold out.)
 
 Cost: one generation pass over the three groups per candidate (about 3.5 s for
 330 questions on the default, 2 CPU cores); along each (layer, threshold) the
-lambdas are tried in increasing order and stop once the stand-ins leak nothing.
+lambdas are tried in increasing order and stop once the stand-ins leak nothing, or, for a
+membership gate, once a stronger lambda changes neither leakage, recall nor repetition (the gate
+is hard: every row it fires on already refuses).
 """
 
 from __future__ import annotations
@@ -60,9 +63,11 @@ from .data.mllmu import MLLMUBench
 from .data.splits import PeopleSplit
 from .eraser import Eraser
 from .data.items import Item, items_from_profiles
+from .data.wrappers import wrap_items
 from .evaluate import run_items
 from .fit import FitConfig, FitResult, eraser_with_gate, refit_fitter, rehearsal_eraser
 from .gates import auroc, calibrate, fit_gate
+from .reads import needs_prompt, select_read
 from .metrics import asru_reward_rule
 from .models.loading import LoadedModel
 
@@ -91,6 +96,18 @@ class SelectConfig:
     gates: tuple[str, ...] | None = None
     # Target false-positive rates a membership gate is calibrated to (screened with the kinds).
     gate_fprs: tuple[float, ...] = (0.05,)
+    # What membership gates may read (toolkit.reads; screened with the kinds); None: the fit config's.
+    # The fit must keep rows in each (FitConfig.gate_reads_kept).
+    gate_reads: tuple[str, ...] | None = None
+    # Latch or not (membership gates; searched in the generation grid like the position modes).
+    latch: tuple[bool, ...] = (False,)
+    # Fit-pool wrappers per stand-in and validation-retain question in the rehearsal (toolkit.data.wrappers).
+    wrap: int = 0
+    # How many screened gates enter the generation grid: the best of each read (and the linear gate), best first.
+    screen_top: int = 1
+    # What the screening charges a gate for: "people" (held-out validation people with any question fired on)
+    # or "questions" (their questions fired on; the earlier rule).
+    screen_fp: str = "people"
 
 
 @dataclass
@@ -106,12 +123,21 @@ class Selection:
     gate: str = "linear"
     gate_fpr: float = float("nan")
     screening: pd.DataFrame | None = None
+    gate_reads: str = "last"
+    latch: bool = False
 
     @property
     def chosen(self) -> pd.Series:
         g = self.grid
-        return g[(g.layer == self.layer) & (g.lam == self.lam) & (g.threshold == self.threshold)
-                 & (g.positions == self.positions)].iloc[0]
+        same = (g.layer == self.layer) & (g.lam == self.lam) & (g.threshold == self.threshold) & \
+            (g.positions == self.positions)
+        if "latch" in g:
+            same &= g.latch == self.latch
+        if "gate" in g:
+            same &= g.gate == self.gate
+            if self.gate != "linear":
+                same &= (g.reads == self.gate_reads) & (g.gate_fpr == self.gate_fpr)
+        return g[same].iloc[0]
 
 
 def fact_hits(df: pd.DataFrame) -> pd.Series:
@@ -137,14 +163,22 @@ def match_leakage(candidates: Sequence, leakage: Callable[[Any], float], target:
     return min(measured, key=measured.get), measured
 
 
-def rehearsal_items(bench: MLLMUBench, forget_ratio: int, split: PeopleSplit) -> tuple[dict[str, list[Item]], list]:
-    """``({"stand-ins", "retain", "real"}: generation items, stand-in profiles)`` from validation people only."""
+def rehearsal_items(bench: MLLMUBench, forget_ratio: int, split: PeopleSplit, wrap: int = 0
+                    ) -> tuple[dict[str, list[Item]], list]:
+    """``({"stand-ins", "retain", "real"}: generation items, stand-in profiles)`` from validation people only.
+    ``wrap``: each stand-in and validation-retain question is also asked under that many fit-pool wrappers
+    from the pool's rehearsal half (:mod:`toolkit.data.wrappers`: the gate is fitted on the other half;
+    never the attack suite's), pooled into the same sets."""
     size = len(bench.forget(forget_ratio))
     stand, val_retain = split.rehearsal(bench.retain(forget_ratio), size)
     val_real = split.people(bench.real(), "validation")
     sets = {"stand-ins": items_from_profiles(stand, "stand-ins", ("generation",)),
             "retain": items_from_profiles(val_retain, "retain", ("generation",)),
             "real": items_from_profiles(val_real, "real", ("generation",))}
+    if wrap:
+        for name, seed in (("stand-ins", 3), ("retain", 4)):
+            sets[name] = sets[name] + wrap_items(sets[name], per_question=wrap, seed=seed, split_suffix="",
+                                                 half="rehearsal")
     return sets, stand
 
 
@@ -208,12 +242,17 @@ def _halves(ids: Sequence[str]) -> tuple[set[str], set[str]]:
 
 def screen_gates(fit: FitResult, rehearsal_forget: dict[int, torch.Tensor], stand_ins: Sequence[str],
                  kinds: Sequence[str], layers: Sequence[int], fprs: Sequence[float],
-                 rehearsal: Eraser | None = None) -> pd.DataFrame:
-    """Each (layer, kind, fpr) without generating (module docstring): ``caught`` on the stand-ins'
-    questions, ``fp`` on held-out validation people, ``auroc`` between the two, ``score = caught - fp``.
+                 rehearsal: Eraser | None = None, reads: Sequence[str] | None = None) -> pd.DataFrame:
+    """Each (layer, kind, read, fpr) without generating (module docstring): ``caught`` on the stand-ins'
+    questions, ``fp`` on held-out validation people's questions, ``fp_people`` the share of those people
+    with any question fired on, ``auroc`` between the two, ``score = caught - fp_people``: false refusals
+    come in people (one held-out person mistaken for a forget person loses every question), so the
+    person-level rate is the one charged.
 
-    ``rehearsal_forget``: the stand-ins' gate rows ``{layer: (n, f)}`` in question order; ``rehearsal``:
-    the linear rehearsal eraser (scored on the same rows, for ``"linear"`` in ``kinds``).
+    ``rehearsal_forget``: the stand-ins' gate rows ``{layer: (n, f)}`` in question order, read as the fit's
+    kept rows (``fit.fitter.gate_reads``); ``rehearsal``: the linear rehearsal eraser (scored on the same
+    rows, for ``"linear"`` in ``kinds``); ``reads``: the reads to screen (default: the fit's own).
+    ``fp_people``: the share of held-out validation *people* with any question fired on.
     """
     fitter = fit.fitter
     people = fitter.calibration_people
@@ -223,32 +262,48 @@ def screen_gates(fit: FitResult, rehearsal_forget: dict[int, torch.Tensor], stan
         raise ValueError("The gate screening needs at least two validation people besides the stand-ins.")
     rows = []
     masks = [torch.tensor([p in half for p in people]) for half in (first, second)]
+    kept, d = fitter.gate_reads, fitter.hidden_size
+    read_list = list(dict.fromkeys(reads or [fitter.default_reads]))
     for layer in layers:
-        outside, pos = fitter.gate_rows["calibration"][layer], rehearsal_forget[layer]
-        for kind in kinds:
-            if kind == "linear":
-                if rehearsal is None:
-                    continue
-                m = rehearsal.layer_map(layer)
-                gate, score = None, (lambda x, m=m: m.gate(x[:, :m.width])[:, 0])
-            else:
-                gate = fit_gate(kind, pos, fitter.gate_rows["retain"][layer], reads=fitter.gate_reads)
-                score = gate.score
-            for fpr in (fprs if gate is not None else fprs[:1]):
-                caught, fp, aucs = [], [], []
-                for cal, test in ((outside[masks[0]], outside[masks[1]]), (outside[masks[1]], outside[masks[0]])):
-                    if gate is not None:
-                        tuned, _ = calibrate(gate, cal, fpr)
-                        fires = lambda x, t=tuned: t(x)[:, 0] > 0.5  # noqa: E731
-                    else:  # the linear gate: its score cut at the same quantile, for comparison only
-                        thr = float(torch.quantile(score(cal).double(), 1 - fpr, interpolation="higher"))
-                        fires = lambda x, thr=thr: score(x) > thr  # noqa: E731
-                    caught.append(float(fires(pos).float().mean()))
-                    fp.append(float(fires(test).float().mean()))
-                    aucs.append(auroc(score(pos), score(test)))
-                c, f = sum(caught) / 2, sum(fp) / 2
-                rows.append({"layer": layer, "gate": kind, "gate_fpr": fpr, "caught": c, "fp": f,
-                             "auroc": sum(aucs) / 2, "score": c - f})
+        for read in read_list:
+            outside = select_read(fitter.gate_rows["calibration"][layer], kept, read, d)
+            pos = select_read(rehearsal_forget[layer], kept, read, d)
+            for kind in kinds:
+                if kind == "linear":
+                    if rehearsal is None or read != read_list[0]:
+                        continue
+                    m = rehearsal.layer_map(layer)
+                    last = lambda x, m=m: m.gate(x[:, :m.width])[:, 0]  # noqa: E731
+                    full_pos = rehearsal_forget[layer]
+                    gate, score = None, last
+                    pos_rows, out_rows = full_pos, fitter.gate_rows["calibration"][layer]
+                else:
+                    gate = fit_gate(kind, pos, select_read(fitter.gate_rows["retain"][layer], kept, read, d),
+                                    reads=read)
+                    score, pos_rows, out_rows = gate.score, pos, outside
+                for fpr in (fprs if gate is not None else fprs[:1]):
+                    caught, fp, fp_people, aucs = [], [], [], []
+                    for cal_mask, test_mask in ((masks[0], masks[1]), (masks[1], masks[0])):
+                        cal, test = out_rows[cal_mask], out_rows[test_mask]
+                        if gate is not None:
+                            tuned, _ = calibrate(gate, cal, fpr)
+                            fires = lambda x, t=tuned: t(x)[:, 0] > 0.5  # noqa: E731
+                        else:  # the linear gate: its score cut at the same quantile, for comparison only
+                            thr = float(torch.quantile(score(cal).double(), 1 - fpr, interpolation="higher"))
+                            fires = lambda x, thr=thr: score(x) > thr  # noqa: E731
+                        caught.append(float(fires(pos_rows).float().mean()))
+                        fired = fires(test)
+                        fp.append(float(fired.float().mean()))
+                        who = [p for p, m in zip(people, test_mask.tolist()) if m]
+                        by_person: dict[str, bool] = {}
+                        for p, f in zip(who, fired.tolist()):
+                            by_person[p] = by_person.get(p, False) or bool(f)
+                        fp_people.append(sum(by_person.values()) / max(1, len(by_person)))
+                        aucs.append(auroc(score(pos_rows), score(test)))
+                    c, f, fpp = sum(caught) / 2, sum(fp) / 2, sum(fp_people) / 2
+                    rows.append({"layer": layer, "gate": kind, "reads": "last" if gate is None else read,
+                                 "gate_fpr": fpr, "caught": c, "fp": f, "fp_people": fpp,
+                                 "auroc": sum(aucs) / 2, "score": c - fpp})
     return pd.DataFrame(rows)
 
 
@@ -261,7 +316,7 @@ def select_setting(model: LoadedModel, fit: FitResult, bench: MLLMUBench, config
     if split is None:
         raise ValueError("Selection needs validation people: fit with FitConfig(people=PeopleSplit(...)), not "
                          "people=None (then every retain person is in the fit and none is left to choose on).")
-    sets, stand = rehearsal_items(bench, config.forget_ratio, split)
+    sets, stand = rehearsal_items(bench, config.forget_ratio, split, select.wrap)
     layers = list(select.layers or fit.eraser.layers[len(fit.eraser.layers) // 2:])
     missing = [l for l in layers if l not in fit.eraser.layers]
     if missing:
@@ -269,7 +324,8 @@ def select_setting(model: LoadedModel, fit: FitResult, bench: MLLMUBench, config
     kinds = tuple(select.gates or (config.gate,))
     stand_fit = refit_fitter(model, fit, stand, config)  # one capture of the stand-ins serves every gate below
     screening = None
-    gate_kind, gate_fpr = (kinds[0] if len(kinds) == 1 else None), config.gate_fpr
+    # Candidates for the generation grid: (gate kind, target rate, read, layers).
+    candidates = [(kinds[0] if len(kinds) == 1 else config.gate, config.gate_fpr, config.gate_reads, layers)]
     if any(k != "linear" for k in kinds):
         if fit.fitter is None or fit.fitter.gate_reads is None:
             raise ValueError(f"Choosing among gates {list(kinds)} needs the fit's gate rows: fit with "
@@ -277,37 +333,62 @@ def select_setting(model: LoadedModel, fit: FitResult, bench: MLLMUBench, config
         rehearsal_linear = rehearsal_eraser(model, fit, stand_fit, stand, replace(config, gate="linear")) \
             if "linear" in kinds else None
         screening = screen_gates(fit, stand_fit.gate_rows["forget"], [p.id for p in stand], kinds, layers,
-                                 select.gate_fprs, rehearsal_linear)
-        best_gate = screening.sort_values(["score", "gate_fpr"], ascending=[False, True], kind="stable").iloc[0]
-        gate_kind, gate_fpr, layers = str(best_gate.gate), float(best_gate.gate_fpr), [int(best_gate.layer)]
-    config = replace(config, gate=gate_kind or config.gate, gate_fpr=gate_fpr)
-    rehearsal = rehearsal_eraser(model, fit, stand_fit, stand, config)
-    rows = [{"layer": -1, "positions": "", "lam": 0.0, "threshold": 0.0,
-             **score_setting(model, sets, None, select.batch_size)}]
-    own = config.steer_positions()
-    modes = list(dict.fromkeys(p or own for p in select.positions))
-    if config.gate != "linear" and config.gate_reads == "last+mean":
-        modes = [m for m in modes if m != "all"] or ["prompt"]  # such a gate decides at prefill
-    thresholds = select.thresholds if config.gate == "linear" else (0.0,)
-    combos = [(l, p, t) for l in layers for p in modes for t in thresholds]
+                                 select.gate_fprs, rehearsal_linear, select.gate_reads or (config.gate_reads,))
+        if select.screen_fp not in ("people", "questions"):
+            raise ValueError(f"screen_fp must be 'people' or 'questions', got {select.screen_fp!r}.")
+        if select.screen_fp == "questions":
+            screening = screening.assign(score=screening.caught - screening.fp)
+        ranked = screening.sort_values(["score", "gate_fpr"], ascending=[False, True], kind="stable")
+        # The best screened gate of each read (the linear gate counts as one read), best first: the
+        # screening sees no generation, so the grid decides between reads that trade leakage for recall.
+        per_read = ranked.assign(key=ranked.gate.where(ranked.gate == "linear", ranked.reads)
+                                 ).drop_duplicates("key").head(max(1, select.screen_top))
+        candidates = [(str(r.gate), float(r.gate_fpr), str(r.reads), [int(r.layer)]) for r in per_read.itertuples()]
+    rows = [{"layer": -1, "gate": "", "reads": "", "gate_fpr": float("nan"), "positions": "", "latch": False,
+             "lam": 0.0, "threshold": 0.0, **score_setting(model, sets, None, select.batch_size)}]
+    configs = {}
+    combos = []
+    for kind, fpr, reads, cand_layers in candidates:
+        cfg = replace(config, gate=kind, gate_fpr=fpr, gate_reads=reads if kind != "linear" else config.gate_reads)
+        configs[(kind, reads, fpr)] = cfg
+        own = cfg.steer_positions()
+        modes = list(dict.fromkeys(p or own for p in select.positions))
+        if kind != "linear" and needs_prompt(cfg.gate_reads):
+            modes = [m for m in modes if m != "all"] or ["prompt"]  # such a gate decides at prefill
+        thresholds = select.thresholds if kind == "linear" else (0.0,)
+        latches = [False] if kind == "linear" else list(dict.fromkeys(select.latch))
+        rehearsal = rehearsal_eraser(model, fit, stand_fit, stand, cfg)
+        combos += [(rehearsal, kind, reads, fpr, l, p, t, h) for l in cand_layers for p in modes for t in thresholds
+                   for h in latches]
     bar = tqdm(total=len(combos) * len(select.lams), desc="selection", disable=not progress, leave=False)
-    for layer, mode, t in combos:
+    for rehearsal, kind, reads, fpr, layer, mode, t, latch in combos:
         for lam in sorted(select.lams):
-            steers = rehearsal.with_options(layers=[layer], lam=lam, threshold=t, positions=mode)
-            row = {"layer": layer, "positions": mode, "lam": lam, "threshold": t,
-                   **score_setting(model, sets, steers, select.batch_size)}
+            steers = rehearsal.with_options(layers=[layer], lam=lam, threshold=t, positions=mode, latch=latch)
+            row = {"layer": layer, "gate": kind, "reads": reads if kind != "linear" else "last",
+                   "gate_fpr": fpr if kind != "linear" else float("nan"), "positions": mode, "latch": latch,
+                   "lam": lam, "threshold": t, **score_setting(model, sets, steers, select.batch_size)}
+            saturated = kind != "linear" and len(rows) > 1 and rows[-1]["layer"] == layer and all(
+                rows[-1][k] == row[k] for k in ("stand-ins", "recall", "stand_in_repetition")) and \
+                rows[-1]["gate"] == kind and rows[-1]["reads"] == row["reads"] and rows[-1]["latch"] == latch and \
+                rows[-1]["positions"] == mode
             rows.append(row)
             bar.update(1)
-            if row["stand-ins"] == 0.0:  # stronger only costs recall
+            # Stronger only costs recall once nothing leaks; a hard membership gate whose rehearsal is unchanged
+            # by a stronger lambda is saturated (every fired row already refuses), so the rest would repeat it.
+            if row["stand-ins"] == 0.0 or saturated:
                 bar.update(len([x for x in select.lams if x > lam]))
                 break
     bar.close()
     grid = pd.DataFrame(rows)
     best, rule = choose(grid, select.leak_max, select.repetition_max, select.rule)
     layer, lam, t = int(best.layer), float(best.lam), float(best.threshold)
+    config = next(c for (k, r, f), c in configs.items() if k == best.gate and
+                  (k == "linear" or (r == best.reads and f == best.gate_fpr)))
     final = fit.eraser if config.gate == "linear" == fit.eraser.gate_kinds[0] \
         else eraser_with_gate(model, fit, config, config.gate)
-    eraser = final.with_options(layers=[layer], lam=lam, threshold=t, positions=best.positions)
+    eraser = final.with_options(layers=[layer], lam=lam, threshold=t, positions=best.positions,
+                                latch=bool(best.latch) and config.gate != "linear")
     val_people = sorted({it.person for n in ("retain", "real") for it in sets[n]})
     return eraser, Selection(layer, lam, t, grid, [p.id for p in stand], val_people, rule, best.positions,
-                             config.gate, config.gate_fpr if config.gate != "linear" else float("nan"), screening)
+                             config.gate, config.gate_fpr if config.gate != "linear" else float("nan"), screening,
+                             config.gate_reads if config.gate != "linear" else "last", eraser.latch)

@@ -38,8 +38,10 @@ from typing import Any, Literal
 
 import torch
 
+from .reads import needs_image_mask, needs_prompt, parse_reads, pool
+
 __all__ = ["Steer", "POSITIONS", "GateLog", "as_steers", "group_by_layer", "shifted", "edit_envoy", "intervene",
-           "attached", "steering", "active_steers", "prompt_mean"]
+           "attached", "steering", "active_steers", "prompt_mean", "image_token_mask"]
 
 Positions = Literal["prompt", "last", "all"]
 POSITIONS = ("prompt", "last", "all")
@@ -47,16 +49,29 @@ POSITIONS = ("prompt", "last", "all")
 
 @dataclass(frozen=True)
 class Steer:
-    """Add ``fn(h_source)`` to the output of decoder layer ``layer``.
+    """Add ``fn(source)`` to the output of decoder layer ``layer``.
 
-    ``fn`` maps a batch of float32 states ``(B, d)`` (on the layer's device) to
+    ``fn`` maps a batch of float32 sources ``(B, f)`` (on the layer's device) to
     shifts ``(B, d)``; it sees the *unsteered* output of its layer (the input
     stream already carries the steers of earlier layers). Several steers on one
     layer see the same state and their shifts add. ``gate`` (optional) maps the
-    same states to the ``(B, r)`` gate values behind ``fn``, for :class:`GateLog`.
-    ``reads="last+mean"``: ``fn`` and ``gate`` receive ``[state, prompt mean]`` (B, 2d) at
-    prefill (the masked mean of the layer's unsteered output over the prompt) and still
-    return (B, d) shifts; such a steer acts at prefill only (positions ``"prompt"`` or ``"last"``).
+    same sources to the ``(B, r)`` gate values behind ``fn``, for :class:`GateLog`.
+
+    ``reads`` (:mod:`toolkit.reads`): the source is the state ``h`` (B, d) for ``"last"``
+    (the last prompt token, or the new token at a decoding step); for any other read,
+    the pooled prompt features (B, k d) at prefill (``"last+mean"``, ``"image-max"``
+    ...), and such a steer decides once per prompt (positions ``"prompt"`` or
+    ``"last"``, or ``latch``).
+
+    ``latch``: decide per row and hold the decision through the generation (CAST's
+    latched condition, acting on the continuation as circuit breakers do). Needs
+    ``weights`` (source -> (B, r) weights, 0 where the gate does not fire) and
+    ``from_weights`` ((B, r) weights, (B, d) state -> (B, d) shift). At prefill the
+    row's weights steer as ``positions`` says; at every decoding step the new token
+    is shifted by the row's latched weights, which for a ``"last"`` read are updated
+    as ``max(latched, weights(new token))``: once on, on for the rest of the row's
+    generation. A row whose weights stay 0 gets no shift at all (its tokens are
+    bit-identical to unsteered ones).
     """
 
     layer: int
@@ -64,15 +79,19 @@ class Steer:
     positions: Positions = "prompt"
     gate: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, compare=False)
     reads: str = "last"
+    latch: bool = False
+    weights: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, compare=False)
+    from_weights: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.positions not in POSITIONS:
             raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}.")
-        if self.reads not in ("last", "last+mean"):
-            raise ValueError(f"reads must be 'last' or 'last+mean', got {self.reads!r}.")
-        if self.reads == "last+mean" and self.positions == "all":
-            raise ValueError("A steer that reads the prompt's mean state decides at prefill: positions 'prompt' "
-                             "or 'last', not 'all'.")
+        parse_reads(self.reads)
+        if needs_prompt(self.reads) and self.positions == "all" and not self.latch:
+            raise ValueError(f"A steer that reads {self.reads!r} decides at prefill: positions 'prompt' or "
+                             "'last', not 'all' (or latch=True, which carries the decision into decoding).")
+        if self.latch and (self.weights is None or self.from_weights is None):
+            raise ValueError("A latching steer needs weights= and from_weights= (an Eraser builds both).")
 
 
 @dataclass
@@ -139,73 +158,113 @@ def prompt_mean(h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return (h.float() * w).sum(1) / w.sum(1).clamp_min(1.0)
 
 
-def _source(steer: Steer, last: torch.Tensor, mean: Callable[[], torch.Tensor]) -> torch.Tensor:
-    return last if steer.reads == "last" else torch.cat([last, mean()], -1)
-
-
 def _shift(steer: Steer, source: torch.Tensor, check: bool = True) -> torch.Tensor:
-    """``steer.fn(source)`` checked: same shape as the state, finite (when ``check``: a device sync, so
-    only at prefill), on the source's device, float32."""
-    width = source.shape[-1] // (2 if steer.reads == "last+mean" else 1)
+    """``steer.fn(source)`` checked (:func:`_checked`) against the state's shape (B, d)."""
+    width = source.shape[-1] // len(parse_reads(steer.reads))
     try:
         shift = steer.fn(source)
     except RuntimeError as err:
         raise RuntimeError(f"The steer at layer {steer.layer} failed on a {tuple(source.shape)} "
                            f"{source.dtype} state on {source.device}: {err}. Keep the steer's tensors on the "
                            "state's device (h.device), or use an Eraser, which moves with the model.") from None
-    if not isinstance(shift, torch.Tensor) or shift.shape != (*source.shape[:-1], width):
+    return _checked(shift, steer, source.new_empty(*source.shape[:-1], width), check)
+
+
+def _checked(shift: Any, steer: Steer, state: torch.Tensor, check: bool) -> torch.Tensor:
+    """The shift of a steer: same shape as the state, finite (when ``check``: a device sync, so only at
+    prefill), on the state's device, float32."""
+    if not isinstance(shift, torch.Tensor) or shift.shape != state.shape:
         got = tuple(shift.shape) if isinstance(shift, torch.Tensor) else type(shift).__name__
         raise ValueError(f"The steer at layer {steer.layer} returned a shift of shape {got}; it must map the "
-                         f"(batch, d) states {(*source.shape[:-1], width)} to shifts of the same shape.")
+                         f"(batch, d) states {tuple(state.shape)} to shifts of the same shape.")
     if check and not torch.isfinite(shift).all():
         raise FloatingPointError(f"The steer at layer {steer.layer} returned NaN/inf shifts; the model would "
                                  "generate nothing meaningful. Check its strength and vectors.")
-    return shift.to(source.device, torch.float32)
+    return shift.to(state.device, torch.float32)
+
+
+def _latched_shift(steer: Steer, weights: torch.Tensor, state: torch.Tensor, check: bool) -> torch.Tensor:
+    """``from_weights`` of the latched weights, exactly 0 on rows that have not fired."""
+    fired = (weights != 0).any(-1, keepdim=True)
+    shift = _checked(steer.from_weights(weights, state), steer, state, check)
+    return torch.where(fired, shift, torch.zeros_like(shift))
 
 
 def shifted(h: torch.Tensor, steers: Sequence[Steer], *, prefill: bool, mask: torch.Tensor | None = None,
-            log: GateLog | None = None) -> torch.Tensor:
+            log: GateLog | None = None, image_mask: torch.Tensor | None = None,
+            latches: dict | None = None) -> torch.Tensor:
     """``h`` (B, T, d) with ``steers`` (all on one layer) added; the arithmetic every route shares.
 
     ``prefill``: the call that reads the prompt (``"prompt"``/``"all"`` steers shift
     every prompt token, ``"last"`` steers the last one); otherwise a decoding step
-    (only ``"all"`` steers act, on the new token). ``mask`` (B, T): 1 for real
-    prompt tokens, 0 for pads (pads are never attended to, so ``None``, shifting
-    them too, gives the same outputs for the real tokens).
+    (``"all"`` steers act on the new token, latching steers by their latched weights).
+    ``mask`` (B, T): 1 for real prompt tokens, 0 for pads (pads are never attended to,
+    so ``None``, shifting them too, gives the same outputs for the real tokens).
+    ``image_mask`` (B, T): 1 at image tokens (needed at prefill by gates reading
+    image parts; all 0 for a text-only batch). ``latches``: the route's per-generation
+    store of latched weights (a dict, emptied by the route at each prefill).
     """
-    active = list(steers) if prefill else [s for s in steers if s.positions == "all"]
+    if not prefill:
+        active = [s for s in steers if s.positions == "all" or s.latch]
+    else:
+        active = list(steers)
     if not active:
         return h
     last = h[:, -1].float()
-    cache: dict[str, torch.Tensor] = {}
+    sources: dict[str, torch.Tensor] = {}
 
-    def mean() -> torch.Tensor:  # computed once per call, only if a steer reads it
-        if not prefill:
-            raise ValueError("A steer that reads the prompt's mean state cannot act on a decoding step.")
-        if mask is None and h.shape[0] > 1:
-            raise ValueError("A gate that reads the prompt's mean state needs the batch's attention mask (left "
-                             "padding would enter the mean): intervene(..., mask=enc['attention_mask']), or call "
-                             "the model with attention_mask=.")
-        if "mean" not in cache:
-            cache["mean"] = prompt_mean(h, mask)
-        return cache["mean"]
+    def source(steer: Steer) -> torch.Tensor:  # each read pooled once per call, only if a steer reads it
+        if steer.reads == "last" or not prefill:
+            return last
+        if steer.reads not in sources:
+            if mask is None and h.shape[0] > 1:
+                raise ValueError(f"A gate that reads {steer.reads!r} needs the batch's attention mask (left padding "
+                                 "would enter the pooling): intervene(..., inputs=enc), or call the model with "
+                                 "attention_mask=.")
+            if needs_image_mask(steer.reads) and image_mask is None:
+                raise ValueError(f"A gate that reads {steer.reads!r} needs to know the image tokens: "
+                                 "intervene(..., inputs=enc) (or image_mask=model.image_token_mask(input_ids)).")
+            sources[steer.reads] = pool(h, steer.reads, mask, image_mask)
+        return sources[steer.reads]
 
-    if log is not None:
-        for s in active:
-            if s.gate is not None:
-                log.add(s.layer, prefill, s.gate(_source(s, last, mean)))
     zero = torch.zeros_like(last)
-    # Shifts from steers that act along the whole prompt (or on the new token) vs. at one position.
-    spread = sum((_shift(s, _source(s, last, mean), check=prefill) for s in active
-                  if s.positions != "last" or not prefill), zero)
+    spread, point = zero, zero  # shifts along the whole prompt (or the new token) vs at the last prompt token
+    for s in active:
+        if s.latch:
+            key = id(s)
+            if prefill:
+                w = s.weights(source(s)).float()
+            else:
+                w = latches.get(key) if latches is not None else None
+                if w is None:
+                    raise ValueError("A latching steer reached a decoding step without its prefill; the route "
+                                     "must pass the same latches dict through a generation.")
+                if s.reads == "last":
+                    w = torch.maximum(w, s.weights(last).float())
+            if latches is not None:
+                latches[key] = w
+            if log is not None:
+                log.add(s.layer, prefill, w)
+            shift = _latched_shift(s, w, last, check=prefill)
+        else:
+            src = source(s)
+            if log is not None and s.gate is not None:
+                log.add(s.layer, prefill, s.gate(src))
+            if s.weights is not None and s.from_weights is not None:  # the gate once, the shift from the state
+                shift = _checked(s.from_weights(s.weights(src).float(), last), s, last, check=prefill)
+            else:
+                shift = _shift(s, src, check=prefill)
+        if prefill and s.positions == "last":
+            point = point + shift
+        else:
+            spread = spread + shift
     if not prefill:
         return h + spread.to(h.dtype)[:, None, :]
-    point = sum((_shift(s, _source(s, last, mean)) for s in active if s.positions == "last"), zero)
     weights = torch.ones(h.shape[:2], device=h.device) if mask is None else mask.to(h.device, torch.float32)
     new = h + (spread[:, None, :] * weights[:, :, None]).to(h.dtype)
-    last = torch.zeros_like(h)
-    last[:, -1] = point.to(h.dtype)
-    return new + last
+    at_last = torch.zeros_like(h)
+    at_last[:, -1] = point.to(h.dtype)
+    return new + at_last
 
 
 def _output_tensor(out: Any) -> torch.Tensor:
@@ -213,10 +272,12 @@ def _output_tensor(out: Any) -> torch.Tensor:
 
 
 def edit_envoy(envoy: Any, steers: list[Steer], *, prefill: bool, mask: torch.Tensor | None = None,
-               log: GateLog | None = None) -> torch.Tensor:
+               log: GateLog | None = None, image_mask: torch.Tensor | None = None,
+               latches: dict | None = None) -> torch.Tensor:
     """Inside an nnsight trace: replace one layer's output by its steered version (one read, one write)."""
     out = envoy.output
-    new = shifted(_output_tensor(out), steers, prefill=prefill, mask=mask, log=log)
+    new = shifted(_output_tensor(out), steers, prefill=prefill, mask=mask, log=log, image_mask=image_mask,
+                  latches=latches)
     if isinstance(out, tuple):
         envoy.output = (new,) + tuple(out[1:])
     else:
@@ -224,32 +285,52 @@ def edit_envoy(envoy: Any, steers: list[Steer], *, prefill: bool, mask: torch.Te
     return new
 
 
+def image_token_mask(model: Any, input_ids: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, T) bool, True at the model's image tokens (all False for a text-only family); None without ids."""
+    if input_ids is None:
+        return None
+    return model.image_token_mask(input_ids)
+
+
 def intervene(model: Any, steers: Any, *, steps: int | None = None, mask: torch.Tensor | None = None,
-              generating: bool = True, log: GateLog | None = None) -> dict[int, torch.Tensor]:
+              generating: bool = True, log: GateLog | None = None, inputs: dict | None = None,
+              image_mask: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
     """Apply ``steers`` inside your own nnsight block (the current invoke).
 
     Call it inside ``with model.nn.trace(...)`` (a forward: ``generating=False``)
     or inside ``with model.nn.generate(...)`` (or one of its ``tracer.invoke``
-    blocks). Steers with ``positions="all"`` also edit every generated token:
-    that loops over nnsight's iterations, so with ``steps=None`` (every step)
+    blocks). Steers with ``positions="all"`` or ``latch`` also edit every generated
+    token: that loops over nnsight's iterations, so with ``steps=None`` (every step)
     this must be the **last statement** of its invoke, as with any open
     ``tracer.iter[:]``; give ``steps=max_new_tokens`` to run code after it.
     Reads of layers you want to see steered must come after this call, in layer order.
+
+    ``inputs``: the batch's encoding (``model.encode(...)``), from which the attention
+    mask and the image tokens are read: gates that pool the prompt (``"last+mean"``,
+    ``"image-max"`` ...) need them when a batch holds more than one row, or images.
+    (``mask`` / ``image_mask`` give them one by one.)
 
     Returns ``{layer: steered output at prefill}`` for the steered layers.
     """
     from nnsight.intervention.iterator import Iterations
 
+    if inputs is not None:
+        mask = inputs.get("attention_mask", mask) if mask is None else mask
+        if image_mask is None:
+            image_mask = image_token_mask(model, inputs.get("input_ids"))
     groups = group_by_layer(model, as_steers(model, steers))
-    every_step = generating and any(s.positions == "all" for ss in groups.values() for s in ss)
+    every_step = generating and any(s.positions == "all" or s.latch for ss in groups.values() for s in ss)
     outputs: dict[int, torch.Tensor] = {}
+    latches: dict = {}
     if not every_step:
         for layer, ss in groups.items():
-            outputs[layer] = edit_envoy(model.layers[layer], ss, prefill=True, mask=mask, log=log)
+            outputs[layer] = edit_envoy(model.layers[layer], ss, prefill=True, mask=mask, log=log,
+                                        image_mask=image_mask, latches=latches)
         return outputs
     for step in (Iterations()[:] if steps is None else Iterations()[:steps]):
         for layer, ss in groups.items():
-            new = edit_envoy(model.layers[layer], ss, prefill=step == 0, mask=mask, log=log)
+            new = edit_envoy(model.layers[layer], ss, prefill=step == 0, mask=mask, log=log,
+                             image_mask=image_mask, latches=latches)
             if step == 0:
                 outputs[layer] = new
         if log is not None:
@@ -281,7 +362,7 @@ def attached(model: Any, steers: Any, *, record_gates: bool = False) -> Iterator
     """
     groups = group_by_layer(model, as_steers(model, steers))
     log = GateLog() if record_gates else None
-    state: dict[str, Any] = {"prefill": True, "mask": None, "calls": 0}
+    state: dict[str, Any] = {"prefill": True, "mask": None, "image_mask": None, "calls": 0, "latches": {}}
 
     def before(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         if state["calls"] and log is not None:
@@ -290,12 +371,19 @@ def attached(model: Any, steers: Any, *, record_gates: bool = False) -> Iterator
         state["prefill"] = _cache_length(kwargs) == 0
         mask = kwargs.get("attention_mask")
         state["mask"] = mask if (state["prefill"] and isinstance(mask, torch.Tensor) and mask.ndim == 2) else None
+        if state["prefill"]:
+            ids = kwargs.get("input_ids", args[0] if args and isinstance(args[0], torch.Tensor) else None)
+            state["image_mask"] = image_token_mask(model, ids) if isinstance(ids, torch.Tensor) else None
+            state["latches"] = {}  # a new prompt: every row undecided
 
     def layer_hook(ss: list[Steer]) -> Callable:
         def hook(module: torch.nn.Module, args: tuple, out: Any) -> Any:
             h = _output_tensor(out)
             mask = state["mask"] if state["mask"] is not None and state["mask"].shape == h.shape[:2] else None
-            new = shifted(h, ss, prefill=state["prefill"], mask=mask, log=log)
+            image = state["image_mask"]
+            image = image if image is not None and image.shape == h.shape[:2] else None
+            new = shifted(h, ss, prefill=state["prefill"], mask=mask, log=log, image_mask=image,
+                          latches=state["latches"])
             return (new,) + tuple(out[1:]) if isinstance(out, tuple) else new
         return hook
 

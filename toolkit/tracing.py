@@ -24,20 +24,30 @@ import inspect
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import nnsight
 import torch
 from tqdm.auto import tqdm
 
 from .models.loading import LoadedModel, Sample, as_sample
+from .reads import READS, parse_reads, pool
 from .steering import (POSITIONS, GateLog, Steer, active_steers, as_steers, attached, edit_envoy, group_by_layer,
-                       prompt_mean,
                        intervene, steering)
 
 __all__ = ["Steer", "Trailing", "Capture", "capture", "iter_capture", "forward", "generate", "intervene", "attached",
            "steering", "active_steers", "GateLog", "POSITIONS", "keeps_last_logits"]
 
+
+
+def _is_read(positions: Any) -> bool:
+    if not isinstance(positions, str) or positions == "prompt":
+        return False
+    try:
+        parse_reads(positions)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -65,7 +75,7 @@ class Trailing:
         return mask
 
 
-CapturePositions = Literal["last", "prompt", "last+mean"] | Trailing | Callable[[dict], torch.Tensor]
+CapturePositions = str | Trailing | Callable[[dict], torch.Tensor]
 
 
 @dataclass
@@ -124,9 +134,9 @@ def iter_capture(
 
     Use it to accumulate statistics over more inputs than fit in memory.
     ``positions``: ``"last"`` (one row per sample), ``"prompt"`` (every non-pad
-    prompt token), ``"last+mean"`` (one (2d) row per sample: the last token and the
-    mean over the prompt's tokens, what a ``"last+mean"`` gate reads), a
-    :class:`Trailing` window per sample, or a callable
+    prompt token), any gate read of :mod:`toolkit.reads` (``"last+mean"``,
+    ``"image-max"``, ``"last+image-max"`` ...: one (k d) row per sample, exactly what a
+    gate reading it sees while steering), a :class:`Trailing` window per sample, or a callable
     ``encoding -> (B, T) bool mask``. With
     ``steers`` (or active ones), captures see the steered stream; a steered
     layer's capture is its output after the steer. The forward stops after the last captured layer
@@ -160,11 +170,11 @@ def iter_capture(
                                  f"{tuple(enc['input_ids'].shape)}.")
         elif positions == "prompt":
             mask = enc["attention_mask"].bool()
-        elif positions in ("last", "last+mean"):
+        elif positions == "last" or _is_read(positions):
             mask = None
         else:
-            raise ValueError(f"positions must be 'last', 'prompt', 'last+mean', a Trailing or a mask function, got "
-                             f"{positions!r}.")
+            raise ValueError(f"positions must be 'last', 'prompt', a gate read ({', '.join(READS)}), a Trailing or a "
+                             f"mask function, got {positions!r}.")
         saved = []
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -173,7 +183,8 @@ def iter_capture(
                 # last captured layer cannot change what is captured, so they are left out.
                 for layer in sorted(set(layer_ids) | {l for l in groups if l <= last_layer}):
                     if layer in groups:
-                        h = edit_envoy(model.layers[layer], groups[layer], prefill=True, mask=enc["attention_mask"])
+                        h = edit_envoy(model.layers[layer], groups[layer], prefill=True, mask=enc["attention_mask"],
+                                       image_mask=model.image_token_mask(enc["input_ids"]))
                     else:
                         out = model.layers[layer].output
                         h = out[0] if isinstance(out, tuple) else out
@@ -185,10 +196,10 @@ def iter_capture(
         out = {}
         for layer, h in zip(layer_ids, saved):
             h = h.detach().to("cpu", torch.float32) if to_cpu else h.detach()
-            if positions == "last+mean":
-                # What a "last+mean" gate reads at prefill (toolkit.steering): [last token, masked prompt mean].
-                # Float32 either way: the steering routes see the float32 mean beside the state.
-                h = torch.cat([h[:, -1].float(), prompt_mean(h, enc["attention_mask"])], -1)
+            if positions != "last" and _is_read(positions):
+                # What a gate with this read sees at prefill (toolkit.steering), float32 as there.
+                h = pool(h, positions, enc["attention_mask"].to(h.device),
+                         model.image_token_mask(enc["input_ids"]).to(h.device))
             if mask is not None:
                 h = h[mask.to(h.device)]
             if not torch.isfinite(h).all():
@@ -264,7 +275,7 @@ def forward(
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with model.nn.trace(**enc, **keep, remote=model.remote):
-                intervene(model, steers, mask=mask, generating=False)
+                intervene(model, steers, inputs=enc, generating=False)
                 logits = nnsight.save(model.nn.output.logits)
         logits = logits.detach().float().cpu()
         for row, i in enumerate(idx):
@@ -308,7 +319,7 @@ def generate(
             warnings.simplefilter("ignore")
             with model.nn.generate(max_new_tokens=max_new_tokens, remote=model.remote, **generate_kwargs) as tr:
                 with tr.invoke(**enc):
-                    intervene(model, steers, mask=enc["attention_mask"], log=gate_log)
+                    intervene(model, steers, inputs=enc, log=gate_log)
                 with tr.invoke():
                     ids = nnsight.save(tr.result)
         ids = ids.detach().cpu()

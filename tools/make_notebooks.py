@@ -357,7 +357,7 @@ enc = model.encode(asked, device=model.device)
 width = enc["input_ids"].shape[1]
 with torch.no_grad(), model.nn.generate(max_new_tokens=24, do_sample=False) as tracer:
     with tracer.invoke(**enc):
-        eraser.intervene(model, mask=enc["attention_mask"])
+        eraser.intervene(model, inputs=enc)
     with tracer.invoke():
         ids = nnsight.save(tracer.result)
 with torch.no_grad():

@@ -81,6 +81,17 @@ class Adapter:
         vision = getattr(config, "vision_config", None)
         return set(range(len(getattr(vision, "deepstack_visual_indexes", None) or [])))
 
+    def image_token_id(self, config: Any) -> int | None:
+        """The id the processor repeats once per image token in ``input_ids`` (LLaVA's ``<image>``, Qwen-VL's
+        ``<|image_pad|>``): where the image's states sit. ``None`` for text-only families."""
+        if not self.supports_images:
+            return None
+        for name in ("image_token_id", "image_token_index", "image_token_idx"):
+            value = getattr(config, name, None)
+            if value is not None:
+                return int(value)
+        return None
+
     def layer_envoys(self, envoy: Any) -> Any:
         """The same decoder layers seen through an nnsight envoy."""
         return _get_path(envoy, self.layers_path)

@@ -123,6 +123,18 @@ class LoadedModel:
     def dtype(self) -> torch.dtype:
         return next(self.module.parameters()).dtype
 
+    @property
+    def image_token_id(self) -> int | None:
+        """The token id at the image's positions in ``input_ids`` (None for a text-only family)."""
+        return self.adapter.image_token_id(self.config)
+
+    def image_token_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) bool: True at image tokens (what gates reading ``"image-max"`` pool over)."""
+        token = self.image_token_id
+        if token is None:
+            return torch.zeros(input_ids.shape, dtype=torch.bool, device=input_ids.device)
+        return input_ids == token
+
     def layer_device(self, layer: int) -> torch.device:
         """The device decoder layer ``layer`` computes on (its shard under a ``device_map``)."""
         (layer,) = self.check_layers(layer)
