@@ -3,7 +3,7 @@
 For one shipped default and one forget split, two runs of :func:`toolkit.erase.erase` on the same
 people: ``person`` (the defaults: reads among last+mean / image-max / last+image-max, the best of
 each tried in the generation grid, the fit pool's wrappers in the gate rows, calibration and rehearsal, screening charged per
-person) and ``prompt`` (the previous defaults exactly: last+mean only, no latch, no wrappers, the
+person) and ``prompt`` (the earlier gate settings exactly: last+mean only, no latch, no wrappers, the
 screening charged per question). Then every non-adaptive attack of
 :mod:`toolkit.attacks` (the evaluation pool, which neither run ever saw) and the white-box
 ``gate_text`` suffix search and ``gate_pgd`` (PGD on the image against the gate's score), on the forget people and, as control, the evaluation people (never
