@@ -1,11 +1,11 @@
 """What each gate read and the latch contribute, one at a time, on one fit.
 
 One fit of the shipped defaults (every read's rows kept, the fit pool's wrappers in), then for each
-variant the rehearsal chooses layer, kind, rate and strength with that read (or latch) forced, and the
+variant the rehearsal chooses layer, membership kind, rate and strength with that read (or latch) forced, and the
 chosen eraser is measured on held-out people (clean questions) and under the attack suite (forget
-leakage, control recall on evaluation people). Variants: the read ``last+mean`` (the previous
-default), ``image-max``, ``last+image-max``, each with the latch off; ``image-max`` with the latch on;
-and ``last+mean`` without the fit pool (the previous default exactly).
+leakage, control recall on evaluation people). Variants: the read ``last+mean`` (the earlier gate
+settings' read), ``image-max``, ``last+image-max``, each with the latch off; ``image-max`` with the latch
+on; and ``last+mean`` without the fit pool (the earlier gate settings exactly).
 
     .venv/bin/python tools/gate_reads_ablation.py [--model default] [--out results/gate_reads] [--variants A,B]
 """
@@ -63,7 +63,8 @@ def main() -> None:
     vanilla = evaluate_people(model, bench, base, None, "vanilla")
     for name, options in ((n, VARIANTS[n]) for n in chosen):
         start = time.time()
-        select = replace(base.select, **options)
+        # Membership gates only: the linear gate reads the last token whatever the variant says.
+        select = replace(base.select, gates=tuple(k for k in base.select.gates if k != "linear"), **options)
         fit_config = replace(base.fit_config(layers), wrap=select.wrap)
         if not select.wrap:  # the previous default had no wrapped rows: fit again without them
             fit_used = fit_eraser(model, bench, fit_config)
