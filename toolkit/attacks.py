@@ -174,8 +174,7 @@ def gate_text_probes(model: LoadedModel, items: list[Item], eraser, *, search_it
     one of those with the lowest score. Reads exactly what the gate reads (its layer, its read)."""
     layer = eraser.layers[0]
     m = eraser.layer_map(layer)
-    gate = m.gate_object
-    score = gate.score if hasattr(gate, "threshold") else (lambda x: m.gate(x)[:, 0])
+    score = m.gate_object.score  # the raw score, before any threshold: what the attacker lowers
 
     def scores(pairs: list[tuple[Item, str]]) -> torch.Tensor:
         samples = [Sample(f"{it.prompt} {s}", it.image) for it, s in pairs]
@@ -207,8 +206,7 @@ def gate_pgd_images(model: LoadedModel, samples: Sequence[Sample], eraser, confi
 
     layer = eraser.layers[0]
     m = eraser.layer_map(layer)
-    gate = m.gate_object.to(model.layer_device(layer), torch.float32)
-    score_of = gate.score if hasattr(gate, "threshold") else (lambda x: m.gate(x)[:, 0])
+    score_of = m.gate_object.to(model.layer_device(layer), torch.float32).score
     layout, ip = model.adapter.pixel_layout, model.processor.image_processor
     module = model.layer_modules[layer]
     out = []

@@ -287,8 +287,7 @@ def refit_fitter(model: LoadedModel, result: FitResult, forget: Sequence[Profile
     for part in _forget_sets(model, list(forget), config):
         fitter.add_samples(model, "forget", part.samples, positions=part.positions, weight=part.weight,
                            formatted=part.formatted, batch_size=config.batch_size,
-                           progress=progress and f"{part.label} activations", statistics=part.statistics,
-                           gate_rows=None if part.statistics else True)
+                           progress=progress and f"{part.label} activations", statistics=part.statistics)
     return fitter
 
 

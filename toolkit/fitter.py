@@ -175,21 +175,18 @@ class EraserFitter:
         if self.gate_reads is None or layer not in rows["forget"] or layer not in rows["retain"]:
             raise ValueError(f"No gate rows at layer {layer}: a {kind} gate is fitted on kept rows (EraserFitter("
                              "gate_reads=...), then add_samples(..., gate_rows=True) for forget and retain).")
-        outside = rows["calibration"].get(layer)
-        if outside is None:
+        if layer not in rows["calibration"]:
             raise ValueError(f"No calibration rows at layer {layer}: the {kind} gate's threshold is set on people "
                              "outside the fit (validation people); add them with kind='calibration'.")
         drop = set(exclude)
         keep = torch.tensor([p not in drop for p in self.calibration_people], dtype=torch.bool)
         reads = reads or self.default_reads
-        outside = self.rows("calibration", layer, reads)
-        gate = fit_gate(kind, self.rows("forget", layer, reads), self.rows("retain", layer, reads), reads=reads,
-                        **options)
-        gate, report = calibrate(gate, outside[keep], fpr, softness)
-        report.update(kind=kind, reads=reads, n_forget_rows=int(len(rows["forget"][layer])),
+        forget, outside = self.rows("forget", layer, reads), self.rows("calibration", layer, reads)[keep]
+        gate = fit_gate(kind, forget, self.rows("retain", layer, reads), reads=reads, **options)
+        gate, report = calibrate(gate, outside, fpr, softness)
+        report.update(kind=kind, reads=reads, n_forget_rows=int(len(forget)),
                       n_retain_rows=int(len(rows["retain"][layer])),
-                      auroc_forget_vs_calibration=auroc(gate.score(self.rows("forget", layer, reads)),
-                                                        gate.score(outside[keep])))
+                      auroc_forget_vs_calibration=auroc(gate.score(forget), gate.score(outside)))
         return gate, report
 
     # -- results ------------------------------------------------------------------------------
@@ -269,17 +266,17 @@ class EraserFitter:
         ``gate_rows=True`` (with ``positions="last"``): also keep the rows for membership gates, in
         the features the fitter's gates read (one capture pass for both). ``None`` (default): keep them
         where a fitter with ``gate_reads`` wants them: forget and retain question rows (``positions="last"``,
-        not templated). ``statistics=False``: keep the gate rows only (the map's moments are left as they
-        are: the fit pool's wrapped questions train the gate, not the null space).
+        not templated), and always with ``statistics=False``: keep the gate rows only (the map's moments are
+        left as they are: the fit pool's wrapped questions train the gate, not the null space).
         """
         if gate_rows is None:
-            gate_rows = (self.gate_reads is not None and kind in ("forget", "retain") and positions == "last"
-                         and not formatted)
+            gate_rows = not statistics or (self.gate_reads is not None and kind in ("forget", "retain")
+                                           and positions == "last" and not formatted)
         update = {"retain": lambda a: self.update_retain(a, weight), "forget": lambda a: self.update_forget(a, weight),
                   "refusal": lambda a: self.update_contrast(refusal=a),
                   "recall": lambda a: self.update_contrast(recall=a), "calibration": lambda a: None}
         if not statistics and not gate_rows and kind != "calibration":
-            raise ValueError("statistics=False keeps gate rows only: give gate_rows=True (or a fitter with gate_reads).")
+            raise ValueError("statistics=False keeps gate rows only: leave gate_rows at its default (True then).")
         if kind not in update:
             raise ValueError(f"kind must be one of {', '.join(update)}, got {kind!r}.")
         if not samples:
@@ -369,7 +366,7 @@ def fit_from_samples(model: LoadedModel, *, forget: Any, retain: Any, contrast: 
             fitter.add_samples(model, kind, part.samples, positions=part.positions, weight=part.weight,
                                formatted=part.formatted, batch_size=batch_size,
                                progress=progress and f"{part.label or kind} activations",
-                               statistics=part.statistics, gate_rows=None if part.statistics else True)
+                               statistics=part.statistics)
     if calibration is not None and gate_reads is not None:
         samples, people = calibration[:2]
         if len(samples):

@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 
 __all__ = ["PARTS", "READS", "parse_reads", "read_width", "needs_prompt", "needs_image_mask", "pool", "union_reads",
-           "select_read"]
+           "select_read", "masked_mean"]
 
 PARTS = ("last", "mean", "image-mean", "image-max")
 # The reads the toolkit's fits, selection and CLI offer (any "+" join of PARTS is accepted).
@@ -83,6 +83,15 @@ def select_read(rows: torch.Tensor, have: str, want: str, hidden_size: int) -> t
                       for p in parse_reads(want)], -1)
 
 
+def masked_mean(h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of ``h`` (B, T, d) over the tokens where ``mask`` (B, T) is set, float32 (B, d); all tokens
+    without a mask."""
+    if mask is None:
+        return h.float().mean(1)
+    w = mask.to(h.device, torch.float32)[:, :, None]
+    return (h.float() * w).sum(1) / w.sum(1).clamp_min(1.0)
+
+
 def _entity_mask(mask: torch.Tensor, image_mask: torch.Tensor | None) -> torch.Tensor:
     """(B, T) bool: the image tokens of rows that have some, else the real prompt tokens after the first."""
     mask = mask.bool()
@@ -114,16 +123,14 @@ def pool(h: torch.Tensor, reads: str, mask: torch.Tensor | None = None,
         if part == "last":
             out.append(h[:, -1].float())
         elif part == "mean":
-            w = mask.float()[:, :, None]
-            out.append((h.float() * w).sum(1) / w.sum(1).clamp_min(1.0))
+            out.append(masked_mean(h, mask))
         else:
             if entity is None:
                 entity = _entity_mask(mask, image_mask)
                 # A one-token prompt has nothing after its first token: pool that token then.
                 entity = torch.where(entity.any(1, keepdim=True), entity, mask)
             if part == "image-mean":
-                w = entity.float()[:, :, None]
-                out.append((h.float() * w).sum(1) / w.sum(1).clamp_min(1.0))
+                out.append(masked_mean(h, entity))
             else:
                 filled = h.float().masked_fill(~entity[:, :, None], float("-inf"))
                 out.append(filled.max(1).values)

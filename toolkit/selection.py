@@ -266,21 +266,17 @@ def screen_gates(fit: FitResult, rehearsal_forget: dict[int, torch.Tensor], stan
     read_list = list(dict.fromkeys(reads or [fitter.default_reads]))
     for layer in layers:
         for read in read_list:
-            outside = select_read(fitter.gate_rows["calibration"][layer], kept, read, d)
-            pos = select_read(rehearsal_forget[layer], kept, read, d)
             for kind in kinds:
-                if kind == "linear":
+                if kind == "linear":  # reads the last token whatever the read: screened once
                     if rehearsal is None or read != read_list[0]:
                         continue
-                    m = rehearsal.layer_map(layer)
-                    last = lambda x, m=m: m.gate(x[:, :m.width])[:, 0]  # noqa: E731
-                    full_pos = rehearsal_forget[layer]
-                    gate, score = None, last
-                    pos_rows, out_rows = full_pos, fitter.gate_rows["calibration"][layer]
+                    gate, score, used = None, rehearsal.layer_map(layer).gate_object.score, "last"
                 else:
-                    gate = fit_gate(kind, pos, select_read(fitter.gate_rows["retain"][layer], kept, read, d),
-                                    reads=read)
-                    score, pos_rows, out_rows = gate.score, pos, outside
+                    gate = fit_gate(kind, select_read(rehearsal_forget[layer], kept, read, d),
+                                    select_read(fitter.gate_rows["retain"][layer], kept, read, d), reads=read)
+                    score, used = gate.score, read
+                pos_rows = select_read(rehearsal_forget[layer], kept, used, d)
+                out_rows = select_read(fitter.gate_rows["calibration"][layer], kept, used, d)
                 for fpr in (fprs if gate is not None else fprs[:1]):
                     caught, fp, fp_people, aucs = [], [], [], []
                     for cal_mask, test_mask in ((masks[0], masks[1]), (masks[1], masks[0])):
@@ -295,13 +291,11 @@ def screen_gates(fit: FitResult, rehearsal_forget: dict[int, torch.Tensor], stan
                         fired = fires(test)
                         fp.append(float(fired.float().mean()))
                         who = [p for p, m in zip(people, test_mask.tolist()) if m]
-                        by_person: dict[str, bool] = {}
-                        for p, f in zip(who, fired.tolist()):
-                            by_person[p] = by_person.get(p, False) or bool(f)
-                        fp_people.append(sum(by_person.values()) / max(1, len(by_person)))
+                        fp_people.append(float(pd.Series(fired.tolist(), index=who, dtype=float)
+                                               .groupby(level=0).max().mean()))
                         aucs.append(auroc(score(pos_rows), score(test)))
                     c, f, fpp = sum(caught) / 2, sum(fp) / 2, sum(fp_people) / 2
-                    rows.append({"layer": layer, "gate": kind, "reads": "last" if gate is None else read,
+                    rows.append({"layer": layer, "gate": kind, "reads": used,
                                  "gate_fpr": fpr, "caught": c, "fp": f, "fp_people": fpp,
                                  "auroc": sum(aucs) / 2, "score": c - fpp})
     return pd.DataFrame(rows)
@@ -362,15 +356,15 @@ def select_setting(model: LoadedModel, fit: FitResult, bench: MLLMUBench, config
                    for h in latches]
     bar = tqdm(total=len(combos) * len(select.lams), desc="selection", disable=not progress, leave=False)
     for rehearsal, kind, reads, fpr, layer, mode, t, latch in combos:
+        previous = None  # this candidate's row at the last, weaker lambda
         for lam in sorted(select.lams):
             steers = rehearsal.with_options(layers=[layer], lam=lam, threshold=t, positions=mode, latch=latch)
             row = {"layer": layer, "gate": kind, "reads": reads if kind != "linear" else "last",
                    "gate_fpr": fpr if kind != "linear" else float("nan"), "positions": mode, "latch": latch,
                    "lam": lam, "threshold": t, **score_setting(model, sets, steers, select.batch_size)}
-            saturated = kind != "linear" and len(rows) > 1 and rows[-1]["layer"] == layer and all(
-                rows[-1][k] == row[k] for k in ("stand-ins", "recall", "stand_in_repetition")) and \
-                rows[-1]["gate"] == kind and rows[-1]["reads"] == row["reads"] and rows[-1]["latch"] == latch and \
-                rows[-1]["positions"] == mode
+            saturated = kind != "linear" and previous is not None and all(
+                previous[k] == row[k] for k in ("stand-ins", "recall", "stand_in_repetition"))
+            previous = row
             rows.append(row)
             bar.update(1)
             # Stronger only costs recall once nothing leaks; a hard membership gate whose rehearsal is unchanged

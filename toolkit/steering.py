@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 import torch
 
-from .reads import needs_image_mask, needs_prompt, parse_reads, pool
+from .reads import masked_mean, needs_image_mask, needs_prompt, parse_reads, pool
 
 __all__ = ["Steer", "POSITIONS", "GateLog", "as_steers", "group_by_layer", "shifted", "edit_envoy", "intervene",
            "attached", "steering", "active_steers", "prompt_mean", "image_token_mask"]
@@ -152,10 +152,7 @@ def group_by_layer(model: Any, steers: Sequence[Steer]) -> dict[int, list[Steer]
 
 def prompt_mean(h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Mean of ``h`` (B, T, d) over the prompt's real tokens, float32 (B, d); all tokens without a mask."""
-    if mask is None:
-        return h.float().mean(1)
-    w = mask.to(h.device, torch.float32)[:, :, None]
-    return (h.float() * w).sum(1) / w.sum(1).clamp_min(1.0)
+    return masked_mean(h, mask)
 
 
 def _shift(steer: Steer, source: torch.Tensor, check: bool = True) -> torch.Tensor:
