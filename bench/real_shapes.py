@@ -17,8 +17,12 @@ bf16, real image resolution; toolkit.models.real_shapes) it measures, in one run
   target positions only) and with the model's own full-logits loss;
 * one GA step and one NPO step (AdamW, vision tower and input embeddings frozen) at ``--batch``.
 
-Then it projects a full-model fit and a full-model GA run on MLLMU-Bench forget_10 (the formula
-is printed beside each figure; assumptions in docs/results.md, Performance).
+* shared-prefix captures: questions about one image with the prefix run once (toolkit.prefix) and plainly;
+* peak memory: what a PGD step and a capture batch add, the parameters of the slice and of one layer.
+
+Then it projects a full-model fit (the shipped fit config: its retain budget, gate rows, calibration, contrast
+sets and PGD) and a full-model GA run on MLLMU-Bench forget_10, in time and in peak device memory (the
+formula is printed beside each figure; assumptions in docs/results.md, Performance).
 """
 
 from __future__ import annotations
@@ -62,6 +66,62 @@ def image(seed: int) -> Image.Image:
 
 def prompts(n: int, seed: int = 0) -> list[Sample]:
     return [Sample(QUESTIONS[i % len(QUESTIONS)], image(seed + i)) for i in range(n)]
+
+
+def device_peak_mb(fn) -> float:
+    """Memory ``fn`` adds at its peak: CUDA's allocator peak on a GPU, the process's resident set on the CPU."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - start) / 2**20
+    with PeakMemory() as pm:
+        fn()
+    return pm.added_mb
+
+
+def shared_capture(model, reps: int, questions: int = 8) -> dict:
+    """Seconds to capture ``questions`` questions about one image (every slice layer, the gates' union read) with
+    the shared prefix and plainly, in one batch; the suffix's cost a question is what the shared batch adds to a
+    batch-1 capture of one prompt (the prefix)."""
+    texts = QUESTIONS + ["Where does this person live now?", "What did this person study?"]
+    samples = [Sample(texts[i % len(texts)], image(7)) for i in range(questions)]
+    layer, read = model.num_layers - 1, "last+mean+image-max"
+    times = interleaved_medians({
+        "shared": lambda: tracing.capture(model, samples, layer, read, batch_size=questions),
+        "plain": lambda: tracing.capture(model, samples, layer, read, batch_size=questions, share_prefix=False),
+        "one": lambda: tracing.capture(model, samples[:1], layer, read, batch_size=1),
+        "text": lambda: tracing.capture(model, [Sample(f"{t} (about Anna Berg)") for t in texts[:questions]], layer,
+                                        read, batch_size=questions)}, reps, warmup=1)
+    return {"questions": questions, "shared_s": times["shared"], "plain_s": times["plain"], "one_s": times["one"],
+            "text_s": times["text"] / questions,
+            "shared_over_plain": times["shared"] / times["plain"],
+            "suffix_s": max(0.0, (times["shared"] - times["one"]) / questions)}
+
+
+def memory_units(model, samples, batch: int) -> dict:
+    """Parameters (the slice's, one decoder layer's) and what a PGD step and a capture batch add at their peak."""
+    layer = model.layer_modules[0]
+    target = "Her name is Anna Berg."
+    layout, ip = model.adapter.pixel_layout, model.processor.image_processor
+    x, _, to_pixels = attack_canvas(layout, ip, samples[0].image)
+    tb = model.adapter.training_batch(model.processor, [model.format_prompt(samples[0].text, image=True)], [target],
+                                      [samples[0].image], eos=False)
+    tb = {k: v.to(model.device) for k, v in tb.items() if k != "pixel_values"}
+
+    def pgd_step():
+        with torch.enable_grad():
+            delta = torch.zeros_like(x).requires_grad_(True)
+            loss = target_loss(model, tb, to_pixels((x + delta).clamp(0, 1)))
+            torch.autograd.grad(loss, delta)
+
+    return {"params_slice": sum(p.numel() for p in model.module.parameters()),
+            "params_layer": sum(p.numel() for p in layer.parameters()),
+            "pgd_peak_added_mb": device_peak_mb(pgd_step),
+            "capture_peak_added_mb": device_peak_mb(lambda: tracing.capture(
+                model, samples, list(range(model.num_layers)), "last+mean+image-max", batch_size=batch))}
 
 
 def median_seconds(fn, reps: int) -> float:
@@ -187,73 +247,182 @@ def train_steps(model, samples: list[Sample], answers: list[str], reps: int) -> 
     return dict(times, peak_added_mb=pm.added_mb, trainable_params=sum(p.numel() for p in params))
 
 
-def benchmark_counts() -> dict:
-    """How many prompts each method sees on the embedded benchmark's forget_10 (our fit and baselines' recipe),
-    per person; scaled to MLLMU-Bench's people by :func:`project`."""
+def _set_counts(*passes) -> dict:
+    """Prompts of one or more capture passes: the images the shared prefix runs once for (images asked about more
+    than once in a pass) and their questions, images asked about once, text-only prompts."""
+    from toolkit.prefix import prefix_groups
+
+    out = {"prompts": 0, "images": 0, "shared_questions": 0, "image_alone": 0, "text": 0}
+    for samples in passes:
+        groups, rest = prefix_groups(samples)
+        out["prompts"] += len(samples)
+        out["images"] += len(groups)
+        out["shared_questions"] += sum(len(g) for g in groups)
+        out["image_alone"] += sum(samples[i].image is not None for i in rest)
+        out["text"] += sum(samples[i].image is None for i in rest)
+    return out
+
+
+def benchmark_counts(config=None) -> dict:
+    """What the shipped fit (``EraseConfig``'s fit config, every layer) reads on the embedded benchmark's forget_10,
+    set by set: prompts and shared images. :func:`project` scales the sets that grow with the people to MLLMU-Bench
+    (forget, calibration, and retain / contrast where no budget fixes them)."""
     from toolkit.baselines import BaselineConfig, qa_pairs
+    from toolkit.contrastive import refused_privacy_questions
+    from toolkit.data.items import items_from_profiles
     from toolkit.data.mllmu import MLLMUBench
     from toolkit.data.synthetic import default_benchmark
-    from toolkit.fit import FitConfig, fit_eraser
+    from toolkit.erase import EraseConfig
+    from toolkit.fit import (budget_people, calibration_samples, fit_groups, fit_people, question_samples,
+                             retain_question_samples, wrapped_samples)
+    from toolkit.models.loading import Sample
 
     model = load_model("default")
     bench = MLLMUBench(default_benchmark())
-    config = FitConfig(layers=(6,), forget_ratio=10, pgd=None)
-    result = fit_eraser(model, bench, config)
-    report = result.report
-    fictitious = len(bench.forget(10)) + len(bench.retain(10))
-    people = fictitious + len(bench.real())
+    config = config or EraseConfig().fit_config(tuple(range(model.num_layers)))
+    people = fit_groups(bench, config)
+    read, _ = budget_people(people, config.retain_budget, config.budget_seed)
+    forget = list(bench.forget(10))
+
+    def answers(profiles, split):  # teacher-forced answers: the same image prefix, one prompt per question
+        return [Sample(it.prompt + " " + it.reference, it.image)
+                for it in items_from_profiles(profiles, split, tasks=("generation",))]
+
+    retain = retain_question_samples(people, config.retain_budget, config.budget_seed)
+    sets = {"retain": retain + (wrapped_samples(read, "retain", config, seed=1) if config.wrap else [])
+            + (answers(read, "retain") if config.answer_weight else []),
+            "forget": question_samples(forget, "forget") + (wrapped_samples(forget, "forget", config)
+                                                             if config.wrap else [])
+            + (answers(forget, "forget") if config.answer_weight else []),
+            "calibration": calibration_samples(bench, config)[0]}
+    # The contrastive sets: the questions asked (generated, 16 tokens) and the refused ones captured twice (D+ with
+    # the instruction, D- plain); PGD attacks pgd_limit of them and answers each clean and attacked.
+    contrast_people = fit_people(bench, config, real=False)
+    refused, _, plain_kept, asked = refused_privacy_questions(model, contrast_people, n=config.n_contrast)
+    counts = {name: _set_counts(v) for name, v in sets.items()}
+    # D+ and D- are two capture passes; D- also holds the attacked images (one prompt each).
+    attacked = [Sample("q", image(1000 + i)) for i in range(config.pgd_limit or 0)] if config.pgd else []
+    counts["contrast"] = _set_counts(list(refused), list(plain_kept) + attacked)
     baseline = BaselineConfig()
-    contrast = report["contrast"]
-    return {"people": people, "forget_people": len(report["forget_people"]),
-            "retain_prompts": report["n_retain"], "forget_prompts": report["n_forget"],
-            # Generated (16 tokens) to find the refused questions; PGD's clean and adversarial answers.
-            "generated_prompts": contrast["questions"] + 2 * config.pgd_limit,
-            "contrast_prompts": result.direction.n_refusal + result.direction.n_recall,
-            "pgd_images": config.pgd_limit, "pgd_steps": FitConfig().pgd.steps,
-            "qa_pairs": len(qa_pairs(bench.forget(10))), "epochs": baseline.epochs, "batch": baseline.batch_size}
+    fictitious = len(bench.forget(10)) + len(bench.retain(10))
+    pgd = config.pgd.steps if config.pgd else 0
+    return {"people": fictitious + len(bench.real()), "forget_people": len(forget), "sets": counts,
+            "retain_budget": config.retain_budget, "n_contrast": config.n_contrast,
+            "retain_people_read": len(read), "fit_people": sum(map(len, people)),
+            "generated_prompts": asked + 2 * (config.pgd_limit or 0) * bool(pgd),
+            "pgd_images": (config.pgd_limit or 0) if pgd else 0, "pgd_steps": pgd, "layers": model.num_layers,
+            "qa_pairs": len(qa_pairs(forget)), "epochs": baseline.epochs, "batch": baseline.batch_size}
+
+
+def _scale(counts: dict) -> dict[str, float]:
+    """How each set grows from the embedded benchmark to MLLMU-Bench: with the people, or not at all (a budget)."""
+    people = (MLLMU_FICTITIOUS + MLLMU_REAL) / counts["people"]
+    return {"retain": 1.0 if counts["retain_budget"] else people, "forget": MLLMU_FORGET_10 / counts["forget_people"],
+            "calibration": people, "contrast": 1.0 if counts["n_contrast"] else people, "people": people}
 
 
 def project(unit: dict, counts: dict, layers: int) -> list[tuple[str, float, str]]:
-    """Full-model seconds for a fit of every layer and for GA, on MLLMU-Bench forget_10 (formula beside)."""
-    scale = (MLLMU_FICTITIOUS + MLLMU_REAL) / counts["people"]
-    forget_scale = MLLMU_FORGET_10 / counts["forget_people"]
+    """Full-model seconds for a fit of every layer and for GA, on MLLMU-Bench forget_10 (formula beside).
+
+    A capture set costs ``images x prefix + questions x suffix`` with shared prefixes (:mod:`toolkit.prefix`);
+    ``prefix`` is a whole prompt's capture, ``suffix`` the measured per-question cost on a cached prefix, both
+    taken to the full depth.
+    """
+    scale = _scale(counts)
     prof = unit["profile"]
-    # A forward of the full model: the slice's fixed part plus `layers` decoder layers (per sample).
     per_layer, rest, head = (prof[k] / unit["batch"] for k in ("per_layer", "rest", "head"))
-    capture = rest + layers * per_layer  # early-stopped at the last layer: no LM head
+    capture = rest + layers * per_layer  # a whole prompt, early-stopped at the last layer: no LM head
     slice_fwd = rest + unit["slice_layers"] * per_layer + head
     full_fwd = rest + layers * per_layer + head
     grow = full_fwd / slice_fwd  # backward assumed to split like the forward
-    retain = counts["retain_prompts"] * scale
-    forget = counts["forget_prompts"] * forget_scale
-    contrast = counts["contrast_prompts"] * scale
-    generated = counts["generated_prompts"] * scale * unit["generate"]["plain"] / unit["batch"] * grow
+    shared = unit["shared"]
+    suffix = shared["suffix_s"] * layers / unit["slice_layers"]  # every part of a suffix's cost grows with depth
+    text = shared["text_s"] * layers / unit["slice_layers"]  # a text-only prompt: no vision tower, few tokens
+    lines, fit, prompts, plain_captures = [], 0.0, 0.0, 0.0
+    for name in ("retain", "forget", "calibration", "contrast"):
+        c, k = counts["sets"][name], scale[name]
+        cost = k * ((c["images"] + c["image_alone"]) * capture + c["shared_questions"] * suffix + c["text"] * text)
+        prompts += k * c["prompts"]
+        fit += cost
+        plain_captures += k * ((c["shared_questions"] + c["image_alone"]) * capture + c["text"] * text)
+        lines.append((f"captures: {name}", cost,
+                      f"({c['images']} images + {c['image_alone']} alone) x {capture:.2f} + {c['shared_questions']} "
+                      f"questions x {suffix:.3f} + {c['text']} text-only x {text:.3f}, x {k:.2f}"))
+    k = scale["contrast"]
+    generated = counts["generated_prompts"] * k * unit["generate"]["plain"] / unit["batch"] * grow
     pgd = counts["pgd_images"] * counts["pgd_steps"] * unit["pgd_step_s"]["lean"] * grow
     solve = layers * unit["fit"]["solve_s"]
-    rows = retain + forget + contrast
-    accumulate = layers * rows * unit["fit"]["accumulate_s_per_row"]
-    fit = rows * capture + generated + pgd + solve + accumulate
-    qa = counts["qa_pairs"] * forget_scale
+    accumulate = layers * prompts * unit["fit"]["accumulate_s_per_row"]
+    fit += generated + pgd + solve + accumulate
+    plain_fit = plain_captures + generated + pgd + solve + accumulate
+    qa = counts["qa_pairs"] * scale["forget"]
     steps = counts["epochs"] * -(-qa // counts["batch"])
     ga = steps * unit["train_s"]["GA"] / unit["batch"] * counts["batch"] * grow
     npo = steps * unit["train_s"]["NPO"] / unit["batch"] * counts["batch"] * grow
     return [
         ("capture per prompt, full model", capture, f"rest + L x layer = {rest:.3f} + {layers} x {per_layer:.3f}"),
-        ("prompts captured by the fit", rows,
-         f"(retain {counts['retain_prompts']} + contrast {counts['contrast_prompts']})"
-         f" x {scale:.2f} + forget {counts['forget_prompts']} x {forget_scale:.0f}"),
+        ("suffix on a cached prefix, full model", suffix,
+         f"{shared['suffix_s']:.4f} s on the slice x {layers} / {unit['slice_layers']} layers"),
+        ("text-only prompt, full model", text, f"{shared['text_s']:.4f} s on the slice x {layers} / "
+                                               f"{unit['slice_layers']} layers"),
+        *lines,
+        ("prompts captured by the fit", prompts, "sum of the sets' prompts at MLLMU-Bench's size"),
         ("generation (16 tokens) for the contrast sets", generated,
-         f"{counts['generated_prompts']} x {scale:.2f} prompts x {unit['generate']['plain'] / unit['batch']:.2f} s x "
+         f"{counts['generated_prompts']} x {k:.2f} prompts x {unit['generate']['plain'] / unit['batch']:.2f} s x "
          f"{grow:.1f}"),
         ("PGD", pgd, f"{counts['pgd_images']} images x {counts['pgd_steps']} steps x {unit['pgd_step_s']['lean']:.2f}"
                      f" s x {grow:.1f} (full / slice forward)"),
         ("solve (eigh + map), all layers", solve, f"{layers} x {unit['fit']['solve_s']:.2f} s"),
-        ("fit, all layers", fit, "prompts x capture + generation + PGD + solve + accumulation"),
+        ("fit, all layers", fit, "captures + generation + PGD + solve + accumulation"),
+        ("fit without shared prefixes", plain_fit, "every image prompt a whole capture"),
         ("GA", ga, f"{counts['epochs']} epochs x {qa:.0f} QA / batch {counts['batch']} = {steps:.0f} steps x "
                    f"{unit['train_s']['GA'] / unit['batch'] * counts['batch']:.2f} s x {grow:.1f}"),
         ("NPO", npo, f"{steps:.0f} steps x {unit['train_s']['NPO'] / unit['batch'] * counts['batch']:.2f} s x "
                      f"{grow:.1f}"),
         ("fit / GA", fit / ga, "goal <= 0.1"),
+    ]
+
+
+def project_memory(unit: dict, counts: dict, layers: int) -> list[tuple[str, float, str]]:
+    """Peak device memory (GB) of a full-model fit and of GA, each formula beside it.
+
+    Fit: the bf16 weights, the statistics of every layer (retain and forget moments, float32 on an accelerator:
+    ``2 d^2 x 4`` bytes a layer), and the larger of a capture batch's and a PGD step's working memory (taken to
+    the full depth like the time). GA: the weights, and per trainable parameter what one AdamW step added on the
+    slice (gradient, two moments, activations), measured; the usual mixed-precision recipe (fp32 master weights
+    and moments: 16 bytes a parameter) beside it. The membership gates' kept rows live on the host (not counted
+    on the device; their size is printed).
+    """
+    gb = 1e9
+    m = unit["memory"]
+    params = m["params_slice"] + (layers - unit["slice_layers"]) * m["params_layer"]
+    trainable = unit["train_s"]["trainable_params"] + (layers - unit["slice_layers"]) * m["params_layer"]
+    weights = params * 2
+    d = unit["width"]
+    stats = layers * 2 * d * d * 4
+    grow_act = layers / unit["slice_layers"]
+    work = max(m["pgd_peak_added_mb"], m["capture_peak_added_mb"]) * 2**20 * grow_act
+    fit = weights + stats + work
+    per_param = unit["train_s"]["peak_added_mb"] * 2**20 / unit["train_s"]["trainable_params"]
+    ga = weights + trainable * per_param
+    ga_mixed = weights + trainable * 16
+    reads = 3  # the union of the offered reads: last + image-max + mean
+    host_rows = layers * 8192 * reads * d * 4
+    return [
+        ("parameters, full model", params / 1e9, f"slice {m['params_slice'] / 1e9:.2f} B + {layers - unit['slice_layers']}"
+                                                  f" x {m['params_layer'] / 1e6:.0f} M a layer (billions)"),
+        ("weights (bf16)", weights / gb, "parameters x 2 bytes"),
+        ("fit statistics, all layers", stats / gb, f"{layers} x 2 x {d}^2 x 4 bytes"),
+        ("fit working memory", work / gb, f"max(PGD step {m['pgd_peak_added_mb']:.0f} MB, capture "
+                                          f"{m['capture_peak_added_mb']:.0f} MB) on the slice x {grow_act:.0f}"),
+        ("fit peak", fit / gb, "weights + statistics + working memory"),
+        ("GA peak", ga / gb, f"weights + {trainable / 1e9:.2f} B trainable x {per_param:.1f} bytes (one AdamW step on "
+                             "the slice, measured)"),
+        ("GA peak, mixed precision", ga_mixed / gb, "weights + trainable x 16 bytes (fp32 master, 2 moments, bf16 grad"
+                                                    " + copy)"),
+        ("fit / GA peak memory", fit / ga, "goal <= 0.25"),
+        ("fit / GA peak memory, mixed-precision GA", fit / ga_mixed, "goal <= 0.25"),
+        ("gate rows kept on the host", host_rows / gb, f"{layers} layers x 8192 rows x {reads} x {d} x 4 bytes"),
     ]
 
 
@@ -274,6 +443,8 @@ def measure(name: str, batch: int, reps: int, model=None, full: bool = True, **b
     out["fit"] = fit_statistics(model, retain_rows, forget_rows, "float32")
     out["pgd_step_s"] = pgd_steps(model, samples[0], "Her name is Anna Berg.", reps)
     out["train_s"] = train_steps(model, samples, ["Her name is Anna Berg."] * batch, reps)
+    out["shared"] = shared_capture(model, reps)
+    out["memory"] = memory_units(model, samples, batch)
     if not full:
         plain = median_seconds(lambda: tracing.generate(model, samples, max_new_tokens=16, batch_size=batch), reps)
         out["generate"] = {"plain": plain}
@@ -314,7 +485,18 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--reproject", type=Path, help="a run's --json: project its unit costs again with the fit's "
+                                                   "current counts (no measuring)")
     args = ap.parse_args()
+    if args.reproject:
+        run = json.loads(args.reproject.read_text())
+        counts = benchmark_counts()
+        print(f"unit costs of {args.reproject} (measured on {run['machine']}); counts of the current fit config")
+        for unit in run["results"]:
+            unit["projection"] = project(unit, counts, SHAPES[unit["shape"]][3])
+            unit["memory_projection"] = project_memory(unit, counts, SHAPES[unit["shape"]][3])
+            report(unit)
+        return
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else machine()
     print(f"machine: {device}; torch {torch.__version__}, {torch.get_num_threads()} threads, bf16 slices")
     counts = benchmark_counts()
@@ -322,6 +504,7 @@ def main() -> None:
     for name in args.shape or list(SHAPES):
         unit = measure(name, args.batch, args.reps)
         unit["projection"] = project(unit, counts, SHAPES[name][3])
+        unit["memory_projection"] = project_memory(unit, counts, SHAPES[name][3])
         results.append(unit)
         report(unit)
     if args.json:
@@ -351,11 +534,21 @@ def report(u: dict) -> None:
           f"{p['lean'] / p['full']:.3f}")
     print(f"  training step at batch {u['batch']}: GA {t['GA']:.2f} s, NPO {t['NPO']:.2f} s "
           f"({t['trainable_params'] / 1e6:.0f}M trainable, peak +{t['peak_added_mb']:.0f} MB)")
+    sh, mem = u["shared"], u["memory"]
+    print(f"  shared prefix: {sh['questions']} questions about one image {sh['shared_s']:.2f} s vs plain "
+          f"{sh['plain_s']:.2f} s = {sh['shared_over_plain']:.3f}; one prompt alone {sh['one_s']:.2f} s, so a question "
+          f"on the cached prefix {sh['suffix_s']:.3f} s")
+    print(f"  peak added: PGD step {mem['pgd_peak_added_mb']:.0f} MB, capture of a batch at every layer "
+          f"{mem['capture_peak_added_mb']:.0f} MB")
     if "projection" in u:
         print(f"  projected full model ({SHAPES[u['shape']][3]} layers), MLLMU-Bench forget_10:")
         for what, value, formula in u["projection"]:
             unit = "" if what.startswith(("prompts", "fit /")) else " s"
-            print(f"    {what:34s} {value:10.2f}{unit}   {formula}")
+            print(f"    {what:40s} {value:10.2f}{unit}   {formula}")
+        print("  projected peak device memory:")
+        for what, value, formula in u["memory_projection"]:
+            unit = "" if "/" in what or what.startswith("parameters") else " GB"
+            print(f"    {what:40s} {value:10.2f}{unit}   {formula}")
 
 
 if __name__ == "__main__":

@@ -226,6 +226,27 @@ def _kinds(text: str) -> tuple[str, ...]:
     return kinds
 
 
+BUDGET_HELP = ("retain questions the fit reads: a number, or 'all' (default: EraseConfig's, read off the measured "
+               "curve; docs: results)")
+
+
+def _budget(value: str) -> int | None | str:
+    """``--retain-budget``: a positive number of questions, or ``all``."""
+    if value in ("all", "default"):
+        return None if value == "all" else value
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--retain-budget takes a number of questions or 'all', got {value!r}.")
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--retain-budget must be at least 1, got {n}.")
+    return n
+
+
+def _budget_option(args: argparse.Namespace) -> dict:
+    return {} if args.retain_budget == "default" else {"retain_budget": args.retain_budget}
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     from toolkit.adversarial import PGDConfig
     from toolkit.data.mllmu import MLLMUBench
@@ -241,7 +262,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
                     pgd=PGDConfig(eps=args.eps, steps=args.pgd_steps) if args.pgd_steps > 0 else None,
                     batch_size=args.batch_size, people=_people(args), gate=args.gate, gate_reads=args.gate_reads,
                     gate_fpr=args.gate_fpr, gate_softness=args.gate_softness, edit=args.edit,
-                    latch=args.latch, wrap=args.wrap,
+                    latch=args.latch, wrap=args.wrap, retain_budget=args.retain_budget,
                     gate_rows=bool(args.select and any(k != "linear" for k in _kinds(args.gates or args.gate))))
     bench = MLLMUBench(_bench_path(args.bench))
     result = fit_eraser(model, bench, cfg, progress=True)
@@ -293,7 +314,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from toolkit.erase import EraseConfig
 
     cfg = EraseConfig(forget_ratio=args.forget, people=_people(args), in_fit_people=args.in_fit_people,
-                      select=_select_config(args))
+                      select=_select_config(args), **_budget_option(args))
     info = run_demo(args.out, cfg, model=_load(args), bench_root=args.bench)
     import pandas as pd
 
@@ -322,7 +343,8 @@ def cmd_erase(args: argparse.Namespace) -> int:
         raise ValueError("erase chooses its settings on validation people: --all-people leaves none; drop it.")
     cfg = EraseConfig(forget_ratio=args.ratio, people=people, in_fit_people=args.in_fit_people,
                       select=replace(_select_config(args), batch_size=args.batch_size),
-                      layers=_layers(args.layers) if args.layers else None, batch_size=args.batch_size)
+                      layers=_layers(args.layers) if args.layers else None, batch_size=args.batch_size,
+                      **_budget_option(args))
     model = _load(args)
     res = erase(model, args.forget, args.retain, real=args.real, config=cfg, out=args.out, progress=True)
     info = res.info
@@ -511,6 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results/demo")
     p.add_argument("--forget", type=int, default=10, choices=[5, 10, 15])
     p.add_argument("--in-fit-people", type=int, default=20, help="fit people evaluated beside the held-out ones")
+    p.add_argument("--retain-budget", type=_budget, default="default", help=BUDGET_HELP)
     _select_options(p)
     p.add_argument("--bench", default=None, help="benchmark dir (default: the synthetic one the default learnt)")
     p.set_defaults(fn=cmd_demo)
@@ -527,6 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "among the upper half)")
     _select_options(p)
     p.add_argument("--in-fit-people", type=int, default=20, help="fit people evaluated beside the held-out ones")
+    p.add_argument("--retain-budget", type=_budget, default="default", help=BUDGET_HELP)
     p.add_argument("--out", default="results/erase")
     p.set_defaults(fn=cmd_erase)
 
@@ -581,6 +605,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank", default="ratio:0.3", help="ratio:RHO | energy:TAU | rtol:RTOL")
     p.add_argument("--gamma", type=float, default=0.1)
     p.add_argument("--lam", type=float, default=1.0)
+    p.add_argument("--retain-budget", type=_budget, default=None,
+                   help="retain questions the fit reads (whole people, seeded; default: all)")
     p.add_argument("--retain-weight", type=float, default=0.0,
                    help="retain rows (target 0) in the least squares, per row relative to forget rows; 0 = reference")
     p.add_argument("--answer-weight", type=float, default=0.0,

@@ -8,26 +8,63 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
 import real_shapes  # noqa: E402
 
+UNIT = {"batch": 4, "slice_layers": 2, "width": 64, "profile": {"per_layer": 0.8, "rest": 2.0, "head": 0.4},
+        "fit": {"solve_s": 3.0, "accumulate_s_per_row": 1e-3}, "pgd_step_s": {"lean": 1.5},
+        "generate": {"plain": 8.0}, "shared": {"suffix_s": 0.05, "text_s": 0.02},
+        "train_s": {"GA": 10.0, "NPO": 12.0, "trainable_params": 1000, "peak_added_mb": 0.01},
+        "memory": {"params_slice": 3000, "params_layer": 500, "pgd_peak_added_mb": 2.0, "capture_peak_added_mb": 1.0}}
 
-def test_projection_is_the_formula():
-    unit = {"batch": 4, "slice_layers": 2, "profile": {"per_layer": 0.8, "rest": 2.0, "head": 0.4},
-            "fit": {"solve_s": 3.0, "accumulate_s_per_row": 1e-3}, "pgd_step_s": {"lean": 1.5},
-            "generate": {"plain": 8.0}, "train_s": {"GA": 10.0, "NPO": 12.0}}
-    counts = {"people": 130, "forget_people": 10, "retain_prompts": 100, "forget_prompts": 20,
-              "contrast_prompts": 30, "generated_prompts": 40, "pgd_images": 2, "pgd_steps": 5,
-              "qa_pairs": 18, "epochs": 2, "batch": 8}
-    rows = {what: value for what, value, _ in real_shapes.project(unit, counts, layers=10)}
+
+def counts(retain_budget):
+    def s(images, questions, alone, text):
+        return {"images": images, "shared_questions": questions, "image_alone": alone, "text": text,
+                "prompts": questions + alone + text}
+    return {"people": 130, "forget_people": 10, "retain_budget": retain_budget, "n_contrast": None,
+            "sets": {"retain": s(5, 100, 0, 30), "forget": s(10, 20, 2, 5), "calibration": s(4, 40, 0, 0),
+                     "contrast": s(6, 15, 3, 0)},
+            "generated_prompts": 40, "pgd_images": 2, "pgd_steps": 5, "qa_pairs": 18, "epochs": 2, "batch": 8}
+
+
+@pytest.mark.parametrize("budget", [None, 100])
+def test_projection_is_the_formula(budget):
+    rows = {what: value for what, value, _ in real_shapes.project(UNIT, counts(budget), layers=10)}
     per_layer, rest, head = 0.2, 0.5, 0.1  # per sample: the profile is of a batch of 4
     capture = rest + 10 * per_layer
+    suffix = 0.05 * 10 / 2
+    text = 0.02 * 10 / 2
     grow = (rest + 10 * per_layer + head) / (rest + 2 * per_layer + head)
-    scale, forget_scale = 653 / 130, 50 / 10
-    prompts = (100 + 30) * scale + 20 * forget_scale
-    fit = (prompts * capture + 40 * scale * 8.0 / 4 * grow + 2 * 5 * 1.5 * grow + 10 * 3.0
-           + 10 * prompts * 1e-3)
+    people, forget_scale = 653 / 130, 50 / 10
+    retain_scale = 1.0 if budget else people  # a budget does not grow with the benchmark
+    retain = (5 * capture + 100 * suffix + 30 * text) * retain_scale
+    forget = (10 * capture + 20 * suffix + 2 * capture + 5 * text) * forget_scale
+    calibration = (4 * capture + 40 * suffix) * people
+    contrast = (6 * capture + 15 * suffix + 3 * capture) * people
+    prompts = 130 * retain_scale + 27 * forget_scale + 40 * people + 18 * people
+    plain = ((100 * capture + 30 * text) * retain_scale + (22 * capture + 5 * text) * forget_scale
+             + 40 * capture * people + 18 * capture * people)
+    rest_of_fit = 40 * people * 8.0 / 4 * grow + 2 * 5 * 1.5 * grow + 10 * 3.0 + 10 * prompts * 1e-3
+    fit = retain + forget + calibration + contrast + rest_of_fit
     steps = 2 * -(-(18 * forget_scale) // 8)  # epochs x ceil(QA / batch)
     ga = steps * 10.0 / 4 * 8 * grow
     assert rows["capture per prompt, full model"] == pytest.approx(capture)
+    assert rows["suffix on a cached prefix, full model"] == pytest.approx(suffix)
+    assert rows["captures: retain"] == pytest.approx(retain)
+    assert rows["captures: contrast"] == pytest.approx(contrast)
     assert rows["prompts captured by the fit"] == pytest.approx(prompts)
     assert rows["fit, all layers"] == pytest.approx(fit)
+    assert rows["fit without shared prefixes"] == pytest.approx(plain + rest_of_fit)
     assert rows["GA"] == pytest.approx(ga)
     assert rows["fit / GA"] == pytest.approx(fit / ga)
+
+
+def test_memory_projection_is_the_formula():
+    rows = {what: value for what, value, _ in real_shapes.project_memory(UNIT, counts(None), layers=10)}
+    params = 3000 + 8 * 500
+    trainable = 1000 + 8 * 500
+    weights = 2 * params
+    fit = weights + 10 * 2 * 64 * 64 * 4 + 2.0 * 2**20 * 10 / 2
+    ga = weights + trainable * (0.01 * 2**20 / 1000)
+    assert rows["fit peak"] == pytest.approx(fit / 1e9)
+    assert rows["GA peak"] == pytest.approx(ga / 1e9)
+    assert rows["fit / GA peak memory"] == pytest.approx(fit / ga)
+    assert rows["fit / GA peak memory, mixed-precision GA"] == pytest.approx(fit / (weights + 16 * trainable))

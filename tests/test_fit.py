@@ -116,3 +116,44 @@ def test_answer_rows_join_the_fit(tiny_models, bench_dir):
     assert not torch.allclose(plain.eraser.layer_map(2).gates, with_answers.eraser.layer_map(2).gates)
     with pytest.raises(ValueError, match="answer_weight must be >= 0"):
         fit_eraser(m, bench_dir, FitConfig(**{**base.__dict__, "answer_weight": -1.0}), contrast=contrast())
+
+
+def test_a_retain_budget_is_reproducible_and_reads_what_it_says(tiny_models, bench_dir):
+    """Same budget and seed: the same people, questions and eraser; another seed: other people; the budget
+    counts questions exactly; a budget larger than the data is refused with one line."""
+    from toolkit.data.splits import PeopleSplit
+    from toolkit.fit import budget_people, fit_groups, fit_people
+
+    m = tiny_models("llava")
+    bench = MLLMUBench(bench_dir)
+    base = FitConfig(layers=(1,), rank_policy=FixedRatio(0.5), people=PeopleSplit(seed=1, fit=0.6), gate="prototype",
+                     gate_reads="last+image-max")
+    everyone = fit_people(bench, base)
+    fictitious, real = fit_groups(bench, base)
+    assert fictitious and real and fictitious + real == everyone
+    total = len(question_samples(everyone, "r"))
+    budget = total // 3
+    people, take = budget_people([fictitious, real], budget, seed=0)
+    assert sum(take.values()) == budget and len(people) < len(everyone)
+    # The budget is shared between the groups in proportion to their questions (to within one question).
+    n_real = sum(take[p.id] for p in people if p in real)
+    assert abs(n_real - budget * len(question_samples(real, "r")) / total) <= 1
+    # Whole people, in hash order, but the last one of each group.
+    for group in (fictitious, real):
+        drawn = [p for p in people if p in group]
+        assert all(take[p.id] == len(question_samples([p], "r")) for p in drawn[:-1])
+    assert [p.id for p in budget_people([fictitious, real], budget, seed=1)[0]] != [p.id for p in people]
+    a = fit_eraser(m, bench, FitConfig(**{**base.__dict__, "retain_budget": budget}), contrast=contrast())
+    b = fit_eraser(m, bench, FitConfig(**{**base.__dict__, "retain_budget": budget}), contrast=contrast())
+    assert a.report["n_retain"] == budget and a.report["retain_read"] == [p.id for p in people]
+    la, lb = a.eraser.layer_map(1), b.eraser.layer_map(1)
+    torch.testing.assert_close(la.directions, lb.directions, rtol=0, atol=0)
+    torch.testing.assert_close(a.fitter.retain[1].gram, b.fitter.retain[1].gram, rtol=0, atol=0)
+    assert a.eraser.layer_map(1).gates.threshold == b.eraser.layer_map(1).gates.threshold
+    full = fit_eraser(m, bench, base, contrast=contrast())
+    assert full.report["n_retain"] == total
+    assert not torch.equal(full.fitter.retain[1].gram, a.fitter.retain[1].gram)
+    with pytest.raises(ValueError, match=rf"retain_budget={total + 1} is more than the {total} retain questions"):
+        fit_eraser(m, bench, FitConfig(**{**base.__dict__, "retain_budget": total + 1}), contrast=contrast())
+    with pytest.raises(ValueError, match="positive number of questions"):
+        budget_people(everyone, 0)

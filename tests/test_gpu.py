@@ -171,3 +171,17 @@ def test_cuda_bf16_image_read_with_latch_equals_a_hand_written_hook(family):
     mine = [r[enc["input_ids"].shape[1]:].tolist() for r in ids]
     for a, b, c, e in zip(ours, ref, hooked, mine):
         assert a == b[: len(a)] == c[: len(a)] == e[: len(a)]
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f not in ("llama", "qwen2", "paligemma")])
+def test_cuda_bf16_shared_prefix_captures_equal_plain_ones(family):
+    """Shared-prefix captures (toolkit.prefix) on CUDA in bf16: the plain forward's states within bf16's rounding."""
+    model = load_model(f"tiny-{family}", dtype=torch.bfloat16, device_map="cuda")
+    a, b = random_image(1), random_image(2)
+    questions = ["Who is this?", "Where was this person born, and what do they do for a living?", "Name?"]
+    samples = [Sample(q, a) for q in questions] + [Sample(q, b) for q in questions[:2]]
+    layer = max(set(range(model.num_layers)) - model.adapter.deepstack_layers(model.config))
+    for positions in ("prompt", "last+image-max"):
+        plain = tracing.capture(model, samples, layer, positions, share_prefix=False)[layer]
+        shared = tracing.capture(model, samples, layer, positions)[layer]
+        torch.testing.assert_close(shared, plain, rtol=0, atol=4 * 2 ** -8 * float(plain.abs().max()))

@@ -64,7 +64,7 @@ class Direction:
 
 def erasure_direction(model: LoadedModel, refusal: Sequence[Sample], recall: Sequence[Sample],
                       layers: Sequence[int], *, variant: str = "multimodal", batch_size: int = 32,
-                      progress: bool = False) -> Direction:
+                      progress: bool = False, share_prefix: bool = True) -> Direction:
     """Mean difference at the last prompt token, per layer, streamed in batches.
 
     ``variant="text_only"`` drops the images of both sets; ``"image_only"``
@@ -86,7 +86,7 @@ def erasure_direction(model: LoadedModel, refusal: Sequence[Sample], recall: Seq
     plus, minus = MeanAccumulator(), MeanAccumulator()
     for acc, samples, name in ((plus, refusal, "D+ (refusal)"), (minus, recall, "D- (recall)")):
         for _, acts in iter_capture(model, samples, layers, "last", batch_size=batch_size,
-                                    progress=progress and name):
+                                    progress=progress and name, share_prefix=share_prefix):
             acc.update(acts)
     vectors = {l: plus.mean(l) - minus.mean(l) for l in layers}
     return Direction(vectors, {l: plus.mean(l) for l in layers}, {l: minus.mean(l) for l in layers},

@@ -27,7 +27,7 @@ import json
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from .data.request import ForgetRequest, read_request
 from .data.splits import PeopleSplit
 from .eraser import Eraser
 from .evaluate import benchmark_items, run_items, summarize
-from .fit import FitConfig, FitResult, fit_eraser
+from .fit import FitConfig, FitResult, fit_eraser, fit_people, question_samples
 from .models.loading import LoadedModel
 from .nullspace import FixedRatio
 from .selection import SelectConfig, Selection, fact_hits, select_setting
@@ -57,6 +57,8 @@ class EraseConfig:
     threshold and position mode are chosen by the rehearsal on validation people in every run.
     ``layers=None``: every decoder layer is fitted, the rehearsal chooses among the upper half.
     ``forget_ratio`` picks an MLLMU-Bench folder's forget split; a hand-written request has one list.
+    ``retain_budget``: at most that many retain questions are read (:class:`~toolkit.fit.FitConfig`; fewer
+    available: all of them); ``None``: all.
     """
 
     forget_ratio: int = 10
@@ -71,10 +73,19 @@ class EraseConfig:
                                         gate_reads=("last+mean", "image-max", "last+image-max"),
                                         wrap=1, screen_top=3)
     in_fit_people: int = 20  # fit people evaluated beside the held-out ones (labelled "in fit")
-    n_contrast: int | None = None  # every image question of every fit person
-    pgd_steps: int = 20  # 0: no adversarial images (the text-only half of the direction)
-    pgd_limit: int | None = 16
+    # Questions asked for the contrastive pairs, spread over the fit people (None: all of them). 64 gave the same
+    # held-out figures as all 182 on both defaults (docs: results, "What the fit costs"), and does not grow with
+    # the benchmark.
+    n_contrast: int | None = 64
+    # PGD: 0 steps gives no adversarial images (the text-only half of the direction). 4 images x 10 steps gave the
+    # same held-out figures as 16 x 20 on both defaults at an eighth of the cost (docs: results, "What the fit
+    # costs").
+    pgd_steps: int = 10
+    pgd_limit: int | None = 4
     batch_size: int = 48
+    # Retain questions the fit reads (FitConfig.retain_budget; None: all), read off the measured curve
+    # (tools/retain_budget_curve.py; docs: results, "What the fit costs").
+    retain_budget: int | None = 800
 
     def fit_config(self, layers: tuple[int, ...], lam: float = 1.0) -> FitConfig:
         from .adversarial import PGDConfig
@@ -86,7 +97,8 @@ class EraseConfig:
                          pgd_limit=self.pgd_limit, people=self.people,
                          gate_rows=any(k != "linear" for k in (self.select.gates or ())),
                          gate_reads=(self.select.gate_reads or ("last+mean",))[0],
-                         gate_reads_kept=tuple(self.select.gate_reads or ()), wrap=self.select.wrap)
+                         gate_reads_kept=tuple(self.select.gate_reads or ()), wrap=self.select.wrap,
+                         retain_budget=self.retain_budget)
 
 
 @dataclass
@@ -237,6 +249,11 @@ def erase(model: LoadedModel, forget: str | Path | Sequence[Profile] | MLLMUBenc
         + (f", real {counts['real']}" if bench.real() else ""), flush=True)
     layers = tuple(config.layers) if config.layers else tuple(range(model.num_layers))
     fit_config = config.fit_config(layers)
+    # The retain budget is "at most" here: a request with fewer retain questions is read whole.
+    available = len(question_samples(fit_people(bench, fit_config), "retain"))
+    if fit_config.retain_budget is not None and fit_config.retain_budget >= available:
+        fit_config = replace(fit_config, retain_budget=None)
+    say(f"      retain questions the fit reads: {fit_config.retain_budget or available} of {available}", flush=True)
     say(f"[1/3] fitting at {len(layers)} layer(s) from fit people only ...", flush=True)
     fit = fit_eraser(model, bench, fit_config, progress=progress)
     c = fit.report["contrast"]
@@ -270,6 +287,7 @@ def erase(model: LoadedModel, forget: str | Path | Sequence[Profile] | MLLMUBenc
             "gate": sel.gate, "gate_fpr": sel.gate_fpr, "gate_reads": sel.gate_reads, "latch": sel.latch,
             "gate_report": eraser.settings.get("report", {}).get("layers", {}).get(sel.layer, {}),
             "rehearsal_leak": float(chosen["stand-ins"]), "validation_recall": float(chosen["recall"]),
+            "retain_questions": {"read": fit_config.retain_budget or available, "available": available},
             "people": counts, "stand_ins": sel.stand_ins, "validation_people": sel.validation_people,
             "selection": f"rehearsal on validation people: {sel.rule}", "fit_report": fit.report,
             "warning": warning, "seconds": round(time.time() - start, 1)}

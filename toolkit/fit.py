@@ -31,6 +31,7 @@ where those rows pay off.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,7 +52,7 @@ from .nullspace import FixedRatio, NullSpace, RankPolicy
 from .reads import needs_prompt, parse_reads
 from .tracing import Trailing
 
-__all__ = ["FitConfig", "FitResult", "fit_eraser", "refit_forget", "fit_people", "question_samples", "wrapped_samples",
+__all__ = ["FitConfig", "FitResult", "fit_eraser", "budget_people", "retain_question_samples", "fit_groups", "refit_forget", "fit_people", "question_samples", "wrapped_samples",
            "answer_samples", "calibration_samples", "eraser_with_gate", "refit_fitter", "rehearsal_eraser"]
 
 
@@ -102,6 +103,13 @@ class FitConfig:
     edit: str = "add"  # "add" (the paper) or "rotate" (norm-preserving)
     # Keep the rows membership gates need even for a linear gate (the selection compares kinds).
     gate_rows: bool = False
+    # Questions about one image run its prompt prefix once (toolkit.prefix; the same states, less compute).
+    share_prefix: bool = True
+    # How many retain questions the fit reads (statistics and gate rows; None: every question of every fit
+    # person). Drawn as whole people in a seeded order (budget_seed), so each image's prefix serves all its
+    # questions; the last person drawn gives only as many as the budget has left.
+    retain_budget: int | None = None
+    budget_seed: int = 0
 
     @property
     def keeps_gate_rows(self) -> bool:
@@ -143,6 +151,57 @@ def answer_samples(model: LoadedModel, profiles: Sequence[Profile], split: str) 
             raise ValueError(f"{err} Use answer_weight=0 for this model.") from None
         samples.append(Sample(join_answer(prompt, it.reference), it.image))
     return samples, Trailing(tuple(counts))
+
+
+def budget_people(people: Sequence[Profile] | Sequence[Sequence[Profile]], budget: int | None, seed: int = 0
+                  ) -> tuple[list[Profile], dict[str, int]]:
+    """The people a retain budget reads and how many of each one's questions: ``(people, {id: questions})``.
+
+    ``people``: one list, or several groups (the fit's fictitious and real people): the budget is shared among
+    the groups in proportion to their questions (largest remainders), so a small budget still holds each kind
+    of person. Within a group, people are drawn whole in the order of ``sha256(f"{seed}:{id}")`` until its share
+    of questions (every task type, as :func:`question_samples` asks them); the last one drawn gives what is
+    left. ``None``: everyone, every question. Refuses a budget larger than the questions there are, with one line.
+    """
+    groups = [list(g) for g in people] if people and not isinstance(people[0], Profile) else [list(people)]
+    counts = {p.id: len(items_from_profiles([p], "retain")) for g in groups for p in g}
+    everyone = [p for g in groups for p in g]
+    total = sum(counts.values())
+    if budget is None:
+        return everyone, counts
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise ValueError(f"retain_budget must be a positive number of questions or None (all), got {budget!r}.")
+    if budget > total:
+        raise ValueError(f"retain_budget={budget} is more than the {total} retain questions of the "
+                         f"{len(everyone)} fit people; give at most {total}, or None for all of them.")
+    sizes = [sum(counts[p.id] for p in g) for g in groups]
+    exact = [budget * n / total for n in sizes]
+    shares = [int(x) for x in exact]
+    for i in sorted(range(len(groups)), key=lambda i: exact[i] - shares[i], reverse=True)[:budget - sum(shares)]:
+        shares[i] += 1
+    chosen, take = [], {}
+    for group, left in zip(groups, shares):
+        for p in sorted(group, key=lambda p: hashlib.sha256(f"{seed}:{p.id}".encode()).hexdigest()):
+            if left == 0:
+                break
+            take[p.id] = min(counts[p.id], left)
+            left -= take[p.id]
+            chosen.append(p)
+    return chosen, take
+
+
+def retain_question_samples(people: Sequence[Profile] | Sequence[Sequence[Profile]], budget: int | None,
+                            seed: int = 0) -> list[Sample]:
+    """The retain questions a fit with ``budget`` reads (:func:`budget_people`), in the people's order."""
+    chosen, take = budget_people(people, budget, seed)
+    return [Sample(it.prompt, it.image) for p in chosen for it in items_from_profiles([p], "retain")[:take[p.id]]]
+
+
+def fit_groups(bench: MLLMUBench, config: FitConfig) -> list[list[Profile]]:
+    """:func:`fit_people` as its two groups, fictitious retain people and real ones (a retain budget is shared
+    between them)."""
+    retain = fit_people(bench, config, real=False)
+    return [retain, fit_people(bench, config)[len(retain):]]
 
 
 def fit_people(bench: MLLMUBench, config: FitConfig, *, real: bool = True) -> list[Profile]:
@@ -216,6 +275,10 @@ def fit_eraser(model: LoadedModel, bench: MLLMUBench | Any, config: FitConfig = 
     if config.keeps_gate_rows and config.people is None:
         raise ValueError(f"A {config.gate} gate sets its threshold on validation people: fit with "
                          "FitConfig(people=PeopleSplit(...)), not people=None.")
+    # The retain budget (checked before anything runs): the people read, the last one's questions cut to it.
+    groups = fit_groups(bench, config)
+    retain_samples = retain_question_samples(groups, config.retain_budget, config.budget_seed)
+    retain_people, _ = budget_people(groups, config.retain_budget, config.budget_seed)
     if contrast is None:
         # Contrastive pairs from fit people only (never validation or evaluation people).
         contrast_people = fit_people(bench, config, real=False)
@@ -230,7 +293,7 @@ def fit_eraser(model: LoadedModel, bench: MLLMUBench | Any, config: FitConfig = 
         else:
             raise ValueError(f"Unknown recipe {config.recipe!r}: privacy or safety.")
     plus, minus = contrast.for_variant(config.variant)
-    retain_sets = [SampleSet(question_samples(retain_people, "retain"), config.retain_positions, label="retain")]
+    retain_sets = [SampleSet(retain_samples, config.retain_positions, label="retain")]
     if config.wrap and config.keeps_gate_rows:
         retain_sets.append(SampleSet(wrapped_samples(retain_people, "retain", config, seed=1),
                                      label="retain, fit pool", statistics=False))
@@ -246,12 +309,14 @@ def fit_eraser(model: LoadedModel, bench: MLLMUBench | Any, config: FitConfig = 
                                       gate_reads=config.gate_reads if config.keeps_gate_rows else None,
                                       calibration=calibration_samples(bench, config) if config.keeps_gate_rows
                                       else None, gate_fpr=config.gate_fpr, gate_softness=config.gate_softness,
-                                      edit=config.edit, keep_reads=config.gate_reads_kept, latch=config.latch)
+                                      edit=config.edit, keep_reads=config.gate_reads_kept, latch=config.latch,
+                                      share_prefix=config.share_prefix)
     direction = fitter.direction()
     spaces = {l: fitter.null_space(l, config.rank_policy) for l in layers}
     report = {"layers": eraser.settings["layers_report"], "contrast": contrast.info,
               "n_retain": fitter.retain[layers[0]].count, "n_forget": fitter.forget[layers[0]].count,
-              "fit_people": [p.id for p in retain_people], "forget_people": [p.id for p in forget],
+              "fit_people": [p.id for p in fit_people(bench, config)], "retain_read": [p.id for p in retain_people],
+              "retain_budget": config.retain_budget, "forget_people": [p.id for p in forget],
               "direction_variant": config.variant, "fit_seconds": round(time.time() - start, 2)}
     if contrast.pgd is not None:
         report["pgd_success_rate"] = contrast.pgd.success_rate
@@ -287,7 +352,8 @@ def refit_fitter(model: LoadedModel, result: FitResult, forget: Sequence[Profile
     for part in _forget_sets(model, list(forget), config):
         fitter.add_samples(model, "forget", part.samples, positions=part.positions, weight=part.weight,
                            formatted=part.formatted, batch_size=config.batch_size,
-                           progress=progress and f"{part.label} activations", statistics=part.statistics)
+                           progress=progress and f"{part.label} activations", statistics=part.statistics,
+                           share_prefix=config.share_prefix)
     return fitter
 
 

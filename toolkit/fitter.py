@@ -259,7 +259,8 @@ class EraserFitter:
     def add_samples(self, model: LoadedModel, kind: str, samples: Sequence[Sample], *,
                     positions: CapturePositions = "last", weight: float = 1.0, formatted: bool = False,
                     batch_size: int = 32, progress: bool | str = False, gate_rows: bool | None = None,
-                    people: Sequence[str] | None = None, statistics: bool = True) -> "EraserFitter":
+                    people: Sequence[str] | None = None, statistics: bool = True,
+                    share_prefix: bool = True) -> "EraserFitter":
         """Capture ``samples`` at this fitter's layers and add them as ``kind``: retain, forget, refusal,
         recall or calibration (gate rows only; ``people``: one id per sample).
 
@@ -268,6 +269,7 @@ class EraserFitter:
         where a fitter with ``gate_reads`` wants them: forget and retain question rows (``positions="last"``,
         not templated), and always with ``statistics=False``: keep the gate rows only (the map's moments are
         left as they are: the fit pool's wrapped questions train the gate, not the null space).
+        ``share_prefix``: questions about one image share its prefix's forward (:mod:`toolkit.prefix`).
         """
         if gate_rows is None:
             gate_rows = not statistics or (self.gate_reads is not None and kind in ("forget", "retain")
@@ -293,7 +295,8 @@ class EraserFitter:
         d = self.hidden_size
         # to_cpu=False: rows stay on the model's device; each statistic moves only what it keeps.
         for index, acts in iter_capture(model, samples, list(self.layers), read, batch_size=batch_size,
-                                        progress=progress, formatted=formatted, to_cpu=False):
+                                        progress=progress, formatted=formatted, to_cpu=False,
+                                        share_prefix=share_prefix):
             if keep:
                 self.update_gate_rows(kind, acts, [people[i] for i in index.tolist()] if people else None)
                 acts = {l: a[:, :d] for l, a in acts.items()}
@@ -330,7 +333,7 @@ def fit_from_samples(model: LoadedModel, *, forget: Any, retain: Any, contrast: 
                      gate_reads: str | None = None, calibration: tuple[Sequence[Sample], Sequence[str]] | None = None,
                      gate_fpr: float = 0.05, gate_softness: float = 0.0, edit: str = "add",
                      max_retain_rows: int = 8192, keep_reads: Sequence[str] = (),
-                     latch: bool = False) -> tuple[Eraser, EraserFitter]:
+                     latch: bool = False, share_prefix: bool = True) -> tuple[Eraser, EraserFitter]:
     """Fit an Eraser from plain sample lists.
 
     Args:
@@ -346,6 +349,7 @@ def fit_from_samples(model: LoadedModel, *, forget: Any, retain: Any, contrast: 
             membership gates (whatever ``gate``, so another kind can be fitted from the same fitter).
         calibration: ``(samples, person ids)`` of people outside the fit and the forget list
             (validation people): membership gates set their threshold on them.
+        share_prefix: questions about one image share its prefix's forward (:mod:`toolkit.prefix`; equal states).
 
     Returns ``(eraser, fitter)``; the fitter keeps the statistics (for the probes).
     """
@@ -359,19 +363,19 @@ def fit_from_samples(model: LoadedModel, *, forget: Any, retain: Any, contrast: 
     else:
         refusal, recall = contrast
         direction = erasure_direction(model, refusal, recall, layers, variant=variant, batch_size=batch_size,
-                                      progress=progress)
+                                      progress=progress, share_prefix=share_prefix)
     fitter.set_direction(direction)
     for kind, value in (("retain", retain), ("forget", forget)):
         for part in _sets(value, kind):
             fitter.add_samples(model, kind, part.samples, positions=part.positions, weight=part.weight,
                                formatted=part.formatted, batch_size=batch_size,
                                progress=progress and f"{part.label or kind} activations",
-                               statistics=part.statistics)
+                               statistics=part.statistics, share_prefix=share_prefix)
     if calibration is not None and gate_reads is not None:
         samples, people = calibration[:2]
         if len(samples):
             fitter.add_samples(model, "calibration", list(samples), people=list(people), batch_size=batch_size,
-                               progress=progress and "calibration activations")
+                               progress=progress and "calibration activations", share_prefix=share_prefix)
     eraser = fitter.eraser(policy, gamma, retain_weight=retain_weight, lam=lam, positions=positions,
                            fingerprint=model.fingerprint(), settings=settings, gate=gate, gate_fpr=gate_fpr,
                            gate_softness=gate_softness, edit=edit, latch=latch)

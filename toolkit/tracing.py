@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .models.loading import LoadedModel, Sample, as_sample
+from .prefix import SharedPrefix, assemble, image_key, prefix_groups, split_prefix, suffix_inputs
 from .reads import READS, parse_reads, pool
 from .steering import (POSITIONS, GateLog, Steer, active_steers, as_steers, attached, edit_envoy, group_by_layer,
                        intervene, steering)
@@ -126,6 +127,7 @@ def iter_capture(
     progress: bool | str = False,
     steers: Any = None,
     to_cpu: bool = True,
+    share_prefix: bool = True,
 ) -> Iterator[tuple[torch.Tensor, dict[int, torch.Tensor]]]:
     """Stream captures batch by batch: yields ``(sample_index, {layer: (rows, d)})``.
 
@@ -141,10 +143,15 @@ def iter_capture(
     ``steers`` (or active ones), captures see the steered stream; a steered
     layer's capture is its output after the steer. The forward stops after the last captured layer
     (nnsight's ``tracer.stop()``): the layers above it and the LM head do not run.
+
+    ``share_prefix`` (default): samples that show the same image run their common prompt prefix (the
+    image and the template before the question) once and each question's remaining tokens on its
+    key/value cache (:mod:`toolkit.prefix`); the states equal a plain forward's. It falls back to plain
+    forwards for steered captures, remote execution, families whose prefix attends to the question
+    (PaliGemma), text-only samples and images asked about once. ``False``: plain forwards only.
     """
     samples = [as_sample(s) for s in samples]
     layer_ids = sorted(model.check_layers(layers))
-    last_layer = layer_ids[-1]
     groups = group_by_layer(model, as_steers(model, steers))
     if not samples:
         raise ValueError("No samples to capture.")
@@ -157,10 +164,16 @@ def iter_capture(
             "positions, so their output there is not what the next layer reads. Capture positions='last' (the "
             "last prompt token is text), capture without images, or use layers >= "
             f"{max(deepstack) + 1}.")
+    if not (isinstance(positions, Trailing) or callable(positions) or positions in ("last", "prompt")
+            or _is_read(positions)):
+        raise ValueError(f"positions must be 'last', 'prompt', a gate read ({', '.join(READS)}), a Trailing or a "
+                         f"mask function, got {positions!r}.")
+    steered = bool(groups) or bool(active_steers(model))
+    share = share_prefix and not steered and not model.remote and model.adapter.shares_prefix
     bar = tqdm(total=len(samples), desc=progress if isinstance(progress, str) else "capture",
                disable=not progress, leave=False)
-    for idx in _batches(samples, batch_size):
-        enc = model.encode([samples[i] for i in idx], formatted=formatted, device=model.device)
+    for idx, enc, saved in _forwards(model, samples, layer_ids, groups, batch_size, formatted, share,
+                                     last_only=positions == "last"):
         if isinstance(positions, Trailing):
             mask = positions.mask(enc, idx)
         elif callable(positions):
@@ -170,28 +183,8 @@ def iter_capture(
                                  f"{tuple(enc['input_ids'].shape)}.")
         elif positions == "prompt":
             mask = enc["attention_mask"].bool()
-        elif positions == "last" or _is_read(positions):
-            mask = None
         else:
-            raise ValueError(f"positions must be 'last', 'prompt', a gate read ({', '.join(READS)}), a Trailing or a "
-                             f"mask function, got {positions!r}.")
-        saved = []
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with model.nn.trace(**enc, remote=model.remote) as tracer:
-                # In layer order: nnsight reads each output once, in execution order. Steers after the
-                # last captured layer cannot change what is captured, so they are left out.
-                for layer in sorted(set(layer_ids) | {l for l in groups if l <= last_layer}):
-                    if layer in groups:
-                        h = edit_envoy(model.layers[layer], groups[layer], prefill=True, mask=enc["attention_mask"],
-                                       image_mask=model.image_token_mask(enc["input_ids"]))
-                    else:
-                        out = model.layers[layer].output
-                        h = out[0] if isinstance(out, tuple) else out
-                    if layer in layer_ids:
-                        saved.append(nnsight.save(h[:, -1] if mask is None and positions == "last" else h))
-                # Early stop: the layers above and the LM head ((B, T, vocab) logits) never run.
-                tracer.stop()
+            mask = None
         rows = torch.as_tensor(idx)
         out = {}
         for layer, h in zip(layer_ids, saved):
@@ -214,6 +207,101 @@ def iter_capture(
     bar.close()
 
 
+def _trace_layers(model: LoadedModel, inputs: dict, layer_ids: list[int], groups: dict, enc: dict,
+                  last_only: bool, save: bool = True) -> list:
+    """One traced forward that saves the outputs of ``layer_ids`` (steered by ``groups``; ``save=False``: none, the
+    forward only fills a cache) and stops after the last."""
+    saved = []
+    last_layer = layer_ids[-1]
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with model.nn.trace(**inputs, remote=model.remote) as tracer:
+            # In layer order: nnsight reads each output once, in execution order. Steers after the
+            # last captured layer cannot change what is captured, so they are left out.
+            for layer in sorted(set(layer_ids) | {l for l in groups if l <= last_layer}):
+                if layer in groups:
+                    h = edit_envoy(model.layers[layer], groups[layer], prefill=True, mask=enc["attention_mask"],
+                                   image_mask=model.image_token_mask(enc["input_ids"]))
+                else:
+                    out = model.layers[layer].output
+                    h = out[0] if isinstance(out, tuple) else out
+                if layer in layer_ids and save:
+                    saved.append(nnsight.save(h[:, -1] if last_only else h))
+            # Early stop: the layers above and the LM head ((B, T, vocab) logits) never run.
+            tracer.stop()
+    return saved
+
+
+def _cache_argument(model: LoadedModel) -> str:
+    """The forward's name for a key/value cache (``cache`` in transformers >= 5.2, before ``past_key_values``)."""
+    try:
+        params = inspect.signature(model.module.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _forwards(model: LoadedModel, samples: list[Sample], layer_ids: list[int], groups: dict, batch_size: int,
+              formatted: bool, share: bool, last_only: bool) -> Iterator[tuple[list[int], dict, list]]:
+    """``(indices, encoding, layer outputs)`` per batch: ``(B, T, d)`` in the encoding's left-padded layout (``(B, d)``
+    at the last token with ``last_only``). With ``share``, images asked about more than once run their prompt
+    prefix once a batch (:mod:`toolkit.prefix`); the others, and batches whose common prefix does not hold
+    every image token, run plainly."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    plain = list(range(len(samples)))
+    if share:
+        shared, plain = prefix_groups(samples)
+        ordered = [i for g in shared for i in g]
+        for start in range(0, len(ordered), batch_size):
+            batch = ordered[start:start + batch_size]
+            # Images of other sizes give other prefix lengths (Qwen-VL's grids): then each image's rows run
+            # as their own shared batch.
+            tries = [batch]
+            while tries:
+                idx = tries.pop(0)
+                keys = [image_key(samples[i].image) for i in idx]
+                enc = model.encode([samples[i] for i in idx], formatted=formatted, device=model.device)
+                split = split_prefix(enc, keys, model.image_token_mask, model.adapter.image_rows)
+                if split is not None:
+                    yield idx, enc, _shared_forward(model, enc, split, layer_ids, last_only)
+                elif len(set(keys)) > 1:
+                    tries += [[i for i, k in zip(idx, keys) if k == key] for key in dict.fromkeys(keys)]
+                else:
+                    yield idx, enc, _trace_layers(model, enc, layer_ids, groups, enc, last_only)
+    sub = [samples[i] for i in plain]
+    for local in _batches(sub, batch_size):
+        idx = [plain[i] for i in local]
+        enc = model.encode([samples[i] for i in idx], formatted=formatted, device=model.device)
+        yield idx, enc, _trace_layers(model, enc, layer_ids, groups, enc, last_only)
+
+
+def _shared_forward(model: LoadedModel, enc: dict, split: SharedPrefix, layer_ids: list[int], last_only: bool
+                    ) -> list[torch.Tensor]:
+    """A batch's layer outputs from its images' prefixes (run once each) and its rows' suffixes on their caches."""
+    from transformers import DynamicCache
+
+    name = _cache_argument(model)
+    cache = DynamicCache()
+    p = split.length
+    # At the last token only the suffixes are read: the prefix's states are not kept.
+    prefix_h = _trace_layers(model, dict(split.prefix, use_cache=True, **{name: cache}), layer_ids, {},
+                             split.prefix, last_only=False, save=not last_only)
+    # One cache row per batch row (the rows of an image share its prefix's keys and values).
+    index = split.index.to(split.prefix["input_ids"].device)
+    cache.batch_select_indices(index)
+    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    inputs = suffix_inputs(enc, split, pad)
+    width = inputs["input_ids"].shape[1]
+    inputs.update(use_cache=True, **{name: cache},
+                  position_ids=model.adapter.continuation_positions(model.module, p, width, index))
+    suffix_h = _trace_layers(model, inputs, layer_ids, {}, inputs, last_only=False)
+    if last_only:  # each row's last real suffix token (the suffixes are right padded)
+        last = torch.tensor(split.lengths) - p - 1
+        return [h[torch.arange(len(last)), last.to(h.device)] for h in suffix_h]
+    return [assemble(ph, sh, split, enc["input_ids"].shape[1]) for ph, sh in zip(prefix_h, suffix_h)]
+
+
 def capture(
     model: LoadedModel,
     samples: Sequence[Sample | tuple],
@@ -225,13 +313,14 @@ def capture(
     progress: bool | str = False,
     steers: Any = None,
     to_cpu: bool = True,
+    share_prefix: bool = True,
 ) -> Capture:
     """Capture layer outputs for ``samples`` (rows in the samples' order). See :func:`iter_capture`.
 
     The result is indexed by layer; negative layers count from the end (``cap[-1]``).
     """
     chunks = list(iter_capture(model, samples, layers, positions, batch_size=batch_size, formatted=formatted,
-                               progress=progress, steers=steers, to_cpu=to_cpu))
+                               progress=progress, steers=steers, to_cpu=to_cpu, share_prefix=share_prefix))
     rows = torch.cat([r for r, _ in chunks])
     order = torch.argsort(rows, stable=True)
     acts = {}

@@ -57,6 +57,12 @@ class Adapter:
     # Qwen3-VL: after its first decoder layers, visual features are added to the stream at image
     # positions *after* the layer's output, so there the layer output is not what the next layer reads.
     deepstack: bool = False
+    # Multimodal rotary positions (Qwen-VL): text after an image continues at the model's rope_deltas offset.
+    mrope: bool = False
+    # Whether a prompt's prefix (the image, then the template up to the question) has the same states whatever
+    # follows it, so that it can be computed once for many questions (toolkit.prefix). False where the image
+    # tokens attend to the question (PaliGemma's bidirectional prefix).
+    shares_prefix: bool = True
     notes: str = field(default="", compare=False)
 
     # -- structure -----------------------------------------------------------
@@ -80,6 +86,41 @@ class Adapter:
             return set()
         vision = getattr(config, "vision_config", None)
         return set(range(len(getattr(vision, "deepstack_visual_indexes", None) or [])))
+
+    def image_rows(self, enc: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The image inputs (pixels, grids, sizes) of batch rows ``rows`` of a processor encoding; token-level
+        inputs (ids, mask, token types) are left out."""
+        batch, width = enc["input_ids"].shape
+        out = {}
+        for k, v in enc.items():
+            if k in ("input_ids", "attention_mask") or v.shape[:2] == (batch, width):
+                continue
+            if self.pixel_layout == "patches" and k == "pixel_values":
+                # Qwen-VL concatenates every image's patches; image i has prod(image_grid_thw[i]) of them.
+                ends = enc["image_grid_thw"].prod(-1).cumsum(0).tolist()
+                out[k] = torch.cat([v[(ends[i - 1] if i else 0):ends[i]] for i in rows.tolist()])
+            elif v.shape[0] == batch:
+                out[k] = v[rows.to(v.device)]
+            else:
+                raise ValueError(f"{self.family}: cannot split input {k!r} of shape {tuple(v.shape)} by image; "
+                                 "capture with share_prefix=False.")
+        return out
+
+    def continuation_positions(self, module: torch.nn.Module, start: int, width: int, index: torch.Tensor
+                               ) -> torch.Tensor:
+        """Position ids of ``width`` text tokens that follow cached prefixes of ``start`` tokens, row ``b`` continuing
+        prefix ``index[b]``: (B, width); Qwen-VL: (3, B, width), offset by the ``rope_deltas`` its prefix forward
+        left on the model."""
+        batch = len(index)
+        pos = torch.arange(start, start + width, device=index.device)[None].expand(batch, width)
+        if not self.mrope:
+            return pos
+        deltas = getattr(getattr(module, "model", module), "rope_deltas", None)
+        if deltas is None:
+            raise RuntimeError(f"{self.family}: no rope_deltas after the prefix forward; capture with "
+                               "share_prefix=False.")
+        deltas = deltas.reshape(-1).to(pos.device)[index.to(pos.device)]
+        return (pos + deltas[:, None])[None].expand(3, batch, width)
 
     def image_token_id(self, config: Any) -> int | None:
         """The id the processor repeats once per image token in ``input_ids`` (LLaVA's ``<image>``, Qwen-VL's
@@ -207,16 +248,18 @@ LLAVA = Adapter("llava", ("llava",), "model.language_model.layers", "<image>", p
                 notes="LLaVA-1.5 (CLIP tower, Llama/Vicuna text model)")
 LLAVA_NEXT = Adapter("llava_next", ("llava_next",), "model.language_model.layers", "<image>", pixel_layout="anyres",
                      notes="LLaVA-NeXT / LLaVA-1.6 (any-resolution tiles)")
-QWEN2_VL = Adapter("qwen2_vl", ("qwen2_vl",), "model.language_model.layers", "<|image_pad|>", pixel_layout="patches")
+QWEN2_VL = Adapter("qwen2_vl", ("qwen2_vl",), "model.language_model.layers", "<|image_pad|>", pixel_layout="patches",
+                   mrope=True)
 QWEN2_5_VL = Adapter("qwen2_5_vl", ("qwen2_5_vl",), "model.language_model.layers", "<|image_pad|>",
-                     pixel_layout="patches")
+                     pixel_layout="patches", mrope=True)
 QWEN3_VL = Adapter("qwen3_vl", ("qwen3_vl",), "model.language_model.layers", "<|image_pad|>", pixel_layout="patches",
-                   deepstack=True, notes="Qwen3-VL adds visual features to the stream after its first layers")
+                   deepstack=True, mrope=True,
+                   notes="Qwen3-VL adds visual features to the stream after its first layers")
 GEMMA3 = Adapter("gemma3", ("gemma3",), "model.language_model.layers", "<start_of_image>", nested_images=True,
                  pixel_layout="image")
 # PaliGemma's processor inserts the image tokens itself and has no chat format.
 PALIGEMMA = Adapter("paligemma", ("paligemma",), "model.language_model.layers", None, chat=False,
-                    pixel_layout="image", suffix_token_types=True)
+                    pixel_layout="image", suffix_token_types=True, shares_prefix=False)
 IDEFICS3 = Adapter("idefics3", ("idefics3", "smolvlm"), "model.text_model.layers", "<image>", nested_images=True,
                    pixel_layout="split",
                    notes="Idefics3 and SmolVLM")
