@@ -193,7 +193,10 @@ def budget_people(people: Sequence[Profile] | Sequence[Sequence[Profile]], budge
 def retain_question_samples(people: Sequence[Profile] | Sequence[Sequence[Profile]], budget: int | None,
                             seed: int = 0) -> list[Sample]:
     """The retain questions a fit with ``budget`` reads (:func:`budget_people`), in the people's order."""
-    chosen, take = budget_people(people, budget, seed)
+    return _budget_samples(*budget_people(people, budget, seed))
+
+
+def _budget_samples(chosen: Sequence[Profile], take: dict[str, int]) -> list[Sample]:
     return [Sample(it.prompt, it.image) for p in chosen for it in items_from_profiles([p], "retain")[:take[p.id]]]
 
 
@@ -277,8 +280,8 @@ def fit_eraser(model: LoadedModel, bench: MLLMUBench | Any, config: FitConfig = 
                          "FitConfig(people=PeopleSplit(...)), not people=None.")
     # The retain budget (checked before anything runs): the people read, the last one's questions cut to it.
     groups = fit_groups(bench, config)
-    retain_samples = retain_question_samples(groups, config.retain_budget, config.budget_seed)
-    retain_people, _ = budget_people(groups, config.retain_budget, config.budget_seed)
+    retain_people, take = budget_people(groups, config.retain_budget, config.budget_seed)
+    retain_samples = _budget_samples(retain_people, take)
     if contrast is None:
         # Contrastive pairs from fit people only (never validation or evaluation people).
         contrast_people = fit_people(bench, config, real=False)
@@ -315,7 +318,7 @@ def fit_eraser(model: LoadedModel, bench: MLLMUBench | Any, config: FitConfig = 
     spaces = {l: fitter.null_space(l, config.rank_policy) for l in layers}
     report = {"layers": eraser.settings["layers_report"], "contrast": contrast.info,
               "n_retain": fitter.retain[layers[0]].count, "n_forget": fitter.forget[layers[0]].count,
-              "fit_people": [p.id for p in fit_people(bench, config)], "retain_read": [p.id for p in retain_people],
+              "fit_people": [p.id for g in groups for p in g], "retain_read": [p.id for p in retain_people],
               "retain_budget": config.retain_budget, "forget_people": [p.id for p in forget],
               "direction_variant": config.variant, "fit_seconds": round(time.time() - start, 2)}
     if contrast.pgd is not None:

@@ -4,23 +4,25 @@ Every question about a person repeats that person's image, and in the chat
 templates of the image families the image comes before the question. Under
 causal attention the states of the tokens up to where the questions differ
 (the image tokens, hundreds of them: 576 for LLaVA-1.5) are the same for each
-question. :func:`toolkit.tracing.iter_capture` therefore runs, for each group of
-samples with the same image,
+question. :func:`toolkit.tracing.iter_capture` therefore orders the samples by
+image and, for each batch,
 
-1. the common prefix once (batch 1, with the image): its layer outputs and its
-   key/value cache;
-2. the questions' remaining tokens (the suffixes) as one right-padded batch on a
-   copy of that cache, at the positions that follow the prefix;
+1. runs the common prefix once per distinct image in the batch (with its pixels):
+   the prefixes' layer outputs and their key/value cache;
+2. runs the questions' remaining tokens (the suffixes) as one right-padded batch
+   on that cache, each row on its own image's rows of it, at the positions that
+   follow the prefix;
 
 and puts each sample's states back together into the left-padded ``(B, T, d)``
-layout a plain forward of the group's encoding gives. What is read from them
+layout a plain forward of the batch's encoding gives. What is read from them
 (a gate read, a mask, teacher-forced answers) is then computed as before.
 The states equal a plain forward's up to float rounding (tests/test_prefix.py,
 every image family, left-padded groups).
 
-Costs: the prefix's ``p`` tokens go through the layers once a group instead of
-once a sample; attention still reads them for every suffix token. The cache copy
-is ``B x layers x 2 x p x d`` numbers in the model's dtype for a group of ``B``.
+Costs: the prefix's ``p`` tokens go through the layers once per image and batch
+instead of once a sample; attention still reads them for every suffix token. The
+cache, expanded to the batch, is ``B x layers x 2 x p x d`` numbers (keys and
+values) in the model's dtype for a batch of ``B``.
 
 Where it cannot apply, the plain forward is used (the caller falls back):
 a family whose prefix is bidirectional (PaliGemma: the image tokens attend to the
@@ -55,17 +57,20 @@ def image_key(image: Any) -> Any:
     return ("path", str(image))
 
 
-def prefix_groups(samples: Sequence[Sample], min_size: int = 2) -> tuple[list[list[int]], list[int]]:
+def prefix_groups(samples: Sequence[Sample], min_size: int = 2, keys: Sequence[Any] | None = None
+                  ) -> tuple[list[list[int]], list[int]]:
     """``(groups, rest)``: indices of image samples sharing an image (groups of at least ``min_size``, in first-seen
     order) and the indices of every other sample. Batches are cut from the groups in order, so a batch holds a
-    few images' questions and each of its images' prefixes runs once."""
+    few images' questions and each of its images' prefixes runs once. ``keys``: the samples' :func:`image_key`\ s,
+    if the caller has them."""
+    keys = [image_key(s.image) for s in samples] if keys is None else keys
     by_image: dict[Any, list[int]] = {}
     rest = []
-    for i, s in enumerate(samples):
-        if s.image is None:
+    for i, key in enumerate(keys):
+        if key is None:
             rest.append(i)
         else:
-            by_image.setdefault(image_key(s.image), []).append(i)
+            by_image.setdefault(key, []).append(i)
     groups = []
     for idx in by_image.values():
         if len(idx) >= min_size:

@@ -251,7 +251,8 @@ def _forwards(model: LoadedModel, samples: list[Sample], layer_ids: list[int], g
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     plain = list(range(len(samples)))
     if share:
-        shared, plain = prefix_groups(samples)
+        keys = [image_key(s.image) for s in samples]  # hashed once: each image's bytes
+        shared, plain = prefix_groups(samples, keys=keys)
         ordered = [i for g in shared for i in g]
         for start in range(0, len(ordered), batch_size):
             batch = ordered[start:start + batch_size]
@@ -260,13 +261,13 @@ def _forwards(model: LoadedModel, samples: list[Sample], layer_ids: list[int], g
             tries = [batch]
             while tries:
                 idx = tries.pop(0)
-                keys = [image_key(samples[i].image) for i in idx]
+                batch_keys = [keys[i] for i in idx]
                 enc = model.encode([samples[i] for i in idx], formatted=formatted, device=model.device)
-                split = split_prefix(enc, keys, model.image_token_mask, model.adapter.image_rows)
+                split = split_prefix(enc, batch_keys, model.image_token_mask, model.adapter.image_rows)
                 if split is not None:
                     yield idx, enc, _shared_forward(model, enc, split, layer_ids, last_only)
-                elif len(set(keys)) > 1:
-                    tries += [[i for i, k in zip(idx, keys) if k == key] for key in dict.fromkeys(keys)]
+                elif len(set(batch_keys)) > 1:
+                    tries += [[i for i in idx if keys[i] == key] for key in dict.fromkeys(batch_keys)]
                 else:
                     yield idx, enc, _trace_layers(model, enc, layer_ids, groups, enc, last_only)
     sub = [samples[i] for i in plain]
