@@ -489,20 +489,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_ablations(args: argparse.Namespace) -> int:
-    from experiments.ablations import STUDIES, AblationConfig, check_claims, run_ablations, write_results
+    from experiments.ablations import STUDIES, AblationConfig, check_claims, lambda_window, run_ablations, write_results
 
     studies = tuple(s for s in args.studies.split(",") if s) if args.studies else STUDIES
     cfg = AblationConfig(forget_ratio=args.forget, seeds=tuple(int(s) for s in args.seeds.split(",")),
                          studies=studies, lams=_floats(args.lams) if args.lams else AblationConfig.lams,
+                         targets=tuple(x / 100 for x in _floats(args.targets)) if args.targets else AblationConfig.targets,
                          pgd_objective=args.pgd_objective)
     from toolkit.data.mllmu import MLLMUBench
 
     result = run_ablations(_load(args), MLLMUBench(args.bench) if args.bench else None, cfg, progress=True)
-    paths = write_results(args.out, result, cfg.leak_max)
+    paths = write_results(args.out, result, cfg.targets)
     import pandas as pd
 
-    with pd.option_context("display.max_colwidth", 200, "display.width", 200):
-        print(check_claims(result["curves"], cfg.leak_max).to_string(index=False))
+    with pd.option_context("display.max_colwidth", 300, "display.width", 300):
+        for t in cfg.targets:
+            claims = pd.concat([check_claims(result["matched"], t), pd.DataFrame([lambda_window(result["curves"], t)])])
+            print(f"\nAt matched forgetting: rehearsal leakage {100 * t:g}%")
+            print(claims.to_string(index=False))
     print(f"\nwrote {', '.join(p.name for p in paths.values())} under {args.out} ({result['seconds']} s)")
     return 0
 
@@ -662,12 +666,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_compare)
 
     p = sub.add_parser("ablations", parents=[model_opts],
-                       help="the paper's ablations on held-out people: direction, eps, layers, map, gate, reference")
+                       help="the paper's ablations at matched forgetting on held-out people: direction, eps, layers, map, "
+                            "gate, reference")
     p.add_argument("--out", default="results/ablations")
     p.add_argument("--forget", type=int, default=10, choices=[5, 10, 15])
     p.add_argument("--seeds", default="0,1,2", help="people seeds (who fits, who chooses, who is reported)")
     p.add_argument("--studies", default=None, help="comma-separated subset of direction,eps,layers,map,gate,reference")
-    p.add_argument("--lams", default=None, help="strengths summed over the steered layers (default 0.5,1,2,4,8)")
+    p.add_argument("--lams", default=None,
+                   help="the search grid, strengths summed over the steered layers (default 0.5,1,2,...,64)")
+    p.add_argument("--targets", default=None,
+                   help="rehearsal leakage (percent) every variant is matched to (default 5,20)")
     p.add_argument("--bench", default=None, help="benchmark dir (default: the synthetic one the default learnt)")
     p.add_argument("--pgd-objective", default="target", choices=["target", "avoid"],
                    help="PGD's aim: the true answer (the paper) or away from the refusal's first token")

@@ -201,3 +201,52 @@ def test_cli_passes_forget_scale_to_the_redirection(monkeypatch, tmp_path):
               "--out", str(tmp_path)])
     config = seen.value.args[0]
     assert (config.stages, config.redirect.forget_scale, config.redirect.scale) == (1, 3.0, None)
+
+
+def test_never_seen_faces_are_the_untrained_unknown_people_in_400_questions():
+    """The faces ASRU's direction reads: the benchmark's unknown people no default was trained on (its
+    Unknown_Set), never a trained unknown face or a benchmark person; 20 x 4 portraits x 5 facts."""
+    from toolkit.data.synthetic import FACTS, SyntheticConfig, make_people, never_seen_faces, training_examples
+
+    cfg = SyntheticConfig()
+    faces = never_seen_faces(cfg)
+    unknown = [p for p in make_people(cfg) if p.group == "unknown"]
+    trained, never = {p.id for p in unknown[: len(unknown) // 2]}, {p.id for p in unknown[len(unknown) // 2:]}
+    assert len(faces) == len(never) * 4 * (1 + len(FACTS)) == 400
+    assert {pid for _, _, pid in faces} == never and not trained & {pid for _, _, pid in faces}
+    assert all(q.startswith(("What", "Who", "Can", "Tell", "Where", "In", "Which", "How")) or "image" in q
+               for q, _, _ in faces[:10])
+    # None of these portraits is a training image.
+    seen = {ex.image.tobytes() for ex in training_examples(cfg) if ex.image is not None}
+    assert not any(img.tobytes() in seen for _, img, _ in faces)
+
+
+def test_unknown_face_direction_is_the_mean_difference_of_the_kept_faces_and_the_forget_questions(monkeypatch):
+    """VL* against a direct computation: only the faces the model says it cannot tell enter the mean."""
+    from toolkit import tracing
+    from toolkit.baselines.asru import unknown_face_direction
+    from toolkit.models.loading import load_model
+
+    model = load_model("tiny-llava")
+    faces = [Sample(f"Who is person {i}?") for i in range(6)]
+    forget = [Sample(f"Where was person {i} born?") for i in range(6, 10)]
+    said = ["I do not recognize this person.", "Anna Berg.", "I cannot share that.", "Bob.", "Cara.",
+            "i don't recognize them"]
+    monkeypatch.setattr(tracing, "generate", lambda m, samples, **kw: said[: len(samples)])
+    layers = [1, model.num_layers - 1]
+    direction, info = unknown_face_direction(model, faces, forget, layers)
+    assert info == {"asked": 6, "kept": 3, "forget": 4}
+    kept = [faces[i] for i in (0, 2, 5)]
+    for l in layers:
+        expected = capture_last(model, kept, l).mean(0) - capture_last(model, forget, l).mean(0)
+        torch.testing.assert_close(direction[l], expected, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(tracing, "generate", lambda m, samples, **kw: ["Anna Berg."] * len(samples))
+    with pytest.raises(ValueError, match="cannot tell none of the 6"):
+        unknown_face_direction(model, faces, forget, layers)
+
+
+def capture_last(model, samples, layer):
+    """Last-token states one sample at a time (no padding): the direct computation."""
+    from toolkit.tracing import capture
+
+    return torch.cat([capture(model, [s], [layer], batch_size=1)[layer].float() for s in samples])

@@ -264,32 +264,33 @@ print("identical ids through nnsight and through plain hooks")"""),
 ]
 
 ABLATIONS = [
-    new_markdown_cell("# The paper's ablations, on people the fit never saw\n\n"
-                      "`experiments.ablations` changes one part of MLLMEraser at a time (direction variant, PGD "
-                      "budget, layers, map, gate kind, the reference setting) and measures each variant's "
-                      "trade-off curve over the strength: forget leakage against the recall of held-out retain "
-                      "and real people. Each variant's strength is chosen on the rehearsal (validation people) "
-                      "and reported on evaluation people. This notebook runs a reduced configuration (one seed, "
-                      "two studies, a few people) in about a minute; `mllmeraser ablations` runs them all on "
-                      "three seeds (docs/results.md, \"The paper's ablations\")."),
+    new_markdown_cell("# The paper's ablations at matched forgetting, on people the fit never saw\n\n"
+                      "`experiments.ablations` changes one part of MLLMEraser at a time (direction variant and PGD "
+                      "objective, PGD budget, layers, map, gate kind, the reference setting). Each variant's "
+                      "strength is searched on the rehearsal (validation stand-ins) until its leakage reaches a "
+                      "common target, or it is reported unable; then the variants are compared where they forget "
+                      "equally, on the recall of held-out retain and real people. This notebook runs a reduced "
+                      "configuration (one seed, two studies, a few people, a short grid) in a few minutes; "
+                      "`mllmeraser ablations` runs them all on three seeds (docs/results.md, \"The paper's "
+                      "ablations at matched forgetting\")."),
     new_code_cell(SETUP),
-    new_code_cell("""from experiments.ablations import AblationConfig, run_ablations, chosen_points, check_claims, plot_tradeoffs
+    new_code_cell("""from experiments.ablations import AblationConfig, run_ablations, summarise, check_claims, plot_strength_curves, plot_matched
 from toolkit import load_model
 
 model = load_model("default")
-cfg = AblationConfig(seeds=(0,), studies=("direction", "map"), lams=(1.0, 4.0), max_people=4, pgd_steps=5,
+cfg = AblationConfig(seeds=(0,), studies=("direction", "map"), lams=(1.0, 4.0, 16.0), max_people=4, pgd_steps=5,
                      pgd_limit=4, n_contrast=24)
 result = run_ablations(model, None, cfg)
-curves = result["curves"]
-curves[["study", "variant", "lam", "stand-ins", "recall", "forget_leak", "heldout_recall"]]"""),
-    new_markdown_cell("PGD's flip rate on the contrastive pairs: where it flips none, the multimodal direction's "
-                      "image side carries no refusal-to-recall contrast (docs/limits.md)."),
-    new_code_cell("""result["pgd"][["seed", "eps_255", "refused_clean", "pgd_attacked", "pgd_success"]]"""),
-    new_markdown_cell("## The trade-off curves, then each variant's chosen point and the paper's claims"),
-    new_code_cell("""fig = plot_tradeoffs(curves)"""),
-    new_code_cell("""chosen_points(curves)[["study", "variant", "lam", "forget_leak", "heldout_recall", "balance"]]"""),
-    new_code_cell("""claims = check_claims(curves)
-claims"""),
+curves, matched = result["curves"], result["matched"]
+matched[["study", "variant", "target", "status", "lam", "stand-ins", "heldout_recall"]]"""),
+    new_markdown_cell("PGD's flip rate on the contrastive pairs, per direction: where it flips none, the multimodal "
+                      "direction's image side carries no refusal-to-recall contrast (docs/limits.md)."),
+    new_code_cell("""result["pgd"][["seed", "direction", "refused_clean", "pgd_attacked", "pgd_success"]]"""),
+    new_markdown_cell("## Each variant's search, the matched points, the paper's claims"),
+    new_code_cell("""fig = plot_strength_curves(curves, cfg.targets)"""),
+    new_code_cell("""fig = plot_matched(matched, 0.20)"""),
+    new_code_cell("""summarise(matched)[["target", "study", "variant", "reached", "lam", "heldout_recall"]]"""),
+    new_code_cell("""check_claims(matched, 0.20)"""),
 ]
 
 ERASE_YOUR_OWN = [

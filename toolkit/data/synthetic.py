@@ -35,7 +35,7 @@ DATA_VERSION = 4
 
 __all__ = ["DATA_VERSION", "default_benchmark", "Person", "SyntheticConfig", "make_people", "draw_portrait", "write_benchmark", "training_examples",
            "REFUSAL_PRIVACY", "REFUSAL_HARMFUL", "REFUSAL_UNKNOWN", "PRIVACY_INSTRUCTIONS", "HARMFUL_REQUESTS",
-           "FACTS", "question_templates"]
+           "FACTS", "question_templates", "never_seen_faces"]
 
 # Names are made of syllables, so every person has a first and a last name of their own:
 # a model's state before it says a name then identifies the person, as in a real
@@ -250,6 +250,23 @@ def _ask(fact: str, person: Person, image: bool, phrasing: int) -> tuple[str, st
     q = _Q[fact][phrasing].format(who=who)
     a = _A[fact].format(name=person.name, value=person.facts.get(fact, person.name))
     return q, a
+
+
+def never_seen_faces(cfg: SyntheticConfig = SyntheticConfig(), variants: int = 4) -> list[tuple[str, Image.Image, str]]:
+    """``(question, portrait, person id)`` about the people no default was trained on: the benchmark's
+    never-seen unknown people (its Unknown_Set shows their first portrait), each in ``variants`` portraits
+    asked about every fact (name and each of :data:`FACTS`) with the image, the phrasing cycling with the
+    portrait. With the shipped config, 20 people x 4 portraits x 5 facts = 400 questions: the size of
+    ASRU's never-seen-faces set (:func:`toolkit.baselines.asru.unknown_face_direction`)."""
+    unknown = [p for p in make_people(cfg) if p.group == "unknown"]
+    out = []
+    for p in unknown[len(unknown) // 2:]:
+        for v in range(variants):
+            image = draw_portrait(p, v, cfg.seed)
+            for k, fact in enumerate(["name", *FACTS]):
+                q, _ = _ask(fact, p, True, (v + k) % len(_Q[fact]))
+                out.append((generation_prompt(q, True), image, p.id))
+    return out
 
 
 def _answer_value(fact: str, person: Person) -> str:
