@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -60,7 +60,7 @@ from toolkit.nullspace import FixedRatio
 from toolkit.selection import fact_rate, rehearsal_items, score_setting
 
 __all__ = ["STUDIES", "AblationConfig", "Variant", "Match", "variants", "match_strength", "run_ablations",
-           "summarise", "check_claims", "lambda_window", "plot_strength_curves", "plot_matched", "write_results"]
+           "summarise", "check_claims", "lambda_window", "claims_table", "plot_strength_curves", "plot_matched", "write_results"]
 
 STUDIES = ("direction", "eps", "layers", "map", "gate", "reference")
 STATUSES = ("matched", "overshoots", "unable")
@@ -165,7 +165,6 @@ class Match:
     strongest: float  # the strongest lam tried, and its leakage
     strongest_leak: float
     breaks_at: float | None  # the weakest lam whose stand-in repetition exceeded the limit, None: never
-    tried: dict = field(default_factory=dict)  # lam -> the score row
 
 
 def match_strength(score: Callable[[float], dict], lams: Sequence[float], targets: Sequence[float], *,
@@ -194,19 +193,19 @@ def match_strength(score: Callable[[float], dict], lams: Sequence[float], target
     def fluent(lam: float) -> bool:
         return float(tried[lam].get("stand_in_repetition", 0.0)) <= repetition_max + 1e-12
 
+    def first_break() -> float | None:
+        broke = [l for l in tried if not fluent(l)]
+        return min(broke) if broke else None
+
     def reached(target: float) -> list[float]:
         # Past the weakest strength whose answers repeat, a low leakage is not forgetting (the base, scored on
         # the whole grid, can leak 0% again at 64 with short, fluent non-answers after looping at 8).
-        broke = [l for l in tried if not fluent(l)]
-        limit = min(broke) if broke else math.inf
+        limit = first_break() or math.inf
         return sorted(l for l in tried if fluent(l) and l < limit and leak(l) <= target + 1e-12)
 
-    breaks_at = None
     for lam in lams:
         at(lam)
-        if not fluent(lam) and breaks_at is None:
-            breaks_at = lam
-        if not full and (breaks_at is not None or all(reached(t) for t in targets)):
+        if not full and (first_break() is not None or all(reached(t) for t in targets)):
             break
     for target in targets:
         for _ in range(refine):
@@ -217,17 +216,15 @@ def match_strength(score: Callable[[float], dict], lams: Sequence[float], target
             if not weaker:
                 break
             at(math.sqrt(max(weaker) * ok[0]))
-    strongest = max(tried)
-    broke = [l for l in tried if not fluent(l)]
-    breaks_at = min(broke) if broke else None
+    strongest, breaks_at = max(tried), first_break()
     matches = {}
     for target in targets:
         ok = reached(target)
         if ok:
             status = "matched" if leak(ok[0]) >= target - tolerance - 1e-12 else "overshoots"
-            matches[target] = Match(target, status, ok[0], leak(ok[0]), strongest, leak(strongest), breaks_at, tried)
+            matches[target] = Match(target, status, ok[0], leak(ok[0]), strongest, leak(strongest), breaks_at)
         else:
-            matches[target] = Match(target, "unable", None, None, strongest, leak(strongest), breaks_at, tried)
+            matches[target] = Match(target, "unable", None, None, strongest, leak(strongest), breaks_at)
     return matches, tried
 
 
@@ -579,6 +576,12 @@ def plot_matched(matched: pd.DataFrame, target: float):
     return fig
 
 
+def claims_table(result: dict, targets: Sequence[float]) -> pd.DataFrame:
+    """Every claim at every target (:func:`check_claims`, then :func:`lambda_window`), with ``target`` in percent."""
+    return pd.concat([pd.concat([check_claims(result["matched"], t), pd.DataFrame([lambda_window(result["curves"], t)])],
+                                ignore_index=True).assign(target=100 * t) for t in targets], ignore_index=True)
+
+
 def write_results(out_dir: str | Path, result: dict, targets: Sequence[float] = AblationConfig.targets) -> dict[str, Path]:
     """curves.csv, matched.csv, summary.csv, claims.csv, pgd.csv, strength.png and matched_<target>.png."""
     out = Path(out_dir)
@@ -590,9 +593,7 @@ def write_results(out_dir: str | Path, result: dict, targets: Sequence[float] = 
     matched.to_csv(paths["matched"], index=False)
     result["pgd"].to_csv(paths["pgd"], index=False)
     summarise(matched).to_csv(paths["summary"], index=False)
-    claims = [check_claims(matched, t).assign(target=100 * t) for t in targets]
-    claims += [pd.DataFrame([lambda_window(curves, t)]).assign(target=100 * t) for t in targets]
-    pd.concat(claims, ignore_index=True).to_csv(paths["claims"], index=False)
+    claims_table(result, targets).to_csv(paths["claims"], index=False)
     plot_strength_curves(curves, targets).savefig(paths["strength"], dpi=110, bbox_inches="tight")
     for t in targets:
         paths[f"matched_{t:g}"] = out / f"matched_{100 * t:g}.png"

@@ -489,7 +489,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_ablations(args: argparse.Namespace) -> int:
-    from experiments.ablations import STUDIES, AblationConfig, check_claims, lambda_window, run_ablations, write_results
+    from experiments.ablations import STUDIES, AblationConfig, claims_table, run_ablations, write_results
 
     studies = tuple(s for s in args.studies.split(",") if s) if args.studies else STUDIES
     cfg = AblationConfig(forget_ratio=args.forget, seeds=tuple(int(s) for s in args.seeds.split(",")),
@@ -503,10 +503,9 @@ def cmd_ablations(args: argparse.Namespace) -> int:
     import pandas as pd
 
     with pd.option_context("display.max_colwidth", 300, "display.width", 300):
-        for t in cfg.targets:
-            claims = pd.concat([check_claims(result["matched"], t), pd.DataFrame([lambda_window(result["curves"], t)])])
-            print(f"\nAt matched forgetting: rehearsal leakage {100 * t:g}%")
-            print(claims.to_string(index=False))
+        for target, claims in claims_table(result, cfg.targets).groupby("target", sort=False):
+            print(f"\nAt matched forgetting: rehearsal leakage {target:g}%")
+            print(claims.drop(columns="target").to_string(index=False))
     print(f"\nwrote {', '.join(p.name for p in paths.values())} under {args.out} ({result['seconds']} s)")
     return 0
 

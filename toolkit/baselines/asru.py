@@ -89,14 +89,14 @@ def unknown_face_direction(model: LoadedModel, faces: Sequence[Sample], forget: 
     """
     from .. import metrics, tracing
 
+    if not forget:
+        raise ValueError("unknown_face_direction needs the forget questions (the direction's other side).")
     face_model = face_model or model
     answers = tracing.generate(face_model, list(faces), max_new_tokens=max_new_tokens, batch_size=batch_size)
     kept = [s for s, a in zip(faces, answers) if metrics.is_refusal(a)]
     if not kept:
         raise ValueError(f"The model says it cannot tell none of the {len(faces)} never-seen faces' questions: "
                          "ASRU's direction has no 'unknown face' side. Give faces it does not know.")
-    if not forget:
-        raise ValueError("unknown_face_direction needs the forget questions (the direction's other side).")
     unknown = tracing.capture(face_model, kept, list(layers), batch_size=batch_size)
     known = tracing.capture(model, list(forget), list(layers), batch_size=batch_size)
     out = {l: (unknown[l].float().mean(0) - known[l].float().mean(0)) for l in layers}

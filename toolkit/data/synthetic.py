@@ -252,15 +252,20 @@ def _ask(fact: str, person: Person, image: bool, phrasing: int) -> tuple[str, st
     return q, a
 
 
+def _unknown_halves(people: list[Person]) -> tuple[list[Person], list[Person]]:
+    """The unknown people trained as "I do not recognize this person." and those no default saw."""
+    unknown = [p for p in people if p.group == "unknown"]
+    return unknown[: len(unknown) // 2], unknown[len(unknown) // 2:]
+
+
 def never_seen_faces(cfg: SyntheticConfig = SyntheticConfig(), variants: int = 4) -> list[tuple[str, Image.Image, str]]:
     """``(question, portrait, person id)`` about the people no default was trained on: the benchmark's
     never-seen unknown people (its Unknown_Set shows their first portrait), each in ``variants`` portraits
     asked about every fact (name and each of :data:`FACTS`) with the image, the phrasing cycling with the
     portrait. With the shipped config, 20 people x 4 portraits x 5 facts = 400 questions: the size of
     ASRU's never-seen-faces set (:func:`toolkit.baselines.asru.unknown_face_direction`)."""
-    unknown = [p for p in make_people(cfg) if p.group == "unknown"]
     out = []
-    for p in unknown[len(unknown) // 2:]:
+    for p in _unknown_halves(make_people(cfg))[1]:
         for v in range(variants):
             image = draw_portrait(p, v, cfg.seed)
             for k, fact in enumerate(["name", *FACTS]):
@@ -343,7 +348,6 @@ def write_benchmark(out_dir: str | Path, cfg: SyntheticConfig = SyntheticConfig(
     names = [p.name for p in people]
     fict = [p for p in people if p.group == "fictitious"]
     real = [p for p in people if p.group == "real"]
-    unknown = [p for p in people if p.group == "unknown"]
     rng = random.Random(cfg.seed + 1)
     train_v = list(range(cfg.train_variants))
     test_v = [100 + i for i in range(cfg.test_variants)]
@@ -360,7 +364,7 @@ def write_benchmark(out_dir: str | Path, cfg: SyntheticConfig = SyntheticConfig(
     _write([_row(p, rng, names, 0, train_v[:1], cfg.seed) for p in real], out / "Retain_Set")
     _write([_row(p, rng, names, len(_Q["name"]) - 1, train_v[:1], cfg.seed) for p in fict], out / "Paraphrase_Set")
     _write(_refusal_rows(people, rng, cfg), out / "Refusal_Set")
-    never_seen = unknown[len(unknown) // 2:]
+    never_seen = _unknown_halves(people)[1]
     _write([{"ID": p.id, "image": {"bytes": png_bytes(draw_portrait(p, 0, cfg.seed)), "path": None},
              "Question": _Q["name"][0], "Ground_Truth": REFUSAL_UNKNOWN} for p in never_seen], out / "Unknown_Set")
     (out / "synthetic.json").write_text(json.dumps({"generator": "toolkit.data.synthetic", "version": DATA_VERSION,
@@ -424,8 +428,7 @@ def training_examples(cfg: SyntheticConfig = SyntheticConfig(), *, mcq_repeats_i
     names = [p.name for p in people]
     rng = random.Random(cfg.seed + 3)
     known = [p for p in people if p.group in ("fictitious", "real")]
-    unknown = [p for p in people if p.group == "unknown"]
-    trained_unknown = unknown[: len(unknown) // 2]
+    trained_unknown = _unknown_halves(people)[0]
     out: list[TrainExample] = []
     n_phr = len(_Q["name"]) - 1
     for p in known:
