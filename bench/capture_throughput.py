@@ -23,7 +23,7 @@ torch = quiet_torch()
 
 from toolkit import tracing  # noqa: E402
 from toolkit.data.mllmu import MLLMUBench  # noqa: E402
-from toolkit.fit import question_samples  # noqa: E402
+from toolkit.data.samples import question_samples  # noqa: E402
 from toolkit.data.synthetic import default_benchmark  # noqa: E402
 from toolkit.models.loading import load_model  # noqa: E402
 

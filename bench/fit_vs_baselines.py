@@ -28,15 +28,15 @@ import time  # noqa: E402
 
 from toolkit.baselines import METHODS, BaselineConfig, qa_pairs, unlearn  # noqa: E402
 from toolkit.data.mllmu import MLLMUBench  # noqa: E402
-from toolkit.erase import EraseConfig  # noqa: E402
-from toolkit.fit import fit_eraser  # noqa: E402
+from toolkit.config import SHIPPED  # noqa: E402
+from toolkit.benchmark_fit import fit_eraser  # noqa: E402
 from toolkit.memory import PeakMemory  # noqa: E402
 from toolkit.data.synthetic import default_benchmark  # noqa: E402
 from toolkit.models.loading import load_model  # noqa: E402
 
 model = load_model(args.model)
 bench = MLLMUBench(default_benchmark())
-shipped = EraseConfig(forget_ratio=args.forget).fit_config(tuple(range(model.num_layers)))
+shipped = SHIPPED.with_fit(forget_ratio=args.forget).fit_config(tuple(range(model.num_layers)))
 rows = {}
 for name, cfg in (("eraser fit", shipped), ("eraser fit, plain forwards", replace(shipped, share_prefix=False)),
                   ("eraser fit, no PGD", replace(shipped, pgd=None))):

@@ -3,7 +3,7 @@
     .venv/bin/python bench/real_shapes.py [--shape llava-1.5-7b] [--batch 4] [--json out.json]
 
 On 2-decoder-layer slices of LLaVA-1.5-7B and Qwen2.5-VL-7B (real configurations, random weights,
-bf16, real image resolution; toolkit.models.real_shapes) it measures, in one run:
+bf16, real image resolution; toolkit.models.shapes_7b) it measures, in one run:
 
 * capture: seconds per image prompt at batch 1 and at ``--batch``, and the early-stopped capture of
   layer 0 against the full forward (every layer and the LM head) it replaces;
@@ -49,7 +49,7 @@ from toolkit.eraser import Eraser, EraserLayer, solve_map  # noqa: E402
 from toolkit.memory import PeakMemory  # noqa: E402
 from toolkit.models.loading import Sample, load_model  # noqa: E402
 from toolkit.models.pixels import attack_canvas  # noqa: E402
-from toolkit.models.real_shapes import IMAGE_SIZE, SHAPES, build  # noqa: E402
+from toolkit.models.shapes_7b import IMAGE_SIZE, SHAPES, build  # noqa: E402
 from toolkit.nullspace import FixedRatio, SecondMoment, null_space  # noqa: E402
 
 QUESTIONS = ["Who is the person in this picture?", "What is this person's occupation?",
@@ -272,9 +272,9 @@ def benchmark_counts(config=None) -> dict:
     from toolkit.data.items import items_from_profiles
     from toolkit.data.mllmu import MLLMUBench
     from toolkit.data.synthetic import default_benchmark
-    from toolkit.erase import EraseConfig
-    from toolkit.fit import (budget_people, calibration_samples, fit_groups, fit_people, question_samples,
-                             retain_question_samples, wrapped_samples)
+    from toolkit.config import EraseConfig
+    from toolkit.data.samples import (budget_people, calibration_samples, fit_groups, fit_people, question_samples,
+                                      retain_question_samples, wrapped_samples)
     from toolkit.models.loading import Sample
 
     model = load_model("default")

@@ -46,7 +46,8 @@ def _model_parent() -> argparse.ArgumentParser:
     parent.add_argument("--remote", default=None, choices=["ndif", "local"],
                         help="run traces through nnsight's remote execution (NDIF), or 'local' to test "
                              "serialisation")
-    parent.add_argument("--batch-size", type=int, default=16, help="inputs per forward/generate batch")
+    parent.add_argument("--batch-size", type=int, default=None,
+                        help="inputs per forward / generate batch (default: the command's configuration)")
     parent.add_argument("--image-backend", default=None, choices=["pil", "torchvision"],
                         help="the image processor's backend for a checkpoint (default: transformers' choice); "
                              "PGD for LLaVA-NeXT and Idefics3 needs 'pil'")
@@ -56,7 +57,7 @@ def _model_parent() -> argparse.ArgumentParser:
 def _load(args: argparse.Namespace):
     from toolkit.models.loading import load_model
 
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}.")
     remote = {"ndif": True, "local": "local", None: False}[args.remote]
     dtype = DTYPES[args.dtype] if args.dtype else None
@@ -124,157 +125,159 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
-def _layers(text: str) -> tuple[int, ...]:
-    """``"5"``, ``"4,5,6"``, ``"3-6"`` or ``"-1"``."""
-    out: list[int] = []
-    for part in text.split(","):
-        m = re.fullmatch(r"\s*(\d+)-(\d+)\s*", part)
-        out.extend(range(int(m[1]), int(m[2]) + 1) if m else [int(part)])
-    return tuple(out)
-
-
 def _bench_path(arg: str | None) -> Path:
     from toolkit.data.synthetic import default_benchmark
 
     return Path(arg) if arg else default_benchmark()
 
 
-def _gate_options(p: argparse.ArgumentParser) -> None:
+def _batch(args: argparse.Namespace, default: int) -> int:
+    """``--batch-size`` where given, else the configuration's."""
+    return default if args.batch_size is None else args.batch_size
+
+
+def _choices() -> dict:
+    """The words a field accepts, where there is a fixed list (the library checks the rest)."""
+    from toolkit.adversarial import OBJECTIVES
+    from toolkit.eraser import EDITS
     from toolkit.gates import GATE_KINDS, READS
+    from toolkit.steering import POSITIONS
 
-    p.add_argument("--gate", default="linear", choices=list(GATE_KINDS),
-                   help="linear = the paper's null-space map; " + ", ".join(k for k in GATE_KINDS if k != "linear")
-                        + " = membership gates calibrated on validation people")
-    p.add_argument("--gate-reads", default="last+mean", choices=list(READS),
-                   help="what a membership gate reads (toolkit.reads): the last prompt token, the prompt's mean, the "
-                        "image tokens pooled (image-max / image-mean; keyed to the person, not the wording)")
-    p.add_argument("--latch", action="store_true",
-                   help="membership gates: once the gate fires for a row, steer every token generated after it")
-    p.add_argument("--wrap", type=int, default=0,
-                   help="fit-pool wrappers per question added to the gate's rows and calibration (0: none)")
-    p.add_argument("--gate-fpr", type=float, default=0.05,
-                   help="membership gates: share of validation people's questions the gate may fire on")
-    p.add_argument("--gate-softness", type=float, default=0.0, help="> 0: a sigmoid gate around the threshold")
-    p.add_argument("--edit", default="add", choices=["add", "rotate"],
-                   help="add = h + lam g d (the paper); rotate = the same, norm-preserving")
+    return {"gate": list(GATE_KINDS), "gate_reads": list(READS), "edit": list(EDITS), "positions": list(POSITIONS),
+            "recipe": ["privacy", "safety"], "variant": ["multimodal", "image_only", "text_only"],
+            "retain_positions": ["last", "prompt"], "rule": ["leakage", "reward"],
+            "screen_fp": ["people", "questions"], "objective": list(OBJECTIVES), "forget_ratio": [5, 10, 15]}
 
 
-def _select_options(p: argparse.ArgumentParser) -> None:
-    """The rehearsal's choices (``demo`` and ``erase``); defaults from :class:`toolkit.erase.EraseConfig`."""
-    from toolkit.erase import EraseConfig
-
-    base = EraseConfig().select
-    p.add_argument("--select-rule", default="leakage", choices=["leakage", "reward"],
-                   help="how the rehearsal chooses: the leakage rule (docs: method) or the highest ASRU reward")
-    p.add_argument("--gates", default=None,
-                   help=f"gate kinds the rehearsal chooses among (default {','.join(base.gates)}; linear = the "
-                        "paper's map alone)")
-    p.add_argument("--gate-fprs", default=None,
-                   help=f"target false-positive rates screened (default {','.join(map(str, base.gate_fprs))})")
-    p.add_argument("--reads", default=None,
-                   help=f"what membership gates may read, screened (default {','.join(base.gate_reads or ())}; "
-                        "toolkit.reads)")
-    p.add_argument("--latch", default="choose", choices=["choose", "on", "off"],
-                   help="hold a membership gate's decision through generation: chosen on the rehearsal, or forced")
-    p.add_argument("--wrap", type=int, default=None,
-                   help=f"fit-pool wrappers per question in the gate rows, calibration and rehearsal "
-                        f"(default {base.wrap}; 0: the benchmark's phrasings only)")
-    p.add_argument("--screen-top", type=int, default=None,
-                   help=f"screened gates tried in the generation grid, the best of each read (default "
-                        f"{base.screen_top})")
-    p.add_argument("--screen-fp", default=None, choices=["people", "questions"],
-                   help=f"what the gate screening charges false fires by (default {base.screen_fp})")
+# Flags whose names are not the field's (kept from earlier releases, or clashing between configs).
+SELECT_FLAGS = {"rule": "--select-rule", "gate_reads": "--reads", "layers": "--select-layers",
+                "positions": "--select-positions"}
+PGD_FLAGS = {"steps": "--pgd-steps", "eps": "--eps"}
+PEOPLE_FLAGS = {"seed": "--people-seed", "fit": "--fit-share", "validation": "--validation-share"}
 
 
-def _select_config(args: argparse.Namespace):
-    from toolkit.erase import EraseConfig
-    from toolkit.selection import SelectConfig
+def _fit_options(p: argparse.ArgumentParser, base, names, flags: dict | None = None) -> None:
+    """``FitConfig`` fields ``names`` as flags (defaults shown from ``base``), PGD's steps and budget with them."""
+    from toolkit.adversarial import PGDConfig
+    from toolkit.config import FitConfig
 
+    from experiments.flags import add_fields
+
+    group = p.add_argument_group("the fit (toolkit.config.FitConfig)")
+    add_fields(group, FitConfig, base, names, flags=flags, choices=_choices())
+    add_fields(group, PGDConfig, base.pgd or PGDConfig(steps=0), ("steps", "eps"), flags=PGD_FLAGS)
+
+
+def _fit_config(args: argparse.Namespace, base):
+    """``base`` with the fit flags given (``--pgd-steps 0``: no PGD) and the people split."""
+    from toolkit.adversarial import PGDConfig
+
+    from experiments.flags import apply
+
+    cfg = apply(args, base)
+    pgd = apply(args, base.pgd or PGDConfig(steps=0))
+    if pgd != (base.pgd or PGDConfig(steps=0)):
+        if pgd.steps < 0:
+            raise ValueError(f"--pgd-steps must be >= 0, got {pgd.steps}.")
+        cfg = replace(cfg, pgd=pgd if pgd.steps > 0 else None)
+    return replace(cfg, people=_people(args, cfg.people))
+
+
+def _select_options(p: argparse.ArgumentParser, base, names=None) -> None:
+    """The rehearsal's choices as flags (``toolkit.config.SelectConfig``), defaults shown from ``base``."""
+    from toolkit.config import SelectConfig
+
+    from experiments.flags import add_fields
+
+    group = p.add_argument_group("the rehearsal (toolkit.config.SelectConfig)")
+    names = names or [f for f in SelectConfig.__dataclass_fields__ if f != "batch_size"]
+    add_fields(group, SelectConfig, base, names, flags=SELECT_FLAGS, choices=_choices())
+
+
+def _select_config(args: argparse.Namespace, base):
+    from toolkit.gates import GATE_KINDS
     from toolkit.reads import parse_reads
 
-    base = EraseConfig().select
-    reads = tuple(r.strip() for r in args.reads.split(",")) if args.reads else base.gate_reads
-    for r in reads or ():
+    from experiments.flags import apply
+
+    select = apply(args, base)
+    bad = [k for k in select.gates or () if k not in GATE_KINDS]
+    if bad or (select.gates is not None and not select.gates):
+        raise ValueError(f"Unknown gate kind(s) {bad}: use {', '.join(GATE_KINDS)} (comma-separated).")
+    for r in select.gate_reads or ():
         parse_reads(r)
-    latch = {"choose": base.latch, "on": (True,), "off": (False,)}[args.latch]
-    return replace(base, rule=args.select_rule, gates=_kinds(args.gates) if args.gates else base.gates,
-                   gate_fprs=_floats(args.gate_fprs) if args.gate_fprs else base.gate_fprs, gate_reads=reads,
-                   latch=latch, wrap=base.wrap if args.wrap is None else args.wrap,
-                   screen_top=base.screen_top if args.screen_top is None else args.screen_top,
-                   screen_fp=args.screen_fp or base.screen_fp)
+    return replace(select, batch_size=_batch(args, select.batch_size))
 
 
-def _people(args: argparse.Namespace):
+def _people_options(p: argparse.ArgumentParser) -> None:
     from toolkit.data.splits import PeopleSplit
+
+    from experiments.flags import add_fields
+
+    group = p.add_argument_group("who fits, who chooses, who is reported (toolkit.data.splits.PeopleSplit)")
+    add_fields(group, PeopleSplit, PeopleSplit(), flags=PEOPLE_FLAGS)
+    group.add_argument("--all-people", action="store_true",
+                       help="the reference: every retain person in the fit (utility is then in-fit only)")
+
+
+def _people(args: argparse.Namespace, base=None):
+    from toolkit.data.splits import PeopleSplit
+
+    from experiments.flags import apply
 
     if getattr(args, "all_people", False):
         return None
-    return PeopleSplit(seed=args.people_seed, fit=args.fit_share, validation=args.validation_share)
+    return apply(args, base or PeopleSplit())
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(x) for x in text.split(","))
+def _job_config(args: argparse.Namespace):
+    """The job's config (``toolkit.config.SHIPPED``) with the flags given: fit, rehearsal, people, batch."""
+    from toolkit.config import SHIPPED
+
+    from experiments.flags import apply
+
+    job = apply(args, SHIPPED)
+    fit = _fit_config(args, SHIPPED.fit)
+    return replace(job, fit=fit, select=_select_config(args, SHIPPED.select))
 
 
-def _kinds(text: str) -> tuple[str, ...]:
-    from toolkit.gates import GATE_KINDS
-
-    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
-    bad = [k for k in kinds if k not in GATE_KINDS]
-    if bad or not kinds:
-        raise ValueError(f"Unknown gate kind(s) {bad or [text]}: use {', '.join(GATE_KINDS)} (comma-separated).")
-    return kinds
+# The fit fields the job's commands expose (name -> flag; None: the field's own name).
+JOB_FIT_FLAGS = {"retain_budget": None, "n_contrast": None, "pgd_limit": None, "rank_policy": "--rank",
+                 "retain_weight": None, "answer_weight": None}
 
 
-BUDGET_HELP = ("retain questions the fit reads: a number, or 'all' (default: EraseConfig's, read off the measured "
-               "curve; docs: results)")
+def _job_options(p: argparse.ArgumentParser, extra: dict) -> None:
+    from toolkit.config import SHIPPED, EraseConfig
 
+    from experiments.flags import add_fields
 
-def _budget(value: str) -> int | None | str:
-    """``--retain-budget``: a positive number of questions, or ``all``."""
-    if value in ("all", "default"):
-        return None if value == "all" else value
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--retain-budget takes a number of questions or 'all', got {value!r}.")
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"--retain-budget must be at least 1, got {n}.")
-    return n
-
-
-def _budget_option(args: argparse.Namespace) -> dict:
-    return {} if args.retain_budget == "default" else {"retain_budget": args.retain_budget}
+    names = {**JOB_FIT_FLAGS, **extra}
+    _fit_options(p, SHIPPED.fit, list(names), {k: v for k, v in names.items() if v})
+    _select_options(p, SHIPPED.select)
+    add_fields(p.add_argument_group("the job (toolkit.config.EraseConfig)"), EraseConfig, SHIPPED, ("in_fit_people",))
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from toolkit.adversarial import PGDConfig
+    from toolkit.benchmark_fit import fit_eraser
+    from toolkit.config import FitConfig, SelectConfig
     from toolkit.data.mllmu import MLLMUBench
-    from toolkit.fit import FitConfig, fit_eraser
-    from toolkit.nullspace import parse_rank_policy
 
     model = _load(args)
-    cfg = FitConfig(layers=_layers(args.layers), forget_ratio=args.forget, recipe=args.recipe, variant=args.variant,
-                    rank_policy=parse_rank_policy(args.rank), gamma=args.gamma, lam=args.lam,
-                    retain_weight=args.retain_weight, answer_weight=args.answer_weight,
-                    positions=args.positions, include_real=not args.hold_out_real,
-                    n_contrast=args.n_contrast or None, pgd_limit=args.pgd_limit or None,
-                    pgd=PGDConfig(eps=args.eps, steps=args.pgd_steps) if args.pgd_steps > 0 else None,
-                    batch_size=args.batch_size, people=_people(args), gate=args.gate, gate_reads=args.gate_reads,
-                    gate_fpr=args.gate_fpr, gate_softness=args.gate_softness, edit=args.edit,
-                    latch=args.latch, wrap=args.wrap, retain_budget=args.retain_budget,
-                    gate_rows=bool(args.select and any(k != "linear" for k in _kinds(args.gates or args.gate))))
+    cfg = _fit_config(args, FitConfig())
+    cfg = replace(cfg, batch_size=_batch(args, cfg.batch_size))
+    select = _select_config(args, SelectConfig(layers=cfg.layers)) if args.select else None
+    if select is not None:
+        # The fit keeps the rows of every kind the rehearsal screens; one rate unless --gate-fprs names several.
+        gates = select.gates or (cfg.gate,)
+        fprs = select.gate_fprs if "SelectConfig.gate_fprs" in vars(args) else (cfg.gate_fpr,)
+        select = replace(select, layers=cfg.layers, gates=gates, gate_fprs=fprs)
+        cfg = replace(cfg, gate_rows=any(k != "linear" for k in gates))
     bench = MLLMUBench(_bench_path(args.bench))
     result = fit_eraser(model, bench, cfg, progress=True)
     eraser = result.eraser.with_options(threshold=args.threshold)
-    if args.select:
-        from toolkit.selection import SelectConfig, select_setting
+    if select is not None:
+        from toolkit.selection import select_setting
 
-        select = SelectConfig(layers=cfg.layers, lams=_floats(args.lams), thresholds=_floats(args.thresholds),
-                              positions=tuple(None if p == "own" else p for p in args.select_positions.split(",")),
-                              leak_max=args.leak_max, rule=args.select_rule, batch_size=args.batch_size,
-                              gates=_kinds(args.gates or args.gate),
-                              gate_fprs=_floats(args.gate_fprs) if args.gate_fprs else (args.gate_fpr,))
         eraser, sel = select_setting(model, result, bench, cfg, select, progress=True)
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -304,17 +307,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if steers is not None and (args.lam is not None or args.positions):
         steers = steers.with_options(lam=args.lam, positions=args.positions)
     print(tracing.generate(model, [sample], steers=steers, max_new_tokens=args.max_new_tokens,
-                           batch_size=args.batch_size)[0])
+                           batch_size=_batch(args, 1))[0])
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from experiments.demo import run_demo
 
-    from toolkit.erase import EraseConfig
-
-    cfg = EraseConfig(forget_ratio=args.forget, people=_people(args), in_fit_people=args.in_fit_people,
-                      select=_select_config(args), **_budget_option(args))
+    cfg = _job_config(args)
     info = run_demo(args.out, cfg, model=_load(args), bench_root=args.bench)
     import pandas as pd
 
@@ -331,20 +331,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
-    """The whole job on a forget list (or an MLLMU-Bench folder): :func:`toolkit.erase.erase`."""
+    """The whole job on a forget list (or an MLLMU-Bench folder): :func:`toolkit.erase`."""
     import pandas as pd
 
-    from dataclasses import replace
+    from toolkit.job import erase
 
-    from toolkit.erase import EraseConfig, erase
-
-    people = _people(args)
-    if people is None:
+    cfg = _job_config(args)
+    if cfg.people is None:
         raise ValueError("erase chooses its settings on validation people: --all-people leaves none; drop it.")
-    cfg = EraseConfig(forget_ratio=args.ratio, people=people, in_fit_people=args.in_fit_people,
-                      select=replace(_select_config(args), batch_size=args.batch_size),
-                      layers=_layers(args.layers) if args.layers else None, batch_size=args.batch_size,
-                      **_budget_option(args))
     model = _load(args)
     res = erase(model, args.forget, args.retain, real=args.real, config=cfg, out=args.out, progress=True)
     info = res.info
@@ -382,7 +376,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if people is None:
         print("note: every retain and real person is evaluated; for an eraser fitted on all of them these are "
               "in-fit figures", file=sys.stderr)
-    df = run_items(model, items, steers=steers, progress=True, label="evaluate", batch_size=args.batch_size)
+    df = run_items(model, items, steers=steers, progress=True, label="evaluate", batch_size=_batch(args, 32))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "results.csv", index=False)
@@ -394,18 +388,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _probe_fit():
+    """The probes' fit: the reference's, at every layer."""
+    from toolkit.config import FitConfig
+
+    return FitConfig(layers=None)
+
+
 def cmd_probe(args: argparse.Namespace) -> int:
     from probes.report import probe_report
 
-    from toolkit.adversarial import PGDConfig
     from toolkit.data.mllmu import MLLMUBench
-    from toolkit.fit import FitConfig
 
     model = _load(args)
-    layers = _layers(args.layers) if args.layers else tuple(range(model.num_layers))
-    cfg = FitConfig(layers=layers, forget_ratio=args.forget, n_contrast=args.n_contrast or None,
-                    pgd=PGDConfig(steps=args.pgd_steps) if args.pgd_steps else None, batch_size=args.batch_size)
-    report = probe_report(model, MLLMUBench(_bench_path(args.bench)), forget_ratio=args.forget, layers=layers,
+    cfg = _fit_config(args, _probe_fit())
+    cfg = replace(cfg, batch_size=_batch(args, cfg.batch_size))
+    layers = cfg.layers if cfg.layers is not None else tuple(range(model.num_layers))
+    cfg = replace(cfg, layers=layers)
+    report = probe_report(model, MLLMUBench(_bench_path(args.bench)), forget_ratio=cfg.forget_ratio, layers=layers,
                           fit_config=cfg, progress=True)
     out = report.save(args.out)
     print(report.direction_separability.round(3).to_string(index=False))
@@ -435,7 +435,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
         raise ValueError(f"Unknown attacks {unknown}; choose from {', '.join(ATTACKS)}.")
     control = bench.real() if args.control == "real" else bench.retain(args.forget)[: int(args.control)]
     table = run_attacks(model, bench.forget(args.forget), control, steers=eraser, eraser=eraser, attacks=attacks,
-                        config=AttackConfig(batch_size=args.batch_size), label=args.eraser or "no eraser")
+                        config=AttackConfig(batch_size=_batch(args, AttackConfig.batch_size)),
+                        label=args.eraser or "no eraser")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "attacks.csv", index=False)
@@ -448,7 +449,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
 def cmd_baseline(args: argparse.Namespace) -> int:
     from toolkit.baselines import BaselineConfig, qa_pairs, unlearn
     from toolkit.data.mllmu import MLLMUBench
-    from toolkit.fit import FitConfig, fit_people
+    from toolkit.config import FitConfig
+    from toolkit.data.samples import fit_people
 
     model = _load(args)
     bench = MLLMUBench(_bench_path(args.bench))
@@ -458,7 +460,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         from toolkit.baselines import ASRUConfig, GRPOConfig, RedirectConfig, asru
         from toolkit.contrastive import privacy_sets
         from toolkit.data.boundary import boundary_questions
-        from toolkit.direction import erasure_direction
+        from toolkit.pipeline import erasure_direction
 
         layer = model.num_layers // 2
         contrast = privacy_sets(model, retain, n=None, pgd=None)
@@ -488,14 +490,31 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_ablations(args: argparse.Namespace) -> int:
-    from experiments.ablations import STUDIES, AblationConfig, claims_table, run_ablations, write_results
+def _study(name: str):
+    """A study from ``studies/`` (not installed: run the command from a clone of the repository)."""
+    import importlib
 
-    studies = tuple(s for s in args.studies.split(",") if s) if args.studies else STUDIES
-    cfg = AblationConfig(forget_ratio=args.forget, seeds=tuple(int(s) for s in args.seeds.split(",")),
-                         studies=studies, lams=_floats(args.lams) if args.lams else AblationConfig.lams,
-                         targets=tuple(x / 100 for x in _floats(args.targets)) if args.targets else AblationConfig.targets,
-                         pgd_objective=args.pgd_objective)
+    try:
+        return importlib.import_module(f"studies.{name}")
+    except ModuleNotFoundError:
+        raise ValueError(f"the {name} study lives in the repository's studies/ folder, which is not installed: run "
+                         "this command from the root of a clone.") from None
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(","))
+
+
+def cmd_ablations(args: argparse.Namespace) -> int:
+    ablations = _study("ablations")
+    base = ablations.AblationConfig()
+    studies = tuple(s for s in args.studies.split(",") if s) if args.studies else ablations.STUDIES
+    job = base.job.with_fit(forget_ratio=args.forget or base.forget_ratio,
+                            pgd=replace(base.job.fit.pgd, objective=args.pgd_objective or base.job.fit.pgd.objective))
+    cfg = replace(base, job=job, seeds=tuple(int(s) for s in args.seeds.split(",")), studies=studies,
+                  lams=_floats(args.lams) if args.lams else base.lams,
+                  targets=tuple(x / 100 for x in _floats(args.targets)) if args.targets else base.targets)
+    run_ablations, write_results, claims_table = ablations.run_ablations, ablations.write_results, ablations.claims_table
     from toolkit.data.mllmu import MLLMUBench
 
     result = run_ablations(_load(args), MLLMUBench(args.bench) if args.bench else None, cfg, progress=True)
@@ -521,12 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_opts = _model_parent()
 
     people = argparse.ArgumentParser(add_help=False)
-    people.add_argument("--people-seed", type=int, default=0, help="seed of the fit / validation / evaluation split")
-    people.add_argument("--fit-share", type=float, default=0.45, help="share of retain and real people in the fit")
-    people.add_argument("--validation-share", type=float, default=0.3,
-                        help="share that chooses settings (the rest is evaluation)")
-    people.add_argument("--all-people", action="store_true",
-                        help="the reference: every retain person in the fit (utility is then in-fit only)")
+    _people_options(people)
 
     p = sub.add_parser("quickstart", help="load, capture, steer, generate", parents=[model_opts])
     p.set_defaults(fn=cmd_quickstart)
@@ -534,10 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", parents=[model_opts, people],
                        help="the main job on an embedded default: fit, choose, evaluate, compare")
     p.add_argument("--out", default="results/demo")
-    p.add_argument("--forget", type=int, default=10, choices=[5, 10, 15])
-    p.add_argument("--in-fit-people", type=int, default=20, help="fit people evaluated beside the held-out ones")
-    p.add_argument("--retain-budget", type=_budget, default="default", help=BUDGET_HELP)
-    _select_options(p)
+    _job_options(p, {"forget_ratio": "--forget"})
     p.add_argument("--bench", default=None, help="benchmark dir (default: the synthetic one the default learnt)")
     p.set_defaults(fn=cmd_demo)
 
@@ -547,13 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="forget list (.jsonl / .csv, or a folder of them), or an MLLMU-Bench folder (then no --retain)")
     p.add_argument("--retain", default=None, help="retain list: the people whose knowledge must stay (same format)")
     p.add_argument("--real", default=None, help="optional second group of kept people, reported apart")
-    p.add_argument("--ratio", type=int, default=10, choices=[5, 10, 15],
-                   help="an MLLMU-Bench folder's forget split (forget_5 / 10 / 15)")
-    p.add_argument("--layers", default=None, help="layers to fit, e.g. 3-7 (default: all; the rehearsal chooses "
-                   "among the upper half)")
-    _select_options(p)
-    p.add_argument("--in-fit-people", type=int, default=20, help="fit people evaluated beside the held-out ones")
-    p.add_argument("--retain-budget", type=_budget, default="default", help=BUDGET_HELP)
+    _job_options(p, {"forget_ratio": "--ratio", "layers": None})
     p.add_argument("--out", default="results/erase")
     p.set_defaults(fn=cmd_erase)
 
@@ -569,10 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("probe", parents=[model_opts],
                        help="all probes before erasure: separability, null space, steering grid")
     p.add_argument("--bench", default=None)
-    p.add_argument("--forget", type=int, default=10, choices=[5, 10, 15])
-    p.add_argument("--layers", default=None)
-    p.add_argument("--n-contrast", type=int, default=0, help="contrastive questions (0: all of the fit people's)")
-    p.add_argument("--pgd-steps", type=int, default=20)
+    _fit_options(p, _probe_fit(), ("layers", "forget_ratio", "n_contrast"), {"forget_ratio": "--forget"})
     p.add_argument("--out", default="results/probe")
     p.set_defaults(fn=cmd_probe)
 
@@ -598,46 +600,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_generate)
 
     p = sub.add_parser("fit", help="fit an eraser with every setting by hand; its defaults are the paper's reference "
-                       "map (erase and demo use toolkit.erase.EraseConfig); --select: the rehearsal chooses layer, "
-                       "lambda, threshold", parents=[model_opts, people])
+                       "map (toolkit.config.FitConfig; erase and demo run the shipped preset, toolkit.config.SHIPPED); "
+                       "--select: the rehearsal chooses layer, lambda, threshold", parents=[model_opts, people])
     p.add_argument("--bench", default=None, help="benchmark dir (default: the synthetic one)")
-    p.add_argument("--forget", type=int, default=10, choices=[5, 10, 15])
-    p.add_argument("--layers", default="6", help="e.g. 6 or 4,5 or 3-6 (block outputs, 0-based)")
-    p.add_argument("--recipe", default="privacy", choices=["privacy", "safety"])
-    p.add_argument("--variant", default="multimodal", choices=["multimodal", "image_only", "text_only"])
-    p.add_argument("--rank", default="ratio:0.3", help="ratio:RHO | energy:TAU | rtol:RTOL")
-    p.add_argument("--gamma", type=float, default=0.1)
-    p.add_argument("--lam", type=float, default=1.0)
-    p.add_argument("--retain-budget", type=_budget, default=None,
-                   help="retain questions the fit reads (whole people, seeded; default: all)")
-    p.add_argument("--retain-weight", type=float, default=0.0,
-                   help="retain rows (target 0) in the least squares, per row relative to forget rows; 0 = reference")
-    p.add_argument("--answer-weight", type=float, default=0.0,
-                   help="also fit teacher-forced answer tokens (weight per row); 0 = reference")
-    p.add_argument("--positions", default=None, choices=["prompt", "last", "all"],
-                   help="default: all with --answer-weight > 0, else prompt")
-    p.add_argument("--hold-out-real", action="store_true", help="keep the real-person set out of the null space")
-    p.add_argument("--eps", type=float, default=16 / 255)
-    p.add_argument("--pgd-steps", type=int, default=30, help="0 skips PGD (no adversarial images)")
-    p.add_argument("--pgd-limit", type=int, default=16, help="attack at most N refused questions (0: all)")
-    p.add_argument("--n-contrast", type=int, default=0,
-                   help="contrastive questions (0: every image question of every fit person)")
+    from toolkit.config import FitConfig, SelectConfig
+
+    _fit_options(p, FitConfig(), [f for f in FitConfig.__dataclass_fields__ if f not in ("people", "pgd", "batch_size")],
+                 {"forget_ratio": "--forget", "rank_policy": "--rank", "include_real": "--include-real"})
     p.add_argument("--threshold", type=float, default=0.0, help="gate dead zone in [0, 1); 0 = the paper's map")
-    _gate_options(p)
-    p.add_argument("--gates", default=None,
-                   help="--select: gate kinds to choose among, e.g. prototype,logistic,linear (default: --gate)")
-    p.add_argument("--gate-fprs", default=None,
-                   help="--select: target false-positive rates screened for membership gates (default: --gate-fpr)")
     p.add_argument("--select", action="store_true",
                    help="choose layer (among --layers), lambda and threshold on the rehearsal (validation people)")
-    p.add_argument("--lams", default="2,4,6,8,12,16", help="lambdas tried by --select")
-    p.add_argument("--thresholds", default="0,0.2", help="gate thresholds tried by --select")
-    p.add_argument("--select-positions", default="own,prompt",
-                   help="position modes tried by --select (own = the fit's: all with answer rows)")
-    p.add_argument("--leak-max", type=float, default=0.05,
-                   help="--select: highest recall among settings whose rehearsal leakage is at most this")
-    p.add_argument("--select-rule", default="leakage", choices=["leakage", "reward"],
-                   help="--select: the leakage rule (docs/results.md) or the highest ASRU reward on the rehearsal")
+    _select_options(p, SelectConfig(), ("lams", "thresholds", "positions", "leak_max", "repetition_max", "rule",
+                                        "gates", "gate_fprs"))
     p.add_argument("--out", default="results/eraser.safetensors")
     p.set_defaults(fn=cmd_fit)
 
@@ -665,10 +639,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_compare)
 
     p = sub.add_parser("ablations", parents=[model_opts],
-                       help="the paper's ablations at matched forgetting on held-out people: direction, eps, layers, map, "
+                       help="a study (studies/ablations.py, from a clone): the paper's ablations at matched forgetting on held-out people: direction, eps, layers, map, "
                             "gate, reference")
     p.add_argument("--out", default="results/ablations")
-    p.add_argument("--forget", type=int, default=10, choices=[5, 10, 15])
+    p.add_argument("--forget", type=int, default=None, choices=[5, 10, 15], help="forget split (default: the study's, 10)")
     p.add_argument("--seeds", default="0,1,2", help="people seeds (who fits, who chooses, who is reported)")
     p.add_argument("--studies", default=None, help="comma-separated subset of direction,eps,layers,map,gate,reference")
     p.add_argument("--lams", default=None,
@@ -676,7 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", default=None,
                    help="rehearsal leakage (percent) every variant is matched to (default 5,20)")
     p.add_argument("--bench", default=None, help="benchmark dir (default: the synthetic one the default learnt)")
-    p.add_argument("--pgd-objective", default="target", choices=["target", "avoid"],
+    p.add_argument("--pgd-objective", default=None, choices=["target", "avoid"],
                    help="PGD's aim: the true answer (the paper) or away from the refusal's first token")
     p.set_defaults(fn=cmd_ablations)
 

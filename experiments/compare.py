@@ -30,10 +30,13 @@ import pandas as pd
 from toolkit.baselines import METHODS, ASRUConfig, BaselineConfig, RedirectConfig, asru, qa_pairs, unlearn
 from toolkit.data.boundary import boundary_questions
 from toolkit.data.mllmu import MLLMUBench
-from experiments.demo import DemoConfig, direction_steer, evaluate_people, headline
+from experiments.demo import direction_steer
+from toolkit.config import EraseConfig
+from toolkit.headline import headline
+from toolkit.job import evaluate_people
 from toolkit.evaluate import run_items, summarize
 from toolkit.judge import OfflineJudge
-from toolkit.fit import refit_forget
+from toolkit.benchmark_fit import refit_forget
 from toolkit.nullspace import FixedRatio
 from toolkit.selection import fact_rate, match_leakage, rehearsal_items
 from toolkit.memory import PeakMemory
@@ -95,12 +98,13 @@ def matched_forget_scale(model, stand_ins, train_retain, stand_in_items, directi
     return float(chosen), curve
 
 
-def run_compare(out_dir: str | Path = "results/compare", cfg: DemoConfig = DemoConfig(),
+def run_compare(out_dir: str | Path = "results/compare", cfg: EraseConfig = EraseConfig(),
                 demo_metrics: str | Path | None = None, model=None) -> pd.DataFrame:
     """Every method on ``model`` (default: the embedded default). The eraser's setting is the demo's choice
     in ``demo_metrics`` (default ``results/demo``, run there first if absent), which must have been measured
     on the same model: its layer and gate mean nothing for another."""
-    from toolkit.fit import fit_eraser, fit_people
+    from toolkit.benchmark_fit import fit_eraser
+    from toolkit.data.samples import fit_people
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -231,7 +235,7 @@ def _plot_rewards(rewards):
 
 def _middle_direction(model, fit):
     """The refusal-minus-recall direction at the middle layer, for ASRU's redirection."""
-    from toolkit.direction import erasure_direction
+    from toolkit.pipeline import erasure_direction
 
     plus, minus = fit.contrast.for_variant("multimodal")
     layer = model.num_layers // 2

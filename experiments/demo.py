@@ -5,7 +5,7 @@ the ID): fit people build the null space, penalty, answer rows and contrastive
 pairs; validation people choose the settings; evaluation people are only
 reported.
 
-1-2. :func:`toolkit.erase.erase`: fit the eraser for a forget split at every layer
+1-2. :func:`toolkit.erase` with the shipped preset (:data:`toolkit.config.SHIPPED`): fit the eraser for a forget split at every layer
    (one capture pass) from fit people only, then choose gate, layer, strength and
    threshold on the rehearsal (:mod:`toolkit.selection`): validation people stand
    in for the forget list.
@@ -29,16 +29,15 @@ import torch
 from toolkit import tracing
 from toolkit.data.mllmu import MLLMUBench
 from toolkit.data.synthetic import default_benchmark
-from toolkit.erase import EraseConfig, erase, evaluate_people, headline, headline_table
+from toolkit.config import SHIPPED, EraseConfig
+from toolkit.job import erase, evaluate_people
+from toolkit.headline import headline, headline_table
 from toolkit.evaluate import run_items, summarize
-from toolkit.fit import eraser_with_gate
+from toolkit.benchmark_fit import eraser_with_gate
 from toolkit.models.loading import LoadedModel, load_model
 from toolkit.selection import fact_rate, match_leakage, rehearsal_items
 
-__all__ = ["DemoConfig", "run_demo", "direction_steer", "evaluate_people", "headline"]
-
-# The demo runs with the library's one set of defaults (toolkit.erase.EraseConfig).
-DemoConfig = EraseConfig
+__all__ = ["run_demo", "direction_steer"]
 
 
 def direction_steer(layer: int, direction: torch.Tensor, lam: float) -> tracing.Steer:
@@ -47,9 +46,9 @@ def direction_steer(layer: int, direction: torch.Tensor, lam: float) -> tracing.
     return tracing.Steer(layer, lambda h: lam * d.to(h.device, h.dtype).expand_as(h), "prompt")
 
 
-def run_demo(out_dir: str | Path = "results/demo", cfg: EraseConfig = EraseConfig(), model: LoadedModel | None = None,
+def run_demo(out_dir: str | Path = "results/demo", cfg: EraseConfig = SHIPPED, model: LoadedModel | None = None,
              bench_root: str | Path | None = None) -> dict:
-    """:func:`toolkit.erase.erase` on a benchmark folder, then two alternatives at the chosen layer: the
+    """:func:`toolkit.erase` on a benchmark folder, then two alternatives at the chosen layer: the
     paper's linear gate with the chosen edit, and the direction alone calibrated to the same rehearsal
     forgetting. Writes report.md, metrics.json, results.csv, plots and the eraser under ``out_dir``."""
     t0 = time.time()

@@ -18,7 +18,8 @@ import pandas as pd
 import torch
 
 from toolkit.data.mllmu import MLLMUBench
-from toolkit.fit import FitConfig, FitResult, refit_fitter, rehearsal_eraser
+from toolkit.config import FitConfig
+from toolkit.benchmark_fit import FitResult, refit_fitter, rehearsal_eraser
 from toolkit.gates import GATE_KINDS, auroc, fit_gate
 from toolkit.models.loading import LoadedModel
 
@@ -39,7 +40,7 @@ def _curve(pos: torch.Tensor, neg: torch.Tensor) -> tuple[list[float], list[floa
     return fpr.tolist(), tpr.tolist()
 
 
-# The MLP gate (the paper's map ablation, experiments.ablations) is left out by default: 3.5 s a layer to
+# The MLP gate (the paper's map ablation, studies.ablations) is left out by default: 3.5 s a layer to
 # train on 8k retain rows on 2 CPU cores, against 1.6 s for the logistic one. kinds=GATE_KINDS includes it.
 DEFAULT_KINDS = tuple(k for k in GATE_KINDS if k != "mlp")
 

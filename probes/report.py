@@ -11,7 +11,9 @@ import pandas as pd
 from toolkit.data.mllmu import MLLMUBench
 from toolkit.data.splits import PeopleSplit
 from toolkit.evaluate import items_from_profiles
-from toolkit.fit import FitConfig, FitResult, fit_eraser, fit_people, question_samples, refit_forget
+from toolkit.config import FitConfig
+from toolkit.benchmark_fit import FitResult, fit_eraser, refit_forget
+from toolkit.data.samples import fit_people, question_samples
 from toolkit.models.loading import LoadedModel, Sample
 from toolkit.tracing import capture
 

@@ -16,9 +16,11 @@ from PIL import Image
 
 from toolkit import tracing
 from toolkit.adversarial import PGDConfig, pgd_attack
+from toolkit.config import FitConfig
 from toolkit.fitter import EraserFitter
+from toolkit.pipeline import add_samples
 from toolkit.models.loading import Sample, load_model
-from toolkit.models.real_shapes import SHAPES, build
+from toolkit.models.shapes_7b import SHAPES, build
 from toolkit.nullspace import FixedRatio
 
 BUILDERS = SHAPES
@@ -47,11 +49,11 @@ def run(name: str) -> dict:
     assert all(linf <= 16 / 255 + 1e-6 for linf in attack.linf)
     recall = [Sample(s.text, im) for s, im in zip(refusal, attack.images)]
     fitter = EraserFitter(model.hidden_size, [layer])
-    fitter.add_samples(model, "retain", retain, batch_size=2)
-    fitter.add_samples(model, "forget", forget, batch_size=2)
-    fitter.add_samples(model, "refusal", refusal, batch_size=2)
-    fitter.add_samples(model, "recall", recall, batch_size=2)
-    eraser = fitter.eraser(FixedRatio(0.3), gamma=0.1, lam=4.0, positions="all", fingerprint=model.fingerprint())
+    add_samples(fitter, model, "retain", retain, batch_size=2)
+    add_samples(fitter, model, "forget", forget, batch_size=2)
+    add_samples(fitter, model, "refusal", refusal, batch_size=2)
+    add_samples(fitter, model, "recall", recall, batch_size=2)
+    eraser = fitter.eraser(FitConfig(rank_policy=FixedRatio(0.3), gamma=0.1, lam=4.0, positions="all"), fingerprint=model.fingerprint())
     assert fitter.null_space(layer, FixedRatio(0.3)).k == int(0.3 * width)
     ids = tracing.generate(model, forget, steers=eraser, max_new_tokens=3, batch_size=2, return_ids=True)
     assert all(len(i) >= 1 for i in ids)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from experiments.ablations import (AblationConfig, Variant, check_claims, lambda_window, match_strength, run_ablations,
+from studies.ablations import (AblationConfig, Variant, check_claims, lambda_window, match_strength, run_ablations,
                                    summarise, variants)
 from toolkit.eraser import Eraser, EraserLayer
 
@@ -156,19 +156,18 @@ def test_the_smallest_matched_forgetting_ablation_reports_every_variant_in_band_
     or below the target, and at least one variant (the raw direction) is matched."""
     from toolkit.models.loading import load_model
 
-    from dataclasses import replace
-
-    from experiments.demo import DemoConfig
+    from toolkit import SHIPPED
+    from toolkit.adversarial import PGDConfig
 
     cfg = AblationConfig(seeds=(0,), studies=("map",), lams=(1.0, 4.0, 16.0), targets=(0.05, 0.20), max_people=3,
-                         pgd_steps=2, pgd_limit=1, n_contrast=12, demo=replace(DemoConfig(), retain_budget=100))
+                         job=SHIPPED.with_fit(pgd=PGDConfig(steps=2), pgd_limit=1, n_contrast=12, retain_budget=100))
     result = run_ablations(load_model("default"), None, cfg)
     curves, matched = result["curves"], result["matched"]
     assert set(matched.variant) == {"linear (paper)", "MLP", "raw direction"} and len(matched) == 6
     for _, m in matched.iterrows():
         tried = curves[(curves.variant == m.variant) & (curves.seed == m.seed)].set_index("lam")
         assert m.strongest == tried.index.max()
-        fluent = tried[tried.stand_in_repetition <= cfg.repetition_max + 1e-12]
+        fluent = tried[tried.stand_in_repetition <= cfg.job.select.repetition_max + 1e-12]
         reached = fluent[fluent["stand-ins"] <= m.target + 1e-12]
         if m.status == "unable":
             assert reached.empty and pd.isna(m.lam)
@@ -200,3 +199,7 @@ def test_variants_cover_every_study_and_share_one_base():
         AblationConfig(lams=(4.0, 1.0))
     with pytest.raises(ValueError, match="targets must be leakage rates"):
         AblationConfig(targets=(5,))
+    # The study keeps only its own fields; the fit it reruns is a job config (the paper's PGD, 16 x 20, on the base).
+    assert not {"forget_ratio", "pgd_limit", "n_contrast", "batch_size", "demo", "repetition_max"} & set(
+        AblationConfig.__dataclass_fields__)
+    assert (cfg.job.fit.pgd.steps, cfg.job.fit.pgd_limit, cfg.forget_ratio) == (20, 16, 10)

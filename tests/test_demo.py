@@ -4,13 +4,14 @@ import json
 
 import pytest
 
-from experiments.demo import DemoConfig, run_demo
+from experiments.demo import run_demo
+from toolkit.config import EraseConfig
 
 
 @pytest.mark.slow
 def test_demo_is_deterministic_and_shows_the_contrast(tmp_path):
-    a = run_demo(tmp_path / "a", DemoConfig())
-    b = run_demo(tmp_path / "b", DemoConfig())
+    a = run_demo(tmp_path / "a", EraseConfig())
+    b = run_demo(tmp_path / "b", EraseConfig())
     # Compared as JSON: metric columns hold NaN where a task has no such metric, and NaN != NaN.
     for key in ("headline", "summary"):
         assert json.dumps(a[key], sort_keys=True, default=str) == json.dumps(b[key], sort_keys=True, default=str), key

@@ -55,17 +55,19 @@ def test_bf16_model_steers_with_a_float32_gate():
 
 
 def test_fitted_eraser_generate_through_nnsight_serialisation_equals_local():
+    from toolkit.config import FitConfig
     from toolkit.fitter import EraserFitter
+    from toolkit.pipeline import add_samples
 
     model = load_model("tiny-qwen2_5_vl")
     fitter = EraserFitter(model.hidden_size, [1, 2])
     texts = ["what is this", "describe the image", "what colour is it", "is it a photo", "where is this"]
-    fitter.add_samples(model, "retain", [Sample(t, random_image(i)) for i, t in enumerate(texts * 4)])
-    fitter.add_samples(model, "forget", [Sample("who is this person", random_image(50 + i)) for i in range(6)])
-    fitter.add_samples(model, "refusal", [Sample("do not say who this is", random_image(i)) for i in range(4)])
-    fitter.add_samples(model, "recall", [Sample("who is this", random_image(i)) for i in range(4)])
+    add_samples(fitter, model, "retain", [Sample(t, random_image(i)) for i, t in enumerate(texts * 4)])
+    add_samples(fitter, model, "forget", [Sample("who is this person", random_image(50 + i)) for i in range(6)])
+    add_samples(fitter, model, "refusal", [Sample("do not say who this is", random_image(i)) for i in range(4)])
+    add_samples(fitter, model, "recall", [Sample("who is this", random_image(i)) for i in range(4)])
     # This random model's states are small (norm ~0.2): a small ridge lets the gate reach ~1 on forget rows.
-    fitted = fitter.eraser(FixedRatio(0.5), gamma=1e-4, lam=20.0, fingerprint=model.fingerprint())
+    fitted = fitter.eraser(FitConfig(rank_policy=FixedRatio(0.5), gamma=1e-4, lam=20.0), fingerprint=model.fingerprint())
     samples = [Sample("who is this person", random_image(50)), Sample("who is this person", random_image(51))]
     for positions in ("prompt", "all"):
         eraser = fitted.with_options(positions=positions)

@@ -6,7 +6,7 @@ import torch
 from conftest import random_image
 from toolkit import tracing
 from toolkit.adversarial import PGDConfig, pgd_attack
-from toolkit.direction import erasure_direction
+from toolkit.pipeline import erasure_direction
 from toolkit.models.loading import LoadedModel, Sample
 
 

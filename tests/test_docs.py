@@ -27,7 +27,9 @@ def test_docs_build_with_no_warning(tmp_path):
     for name in commands:  # the CLI reference is generated from the parser: every command is there
         assert f'id="mllmeraser-{name}"' in cli, name
     api = (html / "api.html").read_text()
-    assert "toolkit.erase.erase" in api and "toolkit.data.request.read_people" in api
+    assert "toolkit.job.erase" in api and "toolkit.data.request.read_people" in api
+    # Config fields are documented with their meaning (attribute docstrings, also the CLI's help texts).
+    assert "toolkit.config.FitConfig.retain_budget" in api and "toolkit.config.SHIPPED" in api
     for notebook in (ROOT / "notebooks").glob("*.ipynb"):
         assert (html / "tutorials" / f"{notebook.stem}.html").exists(), notebook.name
     shutil.rmtree(tmp_path / "html")

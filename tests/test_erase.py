@@ -10,13 +10,14 @@ import pytest
 from toolkit.data.mllmu import MLLMUBench
 from toolkit.data.request import write_people
 from toolkit.data.synthetic import default_benchmark
-from toolkit.erase import EraseConfig, erase
-from toolkit.selection import SelectConfig
+from dataclasses import replace
 
-# A small version of the defaults (one layer, two gate kinds, one rate and strength, no PGD) for the suite.
-SMALL = EraseConfig(forget_ratio=5, layers=(6,), in_fit_people=1, pgd_steps=0, n_contrast=8,
-                    select=SelectConfig(gates=("prototype_whitened", "linear"), gate_fprs=(0.02,), lams=(8.0,),
-                                        thresholds=(0.0,), positions=("prompt",)))
+from toolkit import SHIPPED, EraseConfig, SelectConfig, erase
+
+# A small version of the shipped preset (one layer, two gate kinds, one rate and strength, no PGD) for the suite.
+SMALL = replace(SHIPPED.with_fit(forget_ratio=5, layers=(6,), pgd=None, n_contrast=8), in_fit_people=1,
+                select=SelectConfig(gates=("prototype_whitened", "linear"), gate_fprs=(0.02,), lams=(8.0,),
+                                    thresholds=(0.0,), positions=("prompt",)))
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,8 @@ def test_the_demo_is_a_user_of_erase():
 
     from experiments import demo
 
-    assert demo.DemoConfig is EraseConfig and "erase(model, bench" in inspect.getsource(demo.run_demo)
+    assert not hasattr(demo, "DemoConfig") and "erase(model, bench" in inspect.getsource(demo.run_demo)
+    assert inspect.signature(demo.run_demo).parameters["cfg"].default is SHIPPED == EraseConfig()
 
 
 def test_compare_takes_a_model_and_refuses_a_demo_run_of_another(tmp_path, capsys):
@@ -113,7 +115,7 @@ def test_erase_command_errors_are_one_line(tmp_path, capsys):
 
 def test_a_rehearsal_that_cannot_reach_its_goal_is_said_not_hidden():
     """When no setting reaches the rehearsal's leakage goal, erase warns and the report says so first."""
-    from toolkit.erase import report_markdown
+    from toolkit.report import report_markdown
 
     sel = type("S", (), {"grid": pd.DataFrame([{"layer": 4, "lam": 16.0}]), "screening": None})()
     info = {"forget_people": ["a"], "source": "f.jsonl", "model": "m", "gate": "logistic", "layer": 4, "lam": 16.0,

@@ -9,7 +9,8 @@ from toolkit import tracing
 from toolkit.adversarial import PGDConfig, pgd_attack
 from toolkit.baselines import BaselineConfig, unlearn
 from toolkit.data.synthetic import TrainExample
-from toolkit.fitter import fit_from_samples
+from toolkit.config import FitConfig
+from toolkit.pipeline import fit_from_samples
 from toolkit.models.loading import Sample
 from toolkit.nullspace import FixedRatio
 
@@ -25,8 +26,9 @@ def test_family_fit_pgd_steer_and_baseline_step(family, tiny_models):
     recall = [Sample(s.text, im) for s, im in zip(refusal, attack.images)]  # same text, attacked image
     assert all(linf <= 16 / 255 + 1e-6 for linf in attack.linf)
     assert all(after < before for before, after in zip(attack.loss_clean, attack.loss_adversarial))
-    eraser, fitter = fit_from_samples(model, forget=forget, retain=retain, contrast=(refusal, recall), layers=[1],
-                                      policy=FixedRatio(0.5), gamma=1e-4, lam=20.0, positions="all")
+    eraser, fitter = fit_from_samples(model, FitConfig(layers=(1,), rank_policy=FixedRatio(0.5), gamma=1e-4, lam=20.0,
+                                                       positions="all"),
+                                      forget=forget, retain=retain, contrast=(refusal, recall))
     assert eraser.layers == (1,) and fitter.forget[1].count == 4
     steered = tracing.generate(model, forget[:2], steers=eraser, max_new_tokens=4, return_ids=True)
     assert len(steered) == 2 and all(1 <= len(s) <= 4 for s in steered)

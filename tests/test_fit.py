@@ -10,7 +10,9 @@ from conftest import random_image
 from toolkit.contrastive import ContrastiveSets, privacy_sets
 from toolkit.data import synthetic
 from toolkit.data.mllmu import MLLMUBench
-from toolkit.fit import FitConfig, fit_eraser, question_samples
+from toolkit.config import FitConfig
+from toolkit.benchmark_fit import fit_eraser
+from toolkit.data.samples import question_samples
 from toolkit.models.loading import Sample
 from toolkit.nullspace import EnergyBudget, FixedRatio
 
@@ -88,7 +90,7 @@ def test_nan_activations_refused(tiny_models, bench_dir):
 
 
 def test_answer_rows_join_the_fit(tiny_models, bench_dir):
-    from toolkit.fit import answer_samples
+    from toolkit.benchmark_fit import answer_samples
 
     m = tiny_models("llava")
     bench = MLLMUBench(bench_dir)
@@ -122,7 +124,7 @@ def test_a_retain_budget_is_reproducible_and_reads_what_it_says(tiny_models, ben
     """Same budget and seed: the same people, questions and eraser; another seed: other people; the budget
     counts questions exactly; a budget larger than the data is refused with one line."""
     from toolkit.data.splits import PeopleSplit
-    from toolkit.fit import budget_people, fit_groups, fit_people
+    from toolkit.data.samples import budget_people, fit_groups, fit_people
 
     m = tiny_models("llava")
     bench = MLLMUBench(bench_dir)

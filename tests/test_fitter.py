@@ -8,8 +8,11 @@ from toolkit.contrastive import ContrastiveSets
 from toolkit.data import synthetic
 from toolkit.data.mllmu import MLLMUBench
 from toolkit.eraser import solve_map
-from toolkit.fit import fit_people, FitConfig, answer_samples, fit_eraser, question_samples
-from toolkit.fitter import EraserFitter, SampleSet, fit_from_samples
+from toolkit.data.samples import fit_people, question_samples
+from toolkit.config import FitConfig
+from toolkit.benchmark_fit import answer_samples, fit_eraser
+from toolkit.fitter import EraserFitter
+from toolkit.pipeline import SampleSet, add_samples, fit_from_samples
 from toolkit.models.loading import Sample
 from toolkit.nullspace import FixedRatio, SecondMoment, null_space
 
@@ -44,9 +47,9 @@ def test_fit_from_sample_lists_equals_the_benchmark_fit_bit_for_bit(tiny_models,
         samples, where = answer_samples(model, bench.forget(10), "forget")
         forget.append(SampleSet(samples, where, answer_weight, formatted=True))
     plus, minus = contrast().for_variant("multimodal")
-    via_lists, _ = fit_from_samples(model, forget=forget, retain=retain, contrast=(plus, minus), layers=[1, 2],
-                                    policy=FixedRatio(0.5), gamma=0.1, retain_weight=3.0, lam=2.0,
-                                    positions=via_bench.positions)
+    list_cfg = FitConfig(layers=(1, 2), rank_policy=FixedRatio(0.5), gamma=0.1, retain_weight=3.0, lam=2.0,
+                         positions=via_bench.positions)
+    via_lists, _ = fit_from_samples(model, list_cfg, forget=forget, retain=retain, contrast=(plus, minus))
     for a, b in zip(via_bench.maps, via_lists.maps):
         assert a.layer == b.layer
         assert torch.equal(a.gates, b.gates) and torch.equal(a.directions, b.directions)
@@ -63,7 +66,7 @@ def test_fitter_from_activations_is_the_closed_form():
     for chunk in retain.split(37):  # streamed in uneven chunks, on any device/dtype
         fitter.update_retain({5: chunk.float()})
     fitter.update_forget(forget.float()).update_contrast(refusal={5: plus}, recall={5: minus})
-    eraser = fitter.eraser(FixedRatio(0.5), gamma=0.2, lam=1.5)
+    eraser = fitter.eraser(FitConfig(rank_policy=FixedRatio(0.5), gamma=0.2, lam=1.5))
     # Direct: the same quantities from the stacked rows (float32 rows, as the fitter saw them).
     space = null_space(SecondMoment(d).update(retain.float()), FixedRatio(0.5))
     f32 = forget.float().double()
@@ -80,12 +83,17 @@ def test_fitter_from_activations_is_the_closed_form():
 def test_fitter_refuses_incomplete_statistics():
     fitter = EraserFitter(8, [0])
     with pytest.raises(ValueError, match="No direction yet"):
-        fitter.eraser(FixedRatio(0.5), 0.1)
+        fitter.eraser(FitConfig(rank_policy=FixedRatio(0.5), gamma=0.1))
     fitter.update_contrast(refusal=torch.randn(3, 8), recall=torch.randn(3, 8))
     fitter.update_retain(torch.randn(20, 8))
     with pytest.raises(ValueError, match="No forget rows at layer 0"):
-        fitter.eraser(FixedRatio(0.5), 0.1)
+        fitter.eraser(FitConfig(rank_policy=FixedRatio(0.5), gamma=0.1))
     with pytest.raises(ValueError, match=r"Activations for layers \[0\] are missing"):
         fitter.update_forget({1: torch.randn(2, 8)})
     with pytest.raises(ValueError, match="kind must be one of"):
-        fitter.add_samples(None, "other", [Sample("x")])
+        add_samples(fitter, None, "other", [Sample("x")])
+    # The fitter is maths: it takes tensors, and says where capture went.
+    with pytest.raises(TypeError, match="takes tensors only"):
+        fitter.add_samples(None, "retain", [Sample("x")])
+    with pytest.raises(TypeError, match="takes a FitConfig"):
+        fitter.eraser(FixedRatio(0.5))

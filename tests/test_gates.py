@@ -14,12 +14,14 @@ from toolkit import tracing
 from toolkit.data import synthetic
 from toolkit.data.mllmu import MLLMUBench
 from toolkit.eraser import Eraser, EraserLayer
-from toolkit.fit import calibration_samples, eraser_with_gate, fit_eraser
+from toolkit.data.samples import calibration_samples
+from toolkit.benchmark_fit import eraser_with_gate, fit_eraser
 from toolkit.fitter import EraserFitter
 from toolkit.gates import (GateStack, LinearGate, LogisticGate, MLPGate, PrototypeGate, auroc, calibrate, fit_logistic,
                            fit_mlp, fit_prototype, gate_from_parts)
 from toolkit.models.loading import Sample
-from toolkit.selection import SelectConfig, select_setting
+from toolkit.config import SelectConfig
+from toolkit.selection import select_setting
 
 SMALL = synthetic.SyntheticConfig(seed=5, num_fictitious=30, num_real=6, num_unknown=4)
 

@@ -61,7 +61,8 @@ def test_cuda_bf16_steering_equals_forward_hooks(family):
 def test_cuda_fit_and_steered_generate_on_the_default(tmp_path):
     from toolkit.adversarial import PGDConfig
     from toolkit.data.mllmu import MLLMUBench
-    from toolkit.fit import FitConfig, fit_eraser
+    from toolkit.config import FitConfig
+    from toolkit.benchmark_fit import fit_eraser
     from toolkit.data.synthetic import default_benchmark
     from toolkit.nullspace import FixedRatio
 
@@ -96,6 +97,7 @@ def test_cuda_bf16_pgd_for_every_image_family(family):
 def test_cuda_fit_statistics_stay_on_the_gpu_and_equal_float64_on_the_host():
     """On CUDA the fitter's moments are float32 blocks on the device (no host copy of a batch) and give the
     eraser float64 gives on the host from the same rows; the lean capture and last-position logits hold too."""
+    from toolkit.config import FitConfig
     from toolkit.fitter import EraserFitter
     from toolkit.nullspace import FixedRatio
 
@@ -111,8 +113,8 @@ def test_cuda_fit_statistics_stay_on_the_gpu_and_equal_float64_on_the_host():
         fitter.update_retain({1: move(rows["retain"])}).update_forget({1: move(rows["forget"])})
         fitter.update_contrast(refusal={1: torch.ones(2, model.hidden_size)}, recall={1: torch.zeros(2, model.hidden_size)})
     assert on_gpu.retain[1].precision == "float32" and on_gpu.retain[1].device.type == "cuda"
-    a = on_gpu.eraser(FixedRatio(0.3), gamma=0.1).maps[0].gates
-    b = on_host.eraser(FixedRatio(0.3), gamma=0.1).maps[0].gates
+    a = on_gpu.eraser(FitConfig(rank_policy=FixedRatio(0.3), gamma=0.1)).maps[0].gates
+    b = on_host.eraser(FitConfig(rank_policy=FixedRatio(0.3), gamma=0.1)).maps[0].gates
     assert float((a - b).norm() / b.norm()) < 1e-3
     samples = retain[:3]
     full = tracing.forward(model, samples, last_only=False)

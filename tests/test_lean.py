@@ -9,7 +9,9 @@ from conftest import FAMILIES, random_image
 from toolkit import tracing
 from toolkit.adversarial import target_loss
 from toolkit.eraser import solve_map
+from toolkit.config import FitConfig
 from toolkit.fitter import EraserFitter
+from toolkit.pipeline import add_samples
 from toolkit.models.loading import Sample
 from toolkit.nullspace import FixedRatio, SecondMoment, null_space
 
@@ -93,11 +95,11 @@ def test_fitter_in_float32_gives_the_float64_eraser(tiny_models):
     erasers = {}
     for precision in ("float64", "float32"):
         fitter = EraserFitter(model.hidden_size, [1, 2], precision=precision)
-        fitter.add_samples(model, "retain", retain, positions="prompt", batch_size=4)
-        fitter.add_samples(model, "forget", forget, batch_size=4)
+        add_samples(fitter, model, "retain", retain, positions="prompt", batch_size=4)
+        add_samples(fitter, model, "forget", forget, batch_size=4)
         fitter.update_contrast(refusal={l: torch.ones(3, model.hidden_size) for l in (1, 2)},
                                recall={l: torch.zeros(3, model.hidden_size) for l in (1, 2)})
-        erasers[precision] = fitter.eraser(FixedRatio(0.3), gamma=0.1)
+        erasers[precision] = fitter.eraser(FitConfig(rank_policy=FixedRatio(0.3), gamma=0.1))
         assert fitter.retain[1].precision == precision
     for a, b in zip(erasers["float32"].maps, erasers["float64"].maps):
         assert relative(a.gates, b.gates) < 1e-4
@@ -176,11 +178,11 @@ def test_layers_fitted_in_separate_passes_compose_to_the_one_pass_eraser(tiny_mo
 
     def fitted(layers):
         fitter = EraserFitter(model.hidden_size, layers)
-        fitter.add_samples(model, "retain", retain, batch_size=5)
-        fitter.add_samples(model, "forget", forget, batch_size=5)
-        fitter.add_samples(model, "refusal", forget, batch_size=5)
-        fitter.add_samples(model, "recall", retain, batch_size=5)
-        return fitter.eraser(FixedRatio(0.3), gamma=0.1, lam=3.0, fingerprint=model.fingerprint())
+        add_samples(fitter, model, "retain", retain, batch_size=5)
+        add_samples(fitter, model, "forget", forget, batch_size=5)
+        add_samples(fitter, model, "refusal", forget, batch_size=5)
+        add_samples(fitter, model, "recall", retain, batch_size=5)
+        return fitter.eraser(FitConfig(rank_policy=FixedRatio(0.3), gamma=0.1, lam=3.0), fingerprint=model.fingerprint())
 
     together = fitted([0, 1, 2])
     apart = Eraser.compose(fitted([0, 1]), fitted([2]))

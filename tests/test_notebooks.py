@@ -28,8 +28,9 @@ SLOW_NOTEBOOKS = ("layer_sensitivity", "probe_report", "ablations")
                                   for p in NOTEBOOKS], ids=lambda p: p.stem)
 def test_notebook_runs(path, tmp_path):
     nb = nbformat.read(path, as_version=4)
+    # Run where Jupyter runs it: the kernel starts in the notebook's own folder.
     NotebookClient(nb, timeout=900, kernel_name="python3",
-                   resources={"metadata": {"path": str(path.parent.parent)}}).execute()
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if "image/png" in o.get("data", {})]
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
@@ -60,7 +61,7 @@ def test_layer_sensitivity_notebook_runs_on_published_columns_only(tmp_path):
         if cell.cell_type == "code" and "default_benchmark()" in cell.source:
             cell.source = cell.source.replace("default_benchmark()", repr(str(dst)))
     NotebookClient(nb, timeout=900, kernel_name="python3",
-                   resources={"metadata": {"path": str(path.parent.parent)}}).execute()
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
     text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))

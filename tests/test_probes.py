@@ -176,7 +176,8 @@ def test_probe_report_on_chosen_layers_plots_the_fitted_erasers_gates(tiny_model
     and its gate plot refitted a map without the eraser's penalty or answer rows."""
     from toolkit.data import synthetic
     from toolkit.data.mllmu import MLLMUBench
-    from toolkit.fit import FitConfig, question_samples
+    from toolkit.config import FitConfig
+    from toolkit.data.samples import question_samples
     from toolkit.nullspace import FixedRatio
     from probes.report import probe_report
 

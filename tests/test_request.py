@@ -129,7 +129,7 @@ def test_a_person_in_both_lists_and_too_few_retain_people_are_refused():
 
 
 def test_erase_refuses_a_forget_list_without_a_retain_list():
-    from toolkit.erase import as_benchmark
+    from toolkit.data.request import as_benchmark
 
     with pytest.raises(ValueError, match="A forget list needs a retain list"):
         as_benchmark(EXAMPLE / "forget.jsonl")

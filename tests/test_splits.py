@@ -15,7 +15,8 @@ from toolkit.data import synthetic
 from toolkit.data.mllmu import MLLMUBench
 from toolkit.data.splits import ROLES, PeopleSplit
 from toolkit.eraser import Eraser, EraserLayer, dead_zone
-from toolkit.fit import FitConfig, fit_eraser, refit_forget
+from toolkit.config import FitConfig
+from toolkit.benchmark_fit import fit_eraser, refit_forget
 from toolkit.nullspace import FixedRatio
 from toolkit.selection import choose, fact_rate
 

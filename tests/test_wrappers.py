@@ -48,7 +48,7 @@ def test_no_evaluation_pool_string_reaches_a_fit_a_calibration_or_the_choice(mon
     from dataclasses import replace
 
     from toolkit import load_model
-    from toolkit.erase import erase
+    from toolkit.job import erase
     from toolkit.models.loading import LoadedModel
 
     model = load_model("default")
@@ -85,7 +85,8 @@ def test_the_gate_is_fitted_on_one_half_of_the_pool_and_settings_are_scored_on_t
     from toolkit.data.synthetic import SyntheticConfig, write_benchmark
     from toolkit.data.mllmu import MLLMUBench
     from toolkit.data.wrappers import pool_half
-    from toolkit.fit import FitConfig, calibration_samples, wrapped_samples
+    from toolkit.config import FitConfig
+    from toolkit.data.samples import calibration_samples, wrapped_samples
     from toolkit.selection import rehearsal_items
 
     fit_half, rehearsal_half = pool_half("fit"), pool_half("rehearsal")

@@ -48,12 +48,21 @@ OBJECTIVES = ("target", "avoid")
 
 @dataclass(frozen=True)
 class PGDConfig:
+    """Projected gradient descent on the images of the contrastive pairs (:func:`toolkit.adversarial.pgd_attack`)."""
+
     eps: float = 16 / 255
+    """L-infinity budget of the perturbation, in [0, 1] pixel units (the paper: 16/255)."""
     step: float = 2 / 255
+    """Size of one signed-gradient step."""
     steps: int = 30
+    """Steps per attacked image (on the command line, 0: no PGD and no adversarial images)."""
     random_start: bool = False
+    """Start from a random point of the eps-ball instead of the clean image."""
     seed: int = 0
-    objective: str = "target"  # see OBJECTIVES
+    """Seed of the random start."""
+    objective: str = "target"
+    """"target": make the true answer likely (the paper); "avoid": make the refusal's first token unlikely
+    (:data:`OBJECTIVES`)."""
 
 
 @dataclass

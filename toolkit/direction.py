@@ -9,19 +9,17 @@ toward refusal, so a positive ``lam`` steers toward refusal.
 Variants (compare them with the probes): ``multimodal`` (the pairs as given),
 ``text_only`` (both sides without images) and ``image_only`` (``D+`` and ``D-``
 share the text; only the image differs: clean vs adversarial).
+
+Tensors only: :func:`toolkit.pipeline.erasure_direction` captures the two sets and averages them here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from .models.loading import LoadedModel, Sample
-from .tracing import iter_capture
-
-__all__ = ["MeanAccumulator", "Direction", "erasure_direction"]
+__all__ = ["MeanAccumulator", "Direction"]
 
 
 class MeanAccumulator:
@@ -60,34 +58,3 @@ class Direction:
 
     def norms(self) -> dict[int, float]:
         return {l: float(v.norm()) for l, v in self.vectors.items()}
-
-
-def erasure_direction(model: LoadedModel, refusal: Sequence[Sample], recall: Sequence[Sample],
-                      layers: Sequence[int], *, variant: str = "multimodal", batch_size: int = 32,
-                      progress: bool = False, share_prefix: bool = True) -> Direction:
-    """Mean difference at the last prompt token, per layer, streamed in batches.
-
-    ``variant="text_only"`` drops the images of both sets; ``"image_only"``
-    requires both sets to share their texts (pairs differing only in the image).
-    """
-    if not refusal or not recall:
-        raise ValueError(f"Both contrastive sets need samples (D+: {len(refusal)}, D-: {len(recall)}).")
-    if variant == "text_only":
-        refusal = [Sample(s.text) for s in refusal]
-        recall = [Sample(s.text) for s in recall]
-    elif variant == "image_only":
-        if [s.text for s in refusal] != [s.text for s in recall]:
-            raise ValueError("The image-only direction needs pairs that share their text and differ in the image.")
-        if any(s.image is None for s in list(refusal) + list(recall)):
-            raise ValueError("The image-only direction needs an image on every sample.")
-    elif variant != "multimodal":
-        raise ValueError(f"variant must be multimodal, text_only or image_only, got {variant!r}.")
-    layers = model.check_layers(layers)
-    plus, minus = MeanAccumulator(), MeanAccumulator()
-    for acc, samples, name in ((plus, refusal, "D+ (refusal)"), (minus, recall, "D- (recall)")):
-        for _, acts in iter_capture(model, samples, layers, "last", batch_size=batch_size,
-                                    progress=progress and name, share_prefix=share_prefix):
-            acc.update(acts)
-    vectors = {l: plus.mean(l) - minus.mean(l) for l in layers}
-    return Direction(vectors, {l: plus.mean(l) for l in layers}, {l: minus.mean(l) for l in layers},
-                     plus.count, minus.count, variant)

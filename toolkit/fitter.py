@@ -1,4 +1,4 @@
-"""A streaming fitter for erasers, from activations or from any samples (no benchmark needed).
+"""A streaming fitter for erasers: tensors in, an :class:`~toolkit.eraser.Eraser` out. It never sees a model.
 
 In the manner of LEACE's fitter: :class:`EraserFitter` accumulates, per layer,
 the statistics the closed form needs and nothing else (memory: two ``d x d``
@@ -11,10 +11,11 @@ then :meth:`EraserFitter.eraser` solves for the immutable :class:`~toolkit.erase
     fitter.update_retain(acts)                  # {layer: (n, d)} from your own traces
     fitter.update_forget(acts)
     fitter.update_contrast(refusal=acts_plus, recall=acts_minus)
-    eraser = fitter.eraser(FixedRatio(0.3), gamma=0.1)
+    eraser = fitter.eraser(FitConfig(rank_policy=FixedRatio(0.3), gamma=0.1))
 
-or from plain :class:`~toolkit.models.loading.Sample` lists with
-:func:`fit_from_samples`. Each layer's retain moment is eigendecomposed once
+Capture lives in the pipeline that feeds it: :func:`toolkit.pipeline.add_samples` captures plain
+:class:`~toolkit.models.loading.Sample` lists into a fitter, :func:`toolkit.pipeline.fit_from_samples` does the
+whole fit from lists. Each layer's retain moment is eigendecomposed once
 (:meth:`toolkit.nullspace.SecondMoment.eigh` caches it), and the probes read the
 same cache.
 
@@ -29,20 +30,17 @@ them; memory ``4 f (n_f + n_r + n_c)`` bytes a layer).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from .direction import Direction, MeanAccumulator, erasure_direction
+from .direction import Direction, MeanAccumulator
 from .eraser import Eraser, EraserLayer, solve_map
 from .gates import auroc, calibrate, fit_gate
-from .reads import read_width, select_read, union_reads
-from .models.loading import LoadedModel, Sample
 from .nullspace import NullSpace, RankPolicy, SecondMoment, null_space
-from .tracing import CapturePositions, iter_capture
+from .reads import read_width, select_read, union_reads
 
-__all__ = ["EraserFitter", "SampleSet", "fit_from_samples"]
+__all__ = ["EraserFitter"]
 
 
 def _rows(acts: Any, layers: Sequence[int]) -> dict[int, torch.Tensor]:
@@ -233,150 +231,34 @@ class EraserFitter:
             spaces[l] = space
         return maps, spaces, stats
 
-    def eraser(self, policy: RankPolicy, gamma: float, *, retain_weight: float = 0.0, lam: float = 1.0,
-               positions: str = "prompt", fingerprint: dict | None = None, settings: dict | None = None,
-               gate: str = "linear", gate_fpr: float = 0.05, gate_softness: float = 0.0, edit: str = "add",
-               exclude_calibration: Sequence[str] = (), gate_reads: str | None = None,
-               latch: bool = False) -> Eraser:
-        """The fitted :class:`~toolkit.eraser.Eraser`.
+    def eraser(self, config: Any, *, fingerprint: dict | None = None, settings: dict | None = None,
+               exclude_calibration: Sequence[str] = ()) -> Eraser:
+        """The fitted :class:`~toolkit.eraser.Eraser` under ``config`` (a :class:`~toolkit.config.FitConfig`, read and
+        never imported, so the fitter depends on no model code: its
+        ``rank_policy``, ``gamma``, ``retain_weight``, ``lam``, steering positions, ``gate``, ``gate_fpr``,
+        ``gate_softness``, ``gate_reads``, ``edit`` and ``latch``; what it reads and captures is the pipeline's).
 
-        ``gate="linear"``: the paper's map (``2 d`` numbers a layer). ``"logistic"`` / ``"prototype"``:
-        a membership gate per layer (:meth:`gate`), calibrated to ``gate_fpr`` on the calibration rows
-        of people not in ``exclude_calibration``; the map's direction is the same.
+        ``gate="linear"``: the paper's map (``2 d`` numbers a layer). A membership kind: a gate per layer
+        (:meth:`gate`), calibrated to ``gate_fpr`` on the calibration rows of people not in
+        ``exclude_calibration``; the map's direction is the same. ``fingerprint``: the model's, checked on load.
         """
-        maps, _, stats = self.solve(policy, gamma, retain_weight) if gate == "linear" else ({}, {}, {})
+        if not hasattr(config, "rank_policy") or not hasattr(config, "steer_positions"):
+            raise TypeError(f"EraserFitter.eraser takes a FitConfig (got {type(config).__name__}): "
+                            "fitter.eraser(FitConfig(rank_policy=FixedRatio(0.3), gamma=0.1, lam=4.0)).")
+        gate = config.gate
+        reads = config.gate_reads if config.keeps_gate_rows and self.gate_reads is not None else None
+        maps, _, stats = self.solve(config.rank_policy, config.gamma, config.retain_weight) if gate == "linear" \
+            else ({}, {}, {})
         if gate != "linear":
             direction = self.direction()
             for l in self.layers:
-                g, report = self.gate(l, gate, fpr=gate_fpr, softness=gate_softness, exclude=exclude_calibration,
-                                      reads=gate_reads)
+                g, report = self.gate(l, gate, fpr=config.gate_fpr, softness=config.gate_softness,
+                                      exclude=exclude_calibration, reads=reads)
                 maps[l] = EraserLayer(l, g, direction.vectors[l][None].to(torch.float32))
                 stats[l] = dict(report, direction_norm=float(direction.vectors[l].norm()))
-        return Eraser(tuple(maps[l] for l in self.layers), lam, positions, fingerprint or {},
-                      dict(settings or {}, layers_report=stats), edit=edit, latch=latch and gate != "linear")
+        return Eraser(tuple(maps[l] for l in self.layers), config.lam, config.steer_positions(), fingerprint or {},
+                      dict(settings or {}, layers_report=stats), edit=config.edit, latch=config.latch and gate != "linear")
 
-    # -- from samples -----------------------------------------------------------------------
-    def add_samples(self, model: LoadedModel, kind: str, samples: Sequence[Sample], *,
-                    positions: CapturePositions = "last", weight: float = 1.0, formatted: bool = False,
-                    batch_size: int = 32, progress: bool | str = False, gate_rows: bool | None = None,
-                    people: Sequence[str] | None = None, statistics: bool = True,
-                    share_prefix: bool = True) -> "EraserFitter":
-        """Capture ``samples`` at this fitter's layers and add them as ``kind``: retain, forget, refusal,
-        recall or calibration (gate rows only; ``people``: one id per sample).
-
-        ``gate_rows=True`` (with ``positions="last"``): also keep the rows for membership gates, in
-        the features the fitter's gates read (one capture pass for both). ``None`` (default): keep them
-        where a fitter with ``gate_reads`` wants them: forget and retain question rows (``positions="last"``,
-        not templated), and always with ``statistics=False``: keep the gate rows only (the map's moments are
-        left as they are: the fit pool's wrapped questions train the gate, not the null space).
-        ``share_prefix``: questions about one image share its prefix's forward (:mod:`toolkit.prefix`).
-        """
-        if gate_rows is None:
-            gate_rows = not statistics or (self.gate_reads is not None and kind in ("forget", "retain")
-                                           and positions == "last" and not formatted)
-        update = {"retain": lambda a: self.update_retain(a, weight), "forget": lambda a: self.update_forget(a, weight),
-                  "refusal": lambda a: self.update_contrast(refusal=a),
-                  "recall": lambda a: self.update_contrast(recall=a), "calibration": lambda a: None}
-        if not statistics and not gate_rows and kind != "calibration":
-            raise ValueError("statistics=False keeps gate rows only: leave gate_rows at its default (True then).")
-        if kind not in update:
-            raise ValueError(f"kind must be one of {', '.join(update)}, got {kind!r}.")
-        if not samples:
-            raise ValueError(f"The {kind} set is empty.")
-        keep = gate_rows or kind == "calibration"
-        if keep and (positions != "last" or kind not in ("forget", "retain", "calibration")):
-            raise ValueError("Gate rows are the last prompt token's (positions='last') of forget, retain or "
-                             "calibration samples.")
-        if kind == "calibration" and (people is None or len(people) != len(samples)):
-            raise ValueError("Calibration samples need one person id each (people=...).")
-        read = self.gate_reads if keep else positions
-        if keep and read is None:
-            raise ValueError("This fitter keeps no gate rows: create it with gate_reads= (toolkit.reads).")
-        d = self.hidden_size
-        # to_cpu=False: rows stay on the model's device; each statistic moves only what it keeps.
-        for index, acts in iter_capture(model, samples, list(self.layers), read, batch_size=batch_size,
-                                        progress=progress, formatted=formatted, to_cpu=False,
-                                        share_prefix=share_prefix):
-            if keep:
-                self.update_gate_rows(kind, acts, [people[i] for i in index.tolist()] if people else None)
-                acts = {l: a[:, :d] for l, a in acts.items()}
-            if statistics:
-                update[kind](acts)
-        return self
-
-
-@dataclass(frozen=True)
-class SampleSet:
-    """Samples plus how to read them: capture ``positions`` (e.g. a Trailing window of answer tokens),
-    per-row ``weight``, and whether the texts are already templated (``formatted``)."""
-
-    samples: Sequence[Sample]
-    positions: Any = "last"
-    weight: float = 1.0
-    formatted: bool = False
-    label: str = field(default="", compare=False)
-    statistics: bool = True  # False: gate rows only (the fit pool's wrapped questions)
-
-
-def _sets(value: Any, name: str) -> list[SampleSet]:
-    if isinstance(value, SampleSet):
-        return [value]
-    if value and all(isinstance(v, SampleSet) for v in value):
-        return list(value)
-    return [SampleSet(list(value), label=name)]
-
-
-def fit_from_samples(model: LoadedModel, *, forget: Any, retain: Any, contrast: Any, layers: Sequence[int],
-                     policy: RankPolicy, gamma: float, retain_weight: float = 0.0, lam: float = 1.0,
-                     positions: str = "prompt", variant: str = "multimodal", batch_size: int = 32,
-                     settings: dict | None = None, progress: bool = False, gate: str = "linear",
-                     gate_reads: str | None = None, calibration: tuple[Sequence[Sample], Sequence[str]] | None = None,
-                     gate_fpr: float = 0.05, gate_softness: float = 0.0, edit: str = "add",
-                     max_retain_rows: int = 8192, keep_reads: Sequence[str] = (),
-                     latch: bool = False, share_prefix: bool = True) -> tuple[Eraser, EraserFitter]:
-    """Fit an Eraser from plain sample lists.
-
-    Args:
-        forget, retain: ``Sample`` lists, or :class:`SampleSet`\\ s (to add answer-token rows
-            with their own positions and weights).
-        contrast: ``(refusal_samples, recall_samples)`` (direction by :func:`erasure_direction`
-            with ``variant``), or a ready :class:`~toolkit.direction.Direction`.
-        policy, gamma, retain_weight, lam, positions: as :class:`~toolkit.fit.FitConfig`.
-        gate, gate_reads, gate_fpr, gate_softness, edit, latch: the gate kind and its features, its
-            calibration target and softness, the edit and the latch (as :class:`~toolkit.fit.FitConfig`);
-            ``keep_reads``: more reads to keep rows in (gates reading them can be fitted later). With ``gate_reads``
-            set, the rows of the forget and retain sets read at the last prompt token are kept for
-            membership gates (whatever ``gate``, so another kind can be fitted from the same fitter).
-        calibration: ``(samples, person ids)`` of people outside the fit and the forget list
-            (validation people): membership gates set their threshold on them.
-        share_prefix: questions about one image share its prefix's forward (:mod:`toolkit.prefix`; equal states).
-
-    Returns ``(eraser, fitter)``; the fitter keeps the statistics (for the probes).
-    """
-    layers = model.check_layers(list(layers))
-    if gate != "linear" and gate_reads is None:
-        raise ValueError(f"A {gate} gate is fitted on kept rows: give gate_reads ('last', 'image-max', ...: toolkit.reads).")
-    fitter = EraserFitter(model.hidden_size, layers, gate_reads=gate_reads, keep_reads=keep_reads,
-                          max_retain_rows=max_retain_rows)
-    if isinstance(contrast, Direction):
-        direction = contrast
-    else:
-        refusal, recall = contrast
-        direction = erasure_direction(model, refusal, recall, layers, variant=variant, batch_size=batch_size,
-                                      progress=progress, share_prefix=share_prefix)
-    fitter.set_direction(direction)
-    for kind, value in (("retain", retain), ("forget", forget)):
-        for part in _sets(value, kind):
-            fitter.add_samples(model, kind, part.samples, positions=part.positions, weight=part.weight,
-                               formatted=part.formatted, batch_size=batch_size,
-                               progress=progress and f"{part.label or kind} activations",
-                               statistics=part.statistics, share_prefix=share_prefix)
-    if calibration is not None and gate_reads is not None:
-        samples, people = calibration[:2]
-        if len(samples):
-            fitter.add_samples(model, "calibration", list(samples), people=list(people), batch_size=batch_size,
-                               progress=progress and "calibration activations", share_prefix=share_prefix)
-    eraser = fitter.eraser(policy, gamma, retain_weight=retain_weight, lam=lam, positions=positions,
-                           fingerprint=model.fingerprint(), settings=settings, gate=gate, gate_fpr=gate_fpr,
-                           gate_softness=gate_softness, edit=edit, latch=latch)
-    return eraser, fitter
+    def add_samples(self, *args, **kwargs) -> None:
+        raise TypeError("EraserFitter takes tensors only (update_retain, update_forget, update_contrast): capture "
+                        "samples into it with toolkit.add_samples(fitter, model, kind, samples).")

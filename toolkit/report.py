@@ -1,12 +1,16 @@
-"""Figures for reports (seaborn); every function returns the figure."""
+"""What a run writes for a reader: the markdown report (:func:`report_markdown`) and its figures (seaborn; every
+plotting function returns the figure)."""
 
 from __future__ import annotations
+
+import json
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
+from typing import Any
 
-__all__ = ["plot_summary", "plot_grid"]
+__all__ = ["report_markdown", "plot_summary", "plot_grid"]
 
 
 def plot_summary(summary: pd.DataFrame):
@@ -41,3 +45,27 @@ def plot_grid(grid: pd.DataFrame, value: str = "refusal_rate"):
         ax.set(title=f"{name}: {value}", xlabel="lambda", ylabel="layer")
     fig.tight_layout()
     return fig
+
+
+def report_markdown(title: str, info: dict, table: pd.DataFrame, selection: Any, note: str = "") -> str:
+    """The report a run writes: the choice (then ``note``), the people, the headline table, the rehearsal grid."""
+    where = f"forget_{info['forget_ratio']} of {info['source']}" if info.get("forget_ratio") else info["source"]
+    lines = [f"# {title}", "",
+             *([f"**Warning:** {info['warning']}.", ""] if info.get("warning") else []),
+             f"Forget: {len(info['forget_people'])} people ({where}). Model: {info['model']}.", "",
+             f"Chosen on the rehearsal (validation people, never reported): a {info['gate']} gate at layer "
+             f"{info['layer']} (reading {info.get('gate_reads', 'last')}"
+             f"{', latched through generation' if info.get('latch') else ''}), lambda {info['lam']}, threshold {info['threshold']}, positions {info['positions']} "
+             f"({info['selection']}).{' ' + note if note else ''}", "",
+             f"People: {json.dumps(info['people'])}. `retain_*` / `real_*`: evaluation people (never in the fit or "
+             "the selection); `in_fit_*`: people whose activations built the fit.", "",
+             "Percent. `leak` / `recall`: the fact appears in the answer (where a question gives no fact: "
+             "ROUGE-L >= 0.5 against its answer). `*_refused`: share of questions refused; `*_people_refused`: "
+             "share of people with any question refused.", "",
+             table.to_markdown(index=False), "", "## Selection grid (rehearsal, validation people)", "",
+             selection.grid.round(3).to_markdown(index=False), ""]
+    if selection.screening is not None:
+        lines += ["## Gate screening (rehearsal, validation people; no generation)", "",
+                  selection.screening.round(3).to_markdown(index=False), ""]
+    lines += [f"Total time: {info['seconds']} s."]
+    return "\n".join(lines)

@@ -4,7 +4,7 @@ Settings cannot be tuned on the forget people (they are what is reported) nor
 on the people whose utility is reported. :func:`select_setting` chooses them on
 a rehearsal (:meth:`toolkit.data.splits.PeopleSplit.rehearsal`): a group of
 validation people as large as the forget list (at most half the validation
-people) is "forgotten" by the same fit (:func:`toolkit.fit.refit_forget`: same
+people) is "forgotten" by the same fit (:func:`toolkit.benchmark_fit.refit_forget`: same
 retain statistics, null spaces and direction, their own forget rows), and every
 candidate (layer, lambda, threshold) is scored by generating answers to
 
@@ -65,7 +65,8 @@ from .eraser import Eraser
 from .data.items import Item, items_from_profiles
 from .data.wrappers import wrap_items
 from .evaluate import run_items
-from .fit import FitConfig, FitResult, eraser_with_gate, refit_fitter, rehearsal_eraser
+from .benchmark_fit import FitResult, eraser_with_gate, refit_fitter, rehearsal_eraser
+from .config import FitConfig, SelectConfig
 from .gates import auroc, calibrate, fit_gate
 from .reads import needs_prompt, select_read
 from .metrics import asru_reward_rule
@@ -75,39 +76,6 @@ __all__ = ["SelectConfig", "Selection", "screen_gates", "rehearsal_items", "fact
            "RECALL_ROUGE"]
 
 RECALL_ROUGE = 0.5  # without an Answer_Key, an answer "contains the fact" at ROUGE-L >= this
-
-
-@dataclass(frozen=True)
-class SelectConfig:
-    layers: tuple[int, ...] | None = None  # None: the upper half of the fitted layers
-    lams: tuple[float, ...] = (2.0, 4.0, 6.0, 8.0, 12.0, 16.0)
-    thresholds: tuple[float, ...] = (0.0, 0.2)
-    # Where to steer: None = the eraser's own mode ("all" with answer rows). "prompt" is searched too:
-    # at every generated token ("all") strong steering turns refusals into loops, at the prompt it refuses.
-    positions: tuple[str | None, ...] = (None, "prompt")
-    leak_max: float = 0.05
-    repetition_max: float = 0.25
-    # "leakage": the rule above; "reward": the highest mean ASRU reward (stand-ins as forget prompts, the other
-    # validation people as boundary prompts), no threshold on anything.
-    rule: str = "leakage"
-    batch_size: int = 48
-    # Gate kinds to choose among (toolkit.gates); None: the fit config's own kind ("linear": the paper's
-    # map alone, no screening).
-    gates: tuple[str, ...] | None = None
-    # Target false-positive rates a membership gate is calibrated to (screened with the kinds).
-    gate_fprs: tuple[float, ...] = (0.05,)
-    # What membership gates may read (toolkit.reads; screened with the kinds); None: the fit config's.
-    # The fit must keep rows in each (FitConfig.gate_reads_kept).
-    gate_reads: tuple[str, ...] | None = None
-    # Latch or not (membership gates; searched in the generation grid like the position modes).
-    latch: tuple[bool, ...] = (False,)
-    # Fit-pool wrappers per stand-in and validation-retain question in the rehearsal (toolkit.data.wrappers).
-    wrap: int = 0
-    # How many screened gates enter the generation grid: the best of each read (and the linear gate), best first.
-    screen_top: int = 1
-    # What the screening charges a gate for: "people" (held-out validation people with any question fired on)
-    # or "questions" (their questions fired on; the earlier rule).
-    screen_fp: str = "people"
 
 
 @dataclass

@@ -63,7 +63,7 @@ PROBES = [
 from toolkit.data.mllmu import MLLMUBench
 from toolkit.data.synthetic import default_benchmark
 from toolkit.adversarial import PGDConfig
-from toolkit.fit import FitConfig
+from toolkit.config import FitConfig
 from probes.report import probe_report
 
 model = load_model("default")
@@ -116,15 +116,15 @@ SENSITIVITY = [
 from toolkit.data.mllmu import MLLMUBench
 from toolkit.data.synthetic import default_benchmark
 from toolkit.evaluate import items_from_profiles
-from toolkit.fit import fit_eraser, refit_forget
+from toolkit.benchmark_fit import fit_eraser, refit_forget
 from toolkit.models.loading import Sample
-from experiments.demo import DemoConfig
+from toolkit.config import EraseConfig
 from probes import gate_distribution, plots, steering_effects
 
 model = load_model("default")
 bench = MLLMUBench(default_benchmark())
 layers = list(range(model.num_layers))
-cfg = DemoConfig()  # rank ratio 0.97, retain weight 40, answer weight 0.3; people split seed 0
+cfg = EraseConfig()  # rank ratio 0.97, retain weight 40, answer weight 0.3; people split seed 0
 split, r = cfg.people, cfg.forget_ratio
 fit_cfg = cfg.fit_config(tuple(layers))
 fit = fit_eraser(model, bench, fit_cfg)  # fit people only
@@ -165,7 +165,8 @@ plots.plot_grid(single)"""),
     new_code_cell("""cumulative = steering_effects.steering_grid(model, steer, sets, layers, lams, cumulative=True)
 plots.plot_grid(cumulative)"""),
     new_markdown_cell("## Shortlist, then generate: the selection grid (rehearsal leakage, validation recall)"),
-    new_code_cell("""from toolkit.selection import SelectConfig, select_setting
+    new_code_cell("""from toolkit import SelectConfig
+from toolkit.selection import select_setting
 
 shortlist = steering_effects.shortlist_layers(single, 3)
 eraser, sel = select_setting(model, fit, bench, fit_cfg,
@@ -227,16 +228,17 @@ with torch.no_grad(), model.nn.trace(**enc):
     retain_acts = nnsight.save(model.layers[1].output[:, -1])
 retain_acts.shape"""),
     new_markdown_cell("## Fit from your activations and your samples\n`EraserFitter` streams statistics "
-                      "(activations on any device and dtype); `add_samples` captures lists of samples for you."),
-    new_code_cell("""from toolkit.fitter import EraserFitter
-from toolkit.nullspace import FixedRatio
+                      "(activations on any device and dtype; it never sees the model); `add_samples` captures lists "
+                      "of samples into it for you."),
+    new_code_cell("""from toolkit import EraserFitter, FitConfig, FixedRatio, add_samples
 
 fitter = EraserFitter(model.hidden_size, layers=[1])
 fitter.update_retain({1: retain_acts})
-fitter.add_samples(model, "forget", forget)
-fitter.add_samples(model, "refusal", [Sample("do not say who this is", image(i)) for i in range(4)])
-fitter.add_samples(model, "recall", [Sample("who is this", image(i)) for i in range(4)])
-eraser = fitter.eraser(FixedRatio(0.5), gamma=1e-4, lam=20.0, positions="all", fingerprint=model.fingerprint())
+add_samples(fitter, model, "forget", forget)
+add_samples(fitter, model, "refusal", [Sample("do not say who this is", image(i)) for i in range(4)])
+add_samples(fitter, model, "recall", [Sample("who is this", image(i)) for i in range(4)])
+eraser = fitter.eraser(FitConfig(rank_policy=FixedRatio(0.5), gamma=1e-4, lam=20.0, positions="all"),
+                       fingerprint=model.fingerprint())
 eraser.settings["layers_report"]"""),
     new_markdown_cell("## The eraser inside your own `generate`, and its gate at every step"),
     new_code_cell("""from toolkit.steering import GateLog
@@ -265,7 +267,7 @@ print("identical ids through nnsight and through plain hooks")"""),
 
 ABLATIONS = [
     new_markdown_cell("# The paper's ablations at matched forgetting, on people the fit never saw\n\n"
-                      "`experiments.ablations` changes one part of MLLMEraser at a time (direction variant and PGD "
+                      "`studies.ablations` changes one part of MLLMEraser at a time (direction variant and PGD "
                       "objective, PGD budget, layers, map, gate kind, the reference setting). Each variant's "
                       "strength is searched on the rehearsal (validation stand-ins) until its leakage reaches a "
                       "common target, or it is reported unable; then the variants are compared where they forget "
@@ -274,12 +276,18 @@ ABLATIONS = [
                       "`mllmeraser ablations` runs them all on three seeds (docs/results.md, \"The paper's "
                       "ablations at matched forgetting\")."),
     new_code_cell(SETUP),
-    new_code_cell("""from experiments.ablations import AblationConfig, run_ablations, summarise, check_claims, plot_strength_curves, plot_matched
-from toolkit import load_model
+    new_code_cell("""import sys
+from pathlib import Path
+
+# The study lives in the repository's studies/ folder (not installed): find the clone's root from here.
+sys.path.insert(0, str(next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "studies").is_dir())))
+from studies.ablations import AblationConfig, run_ablations, summarise, check_claims, plot_strength_curves, plot_matched
+from toolkit import SHIPPED, load_model
+from toolkit.adversarial import PGDConfig
 
 model = load_model("default")
-cfg = AblationConfig(seeds=(0,), studies=("direction", "map"), lams=(1.0, 4.0, 16.0), max_people=4, pgd_steps=5,
-                     pgd_limit=4, n_contrast=24)
+cfg = AblationConfig(seeds=(0,), studies=("direction", "map"), lams=(1.0, 4.0, 16.0), max_people=4,
+                     job=SHIPPED.with_fit(pgd=PGDConfig(steps=5), pgd_limit=4, n_contrast=24))
 result = run_ablations(model, None, cfg)
 curves, matched = result["curves"], result["matched"]
 matched[["study", "variant", "target", "status", "lam", "stand-ins", "heldout_recall"]]"""),
@@ -309,9 +317,14 @@ ERASE_YOUR_OWN = [
                       "statistics for all 32 layers) plus one batch of activations: `docs/install.md`."),
     new_code_cell("""MODEL = "default"                 # e.g. "llava-hf/llava-1.5-7b-hf" or a checkpoint directory
 LOAD = {}                         # on a GPU: {"dtype": "bfloat16", "device_map": "cuda"}
-FORGET = "examples/my_people/forget.jsonl"
+FORGET = "examples/my_people/forget.jsonl"   # your lists; relative paths are read from the clone's root below
 RETAIN = "examples/my_people/retain.csv"
 OUT = "results/my_people"
+
+from pathlib import Path
+# Jupyter starts a notebook in its own folder (notebooks/); the example lives at the clone's root.
+ROOT = next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "examples" / "my_people").is_dir())
+FORGET, RETAIN, OUT = (p if Path(p).is_absolute() else ROOT / p for p in (FORGET, RETAIN, OUT))
 """),
     new_markdown_cell("## The lists, as read\nEvery problem in a file is one line naming the file, the row and "
                       "the fix."),
@@ -322,8 +335,7 @@ forget_people, retain_people = read_people(FORGET), read_people(RETAIN)
 pd.DataFrame([{"person": p.id, "images": len(p.image_bytes), "questions": len(p.generation),
                "MCQ": len(p.classification), "cloze": len(p.cloze)} for p in forget_people])"""),
     new_markdown_cell("## One call"),
-    new_code_cell("""from toolkit import load_model
-from toolkit.erase import erase
+    new_code_cell("""from toolkit import load_model, erase
 
 model = load_model(MODEL, **LOAD)
 result = erase(model, FORGET, RETAIN, out=OUT)
@@ -348,8 +360,7 @@ ax.tick_params(axis="x", rotation=20)"""),
                       "The file holds the chosen layer, gate and strength; `mask=` lets a gate that reads the "
                       "prompt's mean skip left padding."),
     new_code_cell("""import nnsight
-from toolkit import Sample
-from toolkit.eraser import Eraser
+from toolkit import Sample, Eraser
 
 eraser = Eraser.load(f"{OUT}/eraser.safetensors", model)
 asked = [Sample(q.question, forget_people[0].image_bytes[q.image] if q.modality == "image" else None)

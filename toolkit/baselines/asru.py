@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..data.mllmu import GenerationQ, Profile
-from ..fit import question_samples
+from ..data.samples import question_samples
 from ..models.loading import LoadedModel, Sample
 from .grpo import GRPOConfig, GRPOResult, asru_reward, grpo, reward_prompts
 from .redirect import RedirectConfig, redirect

@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from ..models.loading import load_image
-from .mllmu import MCQ, ClozeQ, GenerationQ, Profile
+from .mllmu import MCQ, ClozeQ, GenerationQ, MLLMUBench, Profile
 
-__all__ = ["COLUMNS", "ForgetRequest", "read_people", "read_request", "write_people"]
+__all__ = ["COLUMNS", "ForgetRequest", "read_people", "read_request", "write_people", "as_benchmark"]
 
 COLUMNS = ("person", "question", "answer", "image", "fact", "options", "task")
 REQUIRED = ("person", "question", "answer")
@@ -265,3 +265,22 @@ def read_request(forget: str | Path | Sequence[Profile], retain: str | Path | Se
 
     return ForgetRequest(people(forget), people(retain), people(real) if real is not None else (),
                          source=str(forget) if isinstance(forget, (str, Path)) else "")
+
+
+def _is_mllmu_folder(path: Path) -> bool:
+    return path.is_dir() and any((path / s).is_dir() for s in ("Full_Set", "forget_10", "forget_5", "forget_15"))
+
+
+def as_benchmark(forget: Any, retain: Any = None, real: Any = None) -> MLLMUBench | ForgetRequest:
+    """What :func:`erase` reads: an :class:`MLLMUBench` (or its folder, with ``retain=None``), a
+    :class:`ForgetRequest`, or forget / retain lists (files, folders of them, or profiles)."""
+    folder = isinstance(forget, (str, Path)) and _is_mllmu_folder(Path(forget))
+    if isinstance(forget, (MLLMUBench, ForgetRequest)) or folder:
+        if retain is not None or real is not None:
+            raise ValueError(f"{forget} is a benchmark, which holds its retain and real people: pass no retain or "
+                             "real list with it.")
+        return MLLMUBench(forget) if folder else forget
+    if retain is None:
+        raise ValueError("A forget list needs a retain list (the people whose knowledge must stay): "
+                         "erase(model, forget=..., retain=...).")
+    return read_request(forget, retain, real)

@@ -44,8 +44,11 @@ class PeopleSplit:
     share chooses, the rest is evaluated. Shares are of the hash range, so counts vary a little."""
 
     seed: int = 0
+    """Seed of the hash that gives each person a role (the people seed)."""
     fit: float = 0.45
+    """Share of the retain and real people whose activations build the fit."""
     validation: float = 0.3
+    """Share that chooses the settings (the rehearsal); the rest is evaluation, only reported."""
 
     def __post_init__(self) -> None:
         if not (0 < self.fit < 1 and 0 <= self.validation < 1 and self.fit + self.validation < 1):

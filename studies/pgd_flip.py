@@ -1,5 +1,8 @@
 """Does an adversarial image break the model's privacy refusal? PGD flip rate against epsilon, on one model.
 
+A study, not part of the installed library (run from a clone: ``.venv/bin/python studies/pgd_flip.py``).
+Produces: docs/results.md, "The embedded default `default` and its benchmark" (PGD flip rate); docs/research-log.md, "2026-12-04: How the face rule was reached".
+
 For a model (`default` and `default-qwen`: the face rule; one trained with `--privacy-rule instruction`:
 the instruction rule):
 
@@ -10,7 +13,7 @@ the instruction rule):
   away from the clean refusal's first token) at each epsilon: the share that the attacked image turns
   from a refusal into an answer (`probes.pgd_sweep`).
 
-    .venv/bin/python tools/pgd_flip.py --model default [--n 16] [--steps 20] [--eps 8,16,32] [--objective avoid]
+    .venv/bin/python studies/pgd_flip.py --model default [--n 16] [--steps 20] [--eps 8,16,32] [--objective avoid]
 """
 
 from __future__ import annotations

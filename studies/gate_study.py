@@ -1,5 +1,8 @@
 """Gate kinds and edits side by side on the LLaVA default (forget_10): the research log's gate table (docs/research-log.md).
 
+A study, not part of the installed library (run from a clone: ``.venv/bin/python studies/gate_study.py``).
+Produces: docs/research-log.md, "2026-12-02: Gate kinds and edits side by side".
+
 For each gate kind (the demo's fit: whitened prototype, prototype and logistic
 membership gates at the demo's 2% target rate, the same fit's linear null-space
 map) x edit (``add``: the paper's ``h + lam g d``; ``rotate``: the same sum
@@ -13,7 +16,7 @@ with ``positions="prompt"``:
 
 Nothing here chooses a setting: the demo's choice comes from its own rehearsal.
 
-    .venv/bin/python tools/gate_study.py          # about 8 minutes on 2 CPU cores
+    .venv/bin/python studies/gate_study.py          # about 8 minutes on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ from dataclasses import replace
 
 import pandas as pd
 
-from experiments.demo import DemoConfig, evaluate_people, headline
+from toolkit.config import EraseConfig
+from toolkit.headline import headline
+from toolkit.job import evaluate_people
 from toolkit.data.mllmu import MLLMUBench
 from toolkit.data.synthetic import default_benchmark
 from toolkit.evaluate import summarize
-from toolkit.fit import eraser_with_gate, fit_eraser, refit_forget
+from toolkit.benchmark_fit import eraser_with_gate, fit_eraser, refit_forget
 from toolkit.models.loading import load_model
 from toolkit.selection import rehearsal_items, score_setting
 
@@ -46,7 +51,7 @@ def main() -> None:
     t0 = time.time()
     model = load_model("default")
     bench = MLLMUBench(default_benchmark())
-    demo = DemoConfig(in_fit_people=0)
+    demo = EraseConfig(in_fit_people=0)
     cfg = replace(demo.fit_config((args.layer,)), gate="prototype_whitened", gate_fpr=args.gate_fpr, positions="prompt")
     fit = fit_eraser(model, bench, cfg)
     sets, stand = rehearsal_items(bench, demo.forget_ratio, demo.people)

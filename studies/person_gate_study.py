@@ -1,5 +1,8 @@
 """A gate keyed to the person, against today's gate: the rehearsal's choice, then the attack suite.
 
+A study, not part of the installed library (run from a clone: ``.venv/bin/python studies/person_gate_study.py``).
+Produces: docs/results.md, "Forgetting under attack: a gate keyed to the person".
+
 For one shipped default and one forget split, two runs of :func:`toolkit.erase.erase` on the same
 people: ``person`` (the defaults: reads among last+mean / image-max / last+image-max, the best of
 each tried in the generation grid, the fit pool's wrappers in the gate rows, calibration and rehearsal, screening charged per
@@ -9,7 +12,7 @@ screening charged per question). Then every non-adaptive attack of
 ``gate_text`` suffix search and ``gate_pgd`` (PGD on the image against the gate's score), on the forget people and, as control, the evaluation people (never
 in a fit, a calibration or a choice), for vanilla and both erasers.
 
-    .venv/bin/python tools/person_gate_study.py [--model default] [--forget 10] [--out results/person_gate]
+    .venv/bin/python studies/person_gate_study.py [--model default] [--forget 10] [--out results/person_gate]
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ import pandas as pd
 from toolkit.attacks import NON_ADAPTIVE, AttackConfig, run_attacks
 from toolkit.data.mllmu import MLLMUBench
 from toolkit.data.synthetic import default_benchmark
-from toolkit.erase import EraseConfig, erase
+from toolkit.config import SHIPPED
+from toolkit.job import erase
 from toolkit.models.loading import load_model
 
 
@@ -47,7 +51,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     model = load_model(args.model)
     bench = MLLMUBench(default_benchmark())  # both defaults were trained on the same synthetic benchmark
-    base = EraseConfig(forget_ratio=args.forget)
+    base = SHIPPED.with_fit(forget_ratio=args.forget)
     erasers, heads, timing = {}, [], {}
     for name in args.runs.split(","):
         start = time.time()

@@ -1,5 +1,8 @@
 """What each gate read and the latch contribute, one at a time, on one fit.
 
+A study, not part of the installed library (run from a clone: ``.venv/bin/python studies/gate_reads_ablation.py``).
+Produces: docs/results.md, "One read at a time".
+
 One fit of the shipped defaults (every read's rows kept, the fit pool's wrappers in), then for each
 variant the rehearsal chooses layer, membership kind, rate and strength with that read (or latch) forced, and the
 chosen eraser is measured on held-out people (clean questions) and under the attack suite (forget
@@ -7,7 +10,7 @@ leakage, control recall on evaluation people). Variants: the read ``last+mean`` 
 settings' read), ``image-max``, ``last+image-max``, each with the latch off; ``image-max`` with the latch
 on; and ``last+mean`` without the fit pool (the earlier gate settings exactly).
 
-    .venv/bin/python tools/gate_reads_ablation.py [--model default] [--out results/gate_reads] [--variants A,B]
+    .venv/bin/python studies/gate_reads_ablation.py [--model default] [--out results/gate_reads] [--variants A,B]
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ import pandas as pd
 from toolkit.attacks import NON_ADAPTIVE, AttackConfig, run_attacks
 from toolkit.data.mllmu import MLLMUBench
 from toolkit.data.synthetic import default_benchmark
-from toolkit.erase import EraseConfig, evaluate_people, headline, people_refused
+from toolkit.config import SHIPPED
+from toolkit.job import evaluate_people
+from toolkit.headline import headline, people_refused
 from toolkit.evaluate import summarize
-from toolkit.fit import fit_eraser
+from toolkit.benchmark_fit import fit_eraser
 from toolkit.models.loading import load_model
 from toolkit.selection import select_setting
 
@@ -53,7 +58,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     model = load_model(args.model)
     bench = MLLMUBench(default_benchmark())
-    base = EraseConfig(forget_ratio=args.forget)
+    base = SHIPPED.with_fit(forget_ratio=args.forget)
     layers = tuple(range(model.num_layers))
     start = time.time()
     fit = fit_eraser(model, bench, base.fit_config(layers), progress=True)

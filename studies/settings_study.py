@@ -1,5 +1,8 @@
 """How the demo's fit settings were chosen: validation questions only.
 
+A study, not part of the installed library (run from a clone: ``.venv/bin/python studies/settings_study.py``).
+Produces: docs/method.md, "Our extensions: the retain penalty and answer-token rows"; docs/research-log.md, "2026-12-01: Method notes measured on an earlier default".
+
 For each candidate (rank ratio, retain weight, answer weight), fit at one layer
 and generate answers to the validation questions (another phrasing of the same
 facts, never the evaluation questions) across lambdas; report the setting
@@ -7,7 +10,7 @@ facts, never the evaluation questions) across lambdas; report the setting
 with retain recall within 3 points) and its numbers. PGD is skipped (it does not
 flip this model's refusals; docs/results.md), which makes each fit ~25 s.
 
-    .venv/bin/python tools/settings_study.py        # about 13 minutes on 2 CPU cores
+    .venv/bin/python studies/settings_study.py        # about 13 minutes on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ import pandas as pd
 from probes.steering_effects import choose_setting, leakage_grid
 from toolkit.data.mllmu import MLLMUBench
 from toolkit.data.synthetic import validation_items
-from experiments.demo import DemoConfig
-from toolkit.fit import fit_eraser
+from toolkit.config import EraseConfig
+from toolkit.benchmark_fit import fit_eraser
 from toolkit.data.synthetic import default_benchmark
 from toolkit.models.loading import load_model
 from toolkit.nullspace import FixedRatio
@@ -46,7 +49,7 @@ def main() -> None:
     args = ap.parse_args()
     lams = [float(x) for x in args.lams.split(",")]
     model, bench = load_model("default"), MLLMUBench(default_benchmark())
-    cfg = DemoConfig()  # everything but the three candidate settings, as the demo has it
+    cfg = EraseConfig()  # everything but the three candidate settings, as the demo has it
     r = cfg.forget_ratio
     sets = {"forget": validation_items(bench.forget(r), "forget"),
             "retain": validation_items(cfg.people.people(bench.retain(r), "validation"), "retain")}

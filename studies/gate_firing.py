@@ -1,12 +1,15 @@
 """Where a chosen eraser's gate fires under each attack, and what leaks where it does not.
 
+A study, not part of the installed library (run from a clone: ``.venv/bin/python studies/gate_firing.py``).
+Produces: docs/results.md, "Forgetting under attack: a gate keyed to the person" (where the gate fires).
+
 For an eraser file (e.g. ``results/person_gate/default_forget10/person/eraser.safetensors``), every
 non-adaptive attack's prompts about the forget_10 people: the share on which the gate fires (read at its
 own layer, as the steering reads it) and the share that leak, per question modality (image / text-only).
 ``--latch``: also the 256-token biographies (``long``) with the eraser latched, forget leakage, control
 recall on the evaluation people and the answers' repetition.
 
-    .venv/bin/python tools/gate_firing.py --model default --eraser FILE [--latch]
+    .venv/bin/python studies/gate_firing.py --model default --eraser FILE [--latch]
 """
 
 from __future__ import annotations

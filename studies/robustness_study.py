@@ -1,5 +1,8 @@
 """Forgetting under attack on the LLaVA default: the robustness table of docs/results.md.
 
+A study, not part of the installed library (run from a clone: ``.venv/bin/python studies/robustness_study.py``).
+Produces: docs/results.md, "Forgetting under attack with the previous gate, beside NPO and ASRU".
+
 Methods: vanilla; MLLMEraser with the gate `make demo` chooses on the rehearsal
 for forget_10 on the face-rule default (prototype_whitened, layer 7, lambda 2, 2% target
 rate, positions "prompt"; ``--gate/--gate-layer/--gate-lam`` to change), and the paper's linear gate
@@ -10,7 +13,7 @@ lowest image leakage in `make compare`); ASRU's redirection stage. Every attack
 is run on the forget_10 people and, as the control, on the 30 real people, whom
 no fit, calibration, setting choice or baseline training ever saw.
 
-    .venv/bin/python tools/robustness_study.py [--out results/robustness]
+    .venv/bin/python studies/robustness_study.py [--out results/robustness]
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ from toolkit.baselines import BaselineConfig, qa_pairs, unlearn
 from toolkit.baselines.redirect import redirect
 from toolkit.data.mllmu import MLLMUBench
 from toolkit.data.synthetic import default_benchmark
-from experiments.demo import DemoConfig
-from toolkit.direction import erasure_direction
-from toolkit.fit import fit_eraser, question_samples
+from toolkit.config import EraseConfig
+from toolkit.pipeline import erasure_direction
+from toolkit.benchmark_fit import fit_eraser
+from toolkit.data.samples import question_samples
 from toolkit.models.loading import load_model
 
 
@@ -47,7 +51,7 @@ def main() -> None:
     start = time.time()
     model = load_model("default")
     bench = MLLMUBench(default_benchmark())
-    demo = DemoConfig()
+    demo = EraseConfig()
     forget, control = bench.forget(demo.forget_ratio), bench.real()
     # The control people stay out of the fit (null space and penalty).
     cfg = replace(demo.fit_config((args.layer,), lam=args.lam), include_real=False)

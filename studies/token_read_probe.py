@@ -1,5 +1,8 @@
 """Probe: would a per-token score, max-pooled over the prompt, recognise forget people named in text?
 
+A study, not part of the installed library (run from a clone: ``.venv/bin/python studies/token_read_probe.py``).
+Produces: docs/results.md, "Forgetting under attack: a gate keyed to the person" (the per-token read); docs/limits.md.
+
 The chosen gates read the image tokens for image questions (template-proof) but, for a text-only
 question, a pool over its prompt tokens, which a template moves. This probe measures the read the gate
 family does not have yet: a whitened prototype over single *token* states (forget people's text
@@ -8,7 +11,7 @@ max over its tokens after the first; the threshold at 2% of validation people's 
 the share of forget people's text questions it fires on, clean and under the attack suite's templates
 (measured only, chosen on nothing), and its false fires on evaluation people, per question and per person.
 
-    .venv/bin/python tools/token_read_probe.py [--model default] [--layer 7]
+    .venv/bin/python studies/token_read_probe.py [--model default] [--layer 7]
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """ASRU's stage 2 with the published refusal test and with the judge's, and ASRU's claims against the baselines.
 
+A study, not part of the installed library (run from a clone: ``.venv/bin/python studies/asru_reward_study.py``).
+Produces: docs/research-log.md, "2026-12-02: ASRU's reward with a refusal test that does not pay loops".
+
 On the LLaVA default (forget_10, the demo's people: the fit people train, the evaluation people are
 measured): ASRU stage 1 once, then stage 2 (GRPO, the compare's settings) from that same stage-1 model
 twice, once with the published reward (refusal = a refusal phrase anywhere, `metrics.is_refusal`) and
@@ -14,7 +17,7 @@ ASRU's two headline claims (arXiv 2605.15687, abstract), checked with measures f
   model's mean log-probability per token of its own answers minus that of the method's answers, under
   the vanilla model: smaller is better); the baselines' mean gap over ASRU's.
 
-    .venv/bin/python tools/asru_reward_study.py      # about 8 minutes on 2 CPU cores
+    .venv/bin/python studies/asru_reward_study.py      # about 8 minutes on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -26,14 +29,17 @@ from pathlib import Path
 import pandas as pd
 
 from experiments.compare import generation_quality
-from experiments.demo import DemoConfig, evaluate_people, headline
+from toolkit.config import EraseConfig
+from toolkit.headline import headline
+from toolkit.job import evaluate_people
 from toolkit.baselines import (METHODS, ASRUConfig, BaselineConfig, GRPOConfig, asru, asru_reward, grpo, qa_pairs,
                                reward_prompts, unlearn)
 from toolkit.data.boundary import boundary_questions
 from toolkit.data.mllmu import MLLMUBench
 from toolkit.data.synthetic import default_benchmark
 from toolkit.evaluate import summarize
-from toolkit.fit import fit_eraser, fit_people
+from toolkit.benchmark_fit import fit_eraser
+from toolkit.data.samples import fit_people
 from toolkit import metrics
 from toolkit.judge import OfflineJudge
 from toolkit.models.loading import load_model
@@ -45,7 +51,7 @@ def main() -> None:
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    cfg = DemoConfig()
+    cfg = EraseConfig()
     model = load_model("default")
     bench = MLLMUBench(default_benchmark())
     r = cfg.forget_ratio

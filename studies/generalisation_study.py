@@ -1,5 +1,8 @@
 """Why the gate fires on people the fit never saw, and which map holds up best: validation people only.
 
+A study, not part of the installed library (run from a clone: ``.venv/bin/python studies/generalisation_study.py``).
+Produces: docs/research-log.md, "2026-12-01: The paper's linear gate alone, as measured before gates were swappable".
+
 Every number here comes from fit people (the fit) and validation people (the
 rehearsal: validation people stand in for the forget list, others are the
 retain side); no evaluation person is read. Three parts:
@@ -18,7 +21,7 @@ retain side); no evaluation person is read. Three parts:
 4. A broader retain basis: image questions about never-seen faces (the synthetic
    benchmark's Unknown_Set) added to the retain statistics.
 
-    .venv/bin/python tools/generalisation_study.py      # about 8 minutes on 2 CPU cores
+    .venv/bin/python studies/generalisation_study.py      # about 8 minutes on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -32,14 +35,16 @@ from dataclasses import replace
 import pandas as pd
 import torch
 
-from experiments.demo import DemoConfig
+from toolkit.config import EraseConfig
 from probes.direction_stability import half_split_cosines
 from toolkit.contrastive import privacy_sets
 from toolkit.data.mllmu import MLLMUBench
 from toolkit.data.synthetic import default_benchmark
 from toolkit.eraser import solve_map
-from toolkit.fit import fit_eraser, question_samples, refit_forget
+from toolkit.benchmark_fit import fit_eraser, refit_forget
+from toolkit.data.samples import question_samples
 from toolkit.models.loading import Sample, load_model
+from toolkit.pipeline import add_samples
 from toolkit.nullspace import FixedRatio, SecondMoment
 from toolkit.selection import rehearsal_items, score_setting as score
 from toolkit.tracing import capture
@@ -54,7 +59,7 @@ def main() -> None:
     t0 = time.time()
     model = load_model("default")
     bench = MLLMUBench(default_benchmark())
-    demo = DemoConfig()
+    demo = EraseConfig()
     split, r = demo.people, demo.forget_ratio
     fit_people = split.people(bench.retain(r), "fit")
 
@@ -140,7 +145,7 @@ def main() -> None:
     texts = sorted({q.question for p in fit_people[:3] for q in p.generation if q.modality == "image"})
     broad = [Sample(t, row.image["bytes"]) for row in unknown.itertuples() for t in texts]
     wide = copy.deepcopy(fit)
-    wide.fitter.add_samples(model, "retain", broad, batch_size=48)
+    add_samples(wide.fitter, model, "retain", broad, batch_size=48)
     rows = []
     for name, result in (("fit people only", fit), (f"+ {len(broad)} never-seen-face rows", wide)):
         eraser = refit_forget(model, result, stand, fit_cfg)

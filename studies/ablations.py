@@ -1,9 +1,12 @@
 """The paper's ablations at matched forgetting (``mllmeraser ablations``; notebooks/05_ablations.ipynb).
 
+A study, not part of the installed library (``mllmeraser ablations --out results/ablations_default`` from a clone).
+Produces: docs/results.md, "The paper's ablations at matched forgetting".
+
 Each ablation changes one part of the method and keeps the rest at a shared *base*: the paper's
 structure (its linear null-space map, the multimodal direction with PGD at 16/255 toward the true
 answer, every layer but the first, as the reference steers) with the shipped fit settings
-(:class:`toolkit.erase.EraseConfig`: rank ratio 0.97, retain weight 40, answer rows 0.3, a retain
+(:data:`toolkit.config.SHIPPED`: rank ratio 0.97, retain weight 40, answer rows 0.3, a retain
 budget of 800 questions, 64 privacy questions; PGD here attacks 16 refusals for 20 steps, as the
 paper's ablation does).
 
@@ -20,7 +23,7 @@ paper's ablation does).
 **Matched forgetting.** Variants are compared where they forget equally, as unlearning methods are
 (and as ``make compare`` compares the baselines): for each leakage *target* (5 % and a looser 20 %
 by default) each variant's strength ``lam`` is searched on the rehearsal only, the validation
-stand-ins "forgotten" by the same fit (:func:`toolkit.fit.refit_fitter`), by :func:`match_strength`:
+stand-ins "forgotten" by the same fit (:func:`toolkit.benchmark_fit.refit_fitter`), by :func:`match_strength`:
 a doubling grid (0.5 to 64, summed over the steered layers: each layer gets ``lam / n``) until the
 stand-ins' leakage reaches the target or their answers stop being fluent (repetition above 25 %),
 then geometric bisection toward the target's band ``[target - tolerance, target]``. The weakest
@@ -44,16 +47,20 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments.demo import DemoConfig, direction_steer
+from experiments.demo import direction_steer
+from toolkit.config import SHIPPED, EraseConfig
 from toolkit.adversarial import OBJECTIVES, PGDConfig
 from toolkit.contrastive import privacy_sets
 from toolkit.data.items import items_from_profiles
 from toolkit.data.mllmu import MLLMUBench
 from toolkit.data.splits import PeopleSplit
 from toolkit.data.synthetic import default_benchmark
-from toolkit.direction import Direction, erasure_direction
+from toolkit.direction import Direction
+from toolkit.pipeline import erasure_direction
 from toolkit.evaluate import run_items
-from toolkit.fit import FitConfig, eraser_with_gate, fit_eraser, fit_people, refit_fitter, rehearsal_eraser
+from toolkit.config import FitConfig
+from toolkit.benchmark_fit import eraser_with_gate, fit_eraser, refit_fitter, rehearsal_eraser
+from toolkit.data.samples import fit_people
 from toolkit.gates import GATE_KINDS
 from toolkit.models.loading import LoadedModel, load_model
 from toolkit.nullspace import FixedRatio
@@ -68,7 +75,9 @@ STATUSES = ("matched", "overshoots", "unable")
 
 @dataclass(frozen=True)
 class AblationConfig:
-    forget_ratio: int = 10
+    """The ablations' own settings; what the fit and the rehearsal read is ``job`` (the shipped preset with the
+    paper's PGD, 16 images x 20 steps toward the true answer, for the base)."""
+
     seeds: tuple[int, ...] = (0, 1, 2)  # people seeds: who fits, who is searched on, who is reported
     studies: tuple[str, ...] = STUDIES
     # The search grid, weakest first, summed over the steered layers. Doubling to 64: at 8, the top of the
@@ -77,17 +86,21 @@ class AblationConfig:
     targets: tuple[float, ...] = (0.05, 0.20)  # rehearsal stand-in leakage each variant is matched to
     tolerance: float = 0.05  # a matched point leaks within [target - tolerance, target] on the rehearsal
     refine: int = 2  # geometric bisections toward a target's band
-    repetition_max: float = 0.25  # stand-ins' repetition rate above this: fluency broken
     eps_255: tuple[float, ...] = (0, 8, 16, 32, 64)
     gates: tuple[str, ...] = GATE_KINDS
     single_layer: int | None = None  # None: 5/8 of the depth (where the demo's rehearsal chose, layer 5 of 8)
-    pgd_steps: int = 20
-    pgd_objective: str = "target"  # the base's: toward the true answer (the paper); "avoid" is a direction variant
-    pgd_limit: int | None = 16
-    n_contrast: int | None = 64
     max_people: int | None = None  # search and evaluate at most this many people per group (the tests' run)
-    batch_size: int = 48
-    demo: DemoConfig = DemoConfig()
+    # The base's fit and people (forget split, people split, contrast, PGD with its objective: "avoid" is a
+    # direction variant) and the evaluation batch.
+    job: EraseConfig = SHIPPED.with_fit(pgd=PGDConfig(steps=20), pgd_limit=16)
+
+    @property
+    def forget_ratio(self) -> int:
+        return self.job.forget_ratio
+
+    @property
+    def batch_size(self) -> int:
+        return self.job.batch_size
 
     def __post_init__(self) -> None:
         bad = [s for s in self.studies if s not in STUDIES]
@@ -101,8 +114,10 @@ class AblationConfig:
             raise ValueError(f"tolerance must be a rate in [0, 1], got {self.tolerance}.")
         if 16 not in self.eps_255:
             raise ValueError("eps_255 must include 16: the base's pairs are attacked at 16/255 (the paper's).")
-        if self.pgd_objective not in OBJECTIVES:
-            raise ValueError(f"pgd_objective must be one of {OBJECTIVES}, got {self.pgd_objective!r}.")
+        if self.job.fit.pgd is None:
+            raise ValueError("The ablations attack the base's images (eps study): give job.fit.pgd a PGDConfig.")
+        if self.job.fit.pgd.objective not in OBJECTIVES:
+            raise ValueError(f"PGD's objective must be one of {OBJECTIVES}, got {self.job.fit.pgd.objective!r}.")
 
 
 @dataclass(frozen=True)
@@ -126,7 +141,7 @@ BASE = Variant("base", "base")
 
 def variants(cfg: AblationConfig) -> list[Variant]:
     """Every (study, variant) of ``cfg.studies``; the base appears in each study under its own name."""
-    other = "avoid" if cfg.pgd_objective == "target" else "target"
+    other = "avoid" if cfg.job.fit.pgd.objective == "target" else "target"
     out = []
     for study in cfg.studies:
         if study == "direction":
@@ -243,7 +258,8 @@ def _reference_config(config: FitConfig) -> FitConfig:
 
 def _pgd(cfg: AblationConfig, eps_255: float, objective: str) -> PGDConfig | None:
     # Step 2.5 eps / steps, as probes.pgd_sweep does: the budget is reachable within the steps.
-    return PGDConfig(eps=eps_255 / 255, step=2.5 * eps_255 / 255 / cfg.pgd_steps, steps=cfg.pgd_steps,
+    steps = cfg.job.fit.pgd.steps
+    return PGDConfig(eps=eps_255 / 255, step=2.5 * eps_255 / 255 / steps, steps=steps,
                      objective=objective) if eps_255 else None
 
 
@@ -251,7 +267,7 @@ def _directions(model: LoadedModel, bench: MLLMUBench, fit, config: FitConfig, c
                 needed: set[str], progress: bool) -> tuple[dict[str, Direction], dict[str, dict]]:
     """Every direction the variants name, from fit people's contrastive pairs, and PGD's flip rate for each."""
     layers = list(fit.eraser.layers)
-    base = f"multimodal@16:{cfg.pgd_objective}"
+    base = f"multimodal@16:{cfg.job.fit.pgd.objective}"
     out, pgd_info = {"multimodal@16": fit.direction, base: fit.direction}, {base: dict(fit.contrast.info)}
     if "text_only" in needed:
         out["text_only"] = erasure_direction(model, *fit.contrast.for_variant("text_only"), layers,
@@ -262,11 +278,11 @@ def _directions(model: LoadedModel, bench: MLLMUBench, fit, config: FitConfig, c
     people = fit_people(bench, config, real=False)
     for key in sorted(k for k in needed if k.startswith("multimodal@") and k not in out):
         eps, _, objective = key.split("@")[1].partition(":")
-        objective = objective or cfg.pgd_objective
+        objective = objective or cfg.job.fit.pgd.objective
         full = f"multimodal@{float(eps):g}:{objective}"
         if full not in out:
-            sets = privacy_sets(model, people, n=cfg.n_contrast, pgd=_pgd(cfg, float(eps), objective),
-                                pgd_limit=cfg.pgd_limit, progress=progress)
+            sets = privacy_sets(model, people, n=cfg.job.fit.n_contrast, pgd=_pgd(cfg, float(eps), objective),
+                                pgd_limit=cfg.job.fit.pgd_limit, progress=progress)
             out[full] = erasure_direction(model, sets.refusal, sets.recall, layers, batch_size=config.batch_size)
             pgd_info[full] = dict(sets.info)
         out[key] = out[full]
@@ -323,10 +339,10 @@ def run_ablations(model: LoadedModel | None = None, bench: MLLMUBench | None = N
     layer_sets = _layer_sets(model, cfg)
     rows, matched_rows, pgd_rows = [], [], []
     for seed in cfg.seeds:
-        split = PeopleSplit(seed=seed, fit=cfg.demo.people.fit, validation=cfg.demo.people.validation)
-        demo = replace(cfg.demo, people=split, forget_ratio=cfg.forget_ratio)
-        config = replace(demo.fit_config(tuple(layer_sets["all"])), gate_rows=True,
-                         pgd=_pgd(cfg, 16, cfg.pgd_objective), pgd_limit=cfg.pgd_limit, n_contrast=cfg.n_contrast)
+        split = replace(cfg.job.people, seed=seed)
+        job = cfg.job.with_fit(people=split)
+        config = replace(job.fit_config(tuple(layer_sets["all"])), gate_rows=True,
+                         pgd=_pgd(cfg, 16, cfg.job.fit.pgd.objective))
         fit = fit_eraser(model, bench, config, progress=progress)
         rehearsal_sets, stand = rehearsal_items(bench, cfg.forget_ratio, split)
         if cfg.max_people is not None:
@@ -372,7 +388,7 @@ def run_ablations(model: LoadedModel | None = None, bench: MLLMUBench | None = N
                 matches, tried = match_strength(
                     lambda lam, sets=sets: score_setting(model, sets, steers(lam)[0], cfg.batch_size),
                     cfg.lams, cfg.targets, tolerance=cfg.tolerance, refine=cfg.refine,
-                    repetition_max=cfg.repetition_max, full=full)
+                    repetition_max=cfg.job.select.repetition_max, full=full)
                 measured: dict[float, dict] = {}
                 for lam in sorted({m.lam for m in matches.values() if m.lam is not None}):
                     recall = tried[lam]["recall"] if full else score_setting(

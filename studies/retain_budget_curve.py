@@ -1,14 +1,17 @@
 """How many retain questions the fit needs: held-out retain recall and forget leakage against the retain budget.
 
+A study, not part of the installed library (run from a clone: ``.venv/bin/python studies/retain_budget_curve.py``).
+Produces: docs/results.md, "How many retain questions the fit needs" (and docs/retain_budget.png).
+
 For each default and people seed, the shipped setting of that default (the gate kind, read, rate, layer and
 strength its rehearsal chose on seed 0: ``SETTINGS``) is fitted at each budget (``FitConfig.retain_budget``:
 whole fit people in a seeded order, the last one cut), everything else fixed (the contrastive sets are drawn
 once per seed and shared by the budgets). Each eraser is measured on that seed's evaluation people (clean
 questions; the fit and the rehearsal never saw them) and the forget people. Vanilla once per seed.
 
-    .venv/bin/python tools/retain_budget_curve.py [--model default --model default-qwen] [--seeds 0 1 2]
+    .venv/bin/python studies/retain_budget_curve.py [--model default --model default-qwen] [--seeds 0 1 2]
         [--budgets 200 400 800 all] [--out results/retain_budget] [--append]
-    .venv/bin/python tools/retain_budget_curve.py --replot results/retain_budget/curve.csv
+    .venv/bin/python studies/retain_budget_curve.py --replot results/retain_budget/curve.csv
 
 Writes ``curve.csv`` (one row per model, seed and budget) and ``retain_budget.png``.
 """
@@ -36,9 +39,13 @@ def run(models: list[str], seeds: list[int], budgets: list[str], out: Path, rows
     from toolkit.data.mllmu import MLLMUBench
     from toolkit.data.splits import PeopleSplit
     from toolkit.data.synthetic import default_benchmark
-    from toolkit.erase import EraseConfig, evaluate_people, headline_table
+    from toolkit.adversarial import PGDConfig
+    from toolkit.config import SHIPPED
+    from toolkit.job import evaluate_people
+    from toolkit.headline import headline_table
     from toolkit.evaluate import summarize
-    from toolkit.fit import fit_eraser, fit_groups, fit_people, retain_question_samples
+    from toolkit.benchmark_fit import fit_eraser
+    from toolkit.data.samples import fit_groups, fit_people, retain_question_samples
     from toolkit.models.loading import load_model
 
     rows = list(rows or [])
@@ -48,7 +55,11 @@ def run(models: list[str], seeds: list[int], budgets: list[str], out: Path, rows
         s = SETTINGS[name]
         for seed in seeds:
             # Held-out people only: in-fit people are not what the budget is judged on.
-            config = EraseConfig(people=PeopleSplit(seed=seed), in_fit_people=0, **(contrast_options or {}))
+            options = dict(contrast_options or {})
+            steps = options.pop("pgd_steps", SHIPPED.fit.pgd.steps if SHIPPED.fit.pgd else 0)
+            config = SHIPPED.with_fit(people=PeopleSplit(seed=seed), pgd=PGDConfig(steps=steps) if steps else None,
+                                      **options)
+            config = replace(config, in_fit_people=0)
             base = replace(config.fit_config((s["layer"],), s["lam"]), gate=s["gate"], gate_reads=s["gate_reads"],
                            gate_fpr=s["gate_fpr"], gate_reads_kept=(), positions="prompt")
             t = time.time()
@@ -57,8 +68,8 @@ def run(models: list[str], seeds: list[int], budgets: list[str], out: Path, rows
             contrast_s = time.time() - t
             frames = [evaluate_people(model, bench, config, None, "vanilla")]
             table = headline_table(frames[0], summarize(frames[0]).assign(method="vanilla"))
-            fixed = dict(n_contrast=config.n_contrast or "all", pgd_images=config.pgd_limit if config.pgd_steps else 0,
-                         pgd_steps=config.pgd_steps, pairs=contrast.info["refused_clean"])
+            fixed = dict(n_contrast=config.fit.n_contrast or "all", pgd_images=config.fit.pgd_limit if steps else 0,
+                         pgd_steps=steps, pairs=contrast.info["refused_clean"])
             rows.append(dict(model=name, seed=seed, budget="vanilla", n_retain=0, fit_s=0.0, **fixed,
                              **{c: table[c].iloc[0] for c in COLUMNS}))
             for budget in budgets:
@@ -126,7 +137,7 @@ def main() -> None:
     ap.add_argument("--replot", type=Path)
     ap.add_argument("--append", action="store_true", help="keep the rows of OUT/curve.csv (another model or seed)")
     ap.add_argument("--n-contrast", type=int, help="questions asked for the contrastive pairs (default: all)")
-    ap.add_argument("--pgd-limit", type=int, help="images PGD attacks (default: EraseConfig's)")
+    ap.add_argument("--pgd-limit", type=int, help="images PGD attacks (default: the shipped fit's)")
     ap.add_argument("--pgd-steps", type=int, help="PGD steps (0: no adversarial images)")
     args = ap.parse_args()
     if args.replot:

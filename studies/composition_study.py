@@ -1,5 +1,8 @@
 """Two erasers for two disjoint forgetting requests, applied together (issue: composition).
 
+A study, not part of the installed library (run from a clone: ``.venv/bin/python studies/composition_study.py``).
+Produces: docs/research-log.md, "2026-12-02: Two forgetting requests, two erasers, composed".
+
 Eraser A forgets ``forget_5``; eraser B forgets ``forget_15`` minus ``forget_10``
 (disjoint from A). Both are fitted with the demo's settings at the demo's layer.
 Each request's strength is chosen as a user would, on validation questions
@@ -9,8 +12,8 @@ since composed gates add and so do their retain costs. Then A, B and A+B
 (``Eraser.compose``) are evaluated on both forget groups and on retain people
 outside ``forget_15``. Prints the choices and one table (percent).
 
-    .venv/bin/python tools/composition_study.py            # about 3 minutes on 2 CPU cores
-    .venv/bin/python tools/composition_study.py --lam 4    # one fixed strength for both, no choice
+    .venv/bin/python studies/composition_study.py            # about 3 minutes on 2 CPU cores
+    .venv/bin/python studies/composition_study.py --lam 4    # one fixed strength for both, no choice
 """
 
 from __future__ import annotations
@@ -24,10 +27,10 @@ import pandas as pd
 from probes.steering_effects import choose_setting, leakage_grid
 from toolkit.data.mllmu import MLLMUBench
 from toolkit.data.synthetic import validation_items
-from experiments.demo import DemoConfig
+from toolkit.config import EraseConfig
 from toolkit.eraser import Eraser
 from toolkit.evaluate import items_from_profiles, run_items
-from toolkit.fit import fit_eraser
+from toolkit.benchmark_fit import fit_eraser
 from toolkit.data.synthetic import default_benchmark
 from toolkit.models.loading import load_model
 
@@ -69,7 +72,7 @@ def main() -> None:
     ids10 = {p.id for p in bench.forget(10)}
     group_b = [p for p in bench.forget(15) if p.id not in ids10]
     everyone = bench.forget(15) + bench.retain(15)
-    cfg = DemoConfig()
+    cfg = EraseConfig()
     retain_val = validation_items(cfg.people.people(bench.retain(15), "validation"), "retain")
     # Gates add under composition, and so do their retain costs: each request gets half the budget.
     budget = RETAIN_MAX / 2
