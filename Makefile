@@ -1,4 +1,4 @@
-# Two commands do all set-up: `make demo` and `make test` create or reuse .venv.
+# Two commands do all set-up: `make demo` and `make test` create or reuse .venv (commands then in .venv/bin).
 # The CPU torch pin and the offline variables below apply to the .venv targets only; to use the package in
 # your own (CUDA) environment, `pip install -e .` there (docs/install.md) and `make test-gpu`.
 PYTHON ?= python3
@@ -13,13 +13,19 @@ OFFLINE := TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 .PHONY: venv test test-slow test-gpu demo compare probe bench bench-real-shapes docs notebooks clean
 
-$(STAMP): pyproject.toml
+# Where the CPU build of torch comes from. Empty: pip's own configuration (this project's machines serve
+# torch 2.13.0 from a local file). On any other Linux box, point it at PyTorch's CPU wheel index, or pip takes
+# the CUDA build (several GB):  make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+# The versions the suite is tested with (CI installs exactly these).
+CONSTRAINTS := constraints.txt
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# The CPU build of torch first (a local file here); an unpinned torch would
-	# pull several GB of CUDA packages.
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,docs]'
+	# The CPU build of torch first; an unpinned torch would pull several GB of CUDA packages.
+	$(PY) -m pip install -q -c $(CONSTRAINTS) torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[dev,docs]'
 	touch $(STAMP)
 
 venv: $(STAMP)

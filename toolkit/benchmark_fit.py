@@ -95,7 +95,21 @@ def fit_eraser(model: LoadedModel, bench: MLLMUBench | Any, config: FitConfig = 
                progress: bool = False) -> FitResult:
     """Fit an Eraser for ``bench``'s forget split ``config.forget_ratio`` (or for the people ``forget``).
 
-    Retain statistics and contrastive pairs come from :func:`fit_people` only.
+    Args:
+        model: the model to steer (any family, any device and dtype).
+        bench: an :class:`~toolkit.data.mllmu.MLLMUBench` (or its folder), or a
+            :class:`~toolkit.data.request.ForgetRequest`.
+        config: what the fit reads and solves (:class:`~toolkit.config.FitConfig`; ``layers=None``: every layer).
+        contrast: ready contrastive sets (``None``: built from the fit people with ``config.recipe``, PGD included).
+        forget: the people to forget, instead of the benchmark's forget split.
+        progress: progress bars.
+
+    Retain statistics, gate rows and contrastive pairs come from the fit people only
+    (:func:`toolkit.data.samples.fit_people`); validation people give the membership gates' calibration rows.
+
+    Returns a :class:`FitResult`: the eraser, the direction, the null spaces, the contrastive sets, a report (rows
+    read, people, seconds) and the fitter with its statistics (for refits and probes). Memory: the model, plus two
+    ``d x d`` moments per fitted layer and the gates' rows (:class:`~toolkit.fitter.EraserFitter`).
     """
     start = time.time()
     bench = MLLMUBench(bench) if isinstance(bench, (str, Path)) else bench
