@@ -31,7 +31,7 @@ from toolkit.data.mllmu import MLLMUBench
 from toolkit.data.synthetic import default_benchmark
 from toolkit.config import SHIPPED, EraseConfig
 from toolkit.job import erase, evaluate_people
-from toolkit.headline import headline, headline_table
+from toolkit.headline import headline_table
 from toolkit.evaluate import run_items, summarize
 from toolkit.benchmark_fit import eraser_with_gate
 from toolkit.models.loading import LoadedModel, load_model

@@ -28,7 +28,7 @@ import pandas as pd
 from toolkit.attacks import NON_ADAPTIVE, AttackConfig, run_attacks
 from toolkit.data.mllmu import MLLMUBench
 from toolkit.data.synthetic import default_benchmark
-from toolkit.config import SHIPPED
+from toolkit.config import SHIPPED, EraseConfig
 from toolkit.job import erase
 from toolkit.models.loading import load_model
 

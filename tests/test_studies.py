@@ -2,8 +2,10 @@
 smallest size: no model is loaded). The ablations' smallest matched run is in test_ablations.py (slow)."""
 
 import importlib
+import inspect
 import re
 import sys
+import typing
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,10 @@ def test_studies_are_apart_from_the_package():
 @pytest.mark.parametrize("name", STUDIES)
 def test_study_imports_names_its_section_and_builds_its_parser(name, monkeypatch, capsys):
     module = importlib.import_module(f"studies.{name}")
+    # Annotations name real things (postponed ones are only checked when resolved).
+    for value in vars(module).values():
+        if inspect.isfunction(value) and value.__module__ == module.__name__:
+            typing.get_type_hints(value)
     header = module.__doc__ or ""
     assert re.search(r"Produces: .*docs/[\w-]+\.md", header.replace("\n", " ")), f"{name} names no results section"
     for section in re.findall(r'docs/(results|research-log|method)\.md, "([^"]+)"', header.replace("\n", " ")):

@@ -24,7 +24,7 @@ import ast
 import functools
 import inspect
 import textwrap
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 
 from .adversarial import PGDConfig
 from .data.splits import PeopleSplit
