@@ -261,6 +261,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from toolkit.config import FitConfig, SelectConfig
     from toolkit.data.mllmu import MLLMUBench
 
+    from experiments.flags import given
+
     model = _load(args)
     cfg = _fit_config(args, FitConfig())
     cfg = replace(cfg, batch_size=_batch(args, cfg.batch_size))
@@ -268,7 +270,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if select is not None:
         # The fit keeps the rows of every kind the rehearsal screens; one rate unless --gate-fprs names several.
         gates = select.gates or (cfg.gate,)
-        fprs = select.gate_fprs if "SelectConfig.gate_fprs" in vars(args) else (cfg.gate_fpr,)
+        fprs = select.gate_fprs if given(args, SelectConfig, "gate_fprs") else (cfg.gate_fpr,)
         select = replace(select, layers=cfg.layers, gates=gates, gate_fprs=fprs)
         cfg = replace(cfg, gate_rows=any(k != "linear" for k in gates))
     bench = MLLMUBench(_bench_path(args.bench))
@@ -513,15 +515,14 @@ def cmd_ablations(args: argparse.Namespace) -> int:
     cfg = replace(base, job=job, seeds=tuple(int(s) for s in args.seeds.split(",")), studies=studies,
                   lams=_floats(args.lams) if args.lams else base.lams,
                   targets=tuple(x / 100 for x in _floats(args.targets)) if args.targets else base.targets)
-    run_ablations, write_results, claims_table = ablations.run_ablations, ablations.write_results, ablations.claims_table
     from toolkit.data.mllmu import MLLMUBench
 
-    result = run_ablations(_load(args), MLLMUBench(args.bench) if args.bench else None, cfg, progress=True)
-    paths = write_results(args.out, result, cfg.targets)
+    result = ablations.run_ablations(_load(args), MLLMUBench(args.bench) if args.bench else None, cfg, progress=True)
+    paths = ablations.write_results(args.out, result, cfg.targets)
     import pandas as pd
 
     with pd.option_context("display.max_colwidth", 300, "display.width", 300):
-        for target, claims in claims_table(result, cfg.targets).groupby("target", sort=False):
+        for target, claims in ablations.claims_table(result, cfg.targets).groupby("target", sort=False):
             print(f"\nAt matched forgetting: rehearsal leakage {target:g}%")
             print(claims.drop(columns="target").to_string(index=False))
     print(f"\nwrote {', '.join(p.name for p in paths.values())} under {args.out} ({result['seconds']} s)")
@@ -604,7 +605,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bench", default=None, help="benchmark dir (default: the synthetic one)")
     from toolkit.config import FitConfig, SelectConfig
 
-    _fit_options(p, FitConfig(), [f for f in FitConfig.__dataclass_fields__ if f not in ("people", "pgd", "batch_size")],
+    _fit_options(p, FitConfig(), [f for f in FitConfig.__dataclass_fields__
+                                  if f not in ("people", "pgd", "batch_size")],
                  {"forget_ratio": "--forget", "rank_policy": "--rank", "include_real": "--include-real"})
     p.add_argument("--threshold", type=float, default=0.0, help="gate dead zone in [0, 1); 0 = the paper's map")
     p.add_argument("--select", action="store_true",
@@ -638,10 +640,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_compare)
 
     p = sub.add_parser("ablations", parents=[model_opts],
-                       help="a study (studies/ablations.py, from a clone): the paper's ablations at matched forgetting on held-out people: direction, eps, layers, map, "
-                            "gate, reference")
+                       help="a study (studies/ablations.py, from a clone): the paper's ablations at matched "
+                            "forgetting on held-out people: direction, eps, layers, map, gate, reference")
     p.add_argument("--out", default="results/ablations")
-    p.add_argument("--forget", type=int, default=None, choices=[5, 10, 15], help="forget split (default: the study's, 10)")
+    p.add_argument("--forget", type=int, default=None, choices=[5, 10, 15], help="forget split (default: the study's)")
     p.add_argument("--seeds", default="0,1,2", help="people seeds (who fits, who chooses, who is reported)")
     p.add_argument("--studies", default=None, help="comma-separated subset of direction,eps,layers,map,gate,reference")
     p.add_argument("--lams", default=None,

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from toolkit.config import field_docs
-from toolkit.nullspace import RankPolicy, parse_rank_policy
+from toolkit.nullspace import RankPolicy, format_rank_policy, parse_rank_policy
 
 __all__ = ["add_fields", "apply", "parse_layers"]
 
@@ -96,8 +96,7 @@ def _show(value: Any) -> str:
     if isinstance(value, tuple):
         return ",".join("own" if v is None else _show(v) for v in value) or "none"
     if isinstance(value, RankPolicy):
-        kind = {"FixedRatio": "ratio", "EnergyBudget": "energy", "RelativeTolerance": "rtol"}[type(value).__name__]
-        return f"{kind}:{next(iter(dataclasses.asdict(value).values()))}"
+        return format_rank_policy(value)
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -124,6 +123,11 @@ def add_fields(parser: argparse.ArgumentParser | Any, cls: type, base: Any, name
             options["choices"] = list(choices[f.name])
         parser.add_argument(flag, type=parse, metavar=None if "choices" in options else metavar or f.name.upper(),
                             **options)
+
+
+def given(args: argparse.Namespace, cls: type, name: str, section: str | None = None) -> bool:
+    """Whether the flag of ``cls``'s field ``name`` was given (flags not given are absent from ``args``)."""
+    return f"{section or cls.__name__}.{name}" in vars(args)
 
 
 def apply(args: argparse.Namespace, base: Any, section: str | None = None) -> Any:

@@ -53,7 +53,8 @@ def run(name: str) -> dict:
     add_samples(fitter, model, "forget", forget, batch_size=2)
     add_samples(fitter, model, "refusal", refusal, batch_size=2)
     add_samples(fitter, model, "recall", recall, batch_size=2)
-    eraser = fitter.eraser(FitConfig(rank_policy=FixedRatio(0.3), gamma=0.1, lam=4.0, positions="all"), fingerprint=model.fingerprint())
+    eraser = fitter.eraser(FitConfig(rank_policy=FixedRatio(0.3), gamma=0.1, lam=4.0, positions="all"),
+                           fingerprint=model.fingerprint())
     assert fitter.null_space(layer, FixedRatio(0.3)).k == int(0.3 * width)
     ids = tracing.generate(model, forget, steers=eraser, max_new_tokens=3, batch_size=2, return_ids=True)
     assert all(len(i) >= 1 for i in ids)

@@ -67,6 +67,9 @@ def test_layer_out_of_range(tiny_models):
     with pytest.raises(ValueError, match=r"Layer 3 is out of range: this model has 3 decoder layers"):
         m.check_layers([0, 3])
     assert m.check_layers([-1]) == [2]
+    assert m.check_layers(None) == [0, 1, 2]  # FitConfig(layers=None): every decoder layer
+    with pytest.raises(ValueError, match="No layers given"):
+        m.check_layers([])
 
 
 def test_image_given_to_text_only_model(tiny_models):

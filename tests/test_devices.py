@@ -67,7 +67,8 @@ def test_fitted_eraser_generate_through_nnsight_serialisation_equals_local():
     add_samples(fitter, model, "refusal", [Sample("do not say who this is", random_image(i)) for i in range(4)])
     add_samples(fitter, model, "recall", [Sample("who is this", random_image(i)) for i in range(4)])
     # This random model's states are small (norm ~0.2): a small ridge lets the gate reach ~1 on forget rows.
-    fitted = fitter.eraser(FitConfig(rank_policy=FixedRatio(0.5), gamma=1e-4, lam=20.0), fingerprint=model.fingerprint())
+    fitted = fitter.eraser(FitConfig(rank_policy=FixedRatio(0.5), gamma=1e-4, lam=20.0),
+                           fingerprint=model.fingerprint())
     samples = [Sample("who is this person", random_image(50)), Sample("who is this person", random_image(51))]
     for positions in ("prompt", "all"):
         eraser = fitted.with_options(positions=positions)

@@ -57,6 +57,14 @@ def test_help_is_the_field_docstring_with_the_default_it_runs():
     assert helps["--rank"].endswith("(default: ratio:0.3)") and helps["--pgd-steps"].endswith("(default: 30)")
 
 
+def test_a_rank_policy_is_written_as_it_is_read():
+    from toolkit.nullspace import EnergyBudget, RelativeTolerance, format_rank_policy, parse_rank_policy
+
+    for policy in (FixedRatio(0.97), EnergyBudget(0.01), RelativeTolerance(0.001)):
+        assert parse_rank_policy(format_rank_policy(policy)) == policy
+    assert format_rank_policy(FixedRatio(0.3)) == "ratio:0.3"
+
+
 def test_a_bad_value_is_one_line(capsys):
     from experiments.cli import main
 

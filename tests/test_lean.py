@@ -182,7 +182,8 @@ def test_layers_fitted_in_separate_passes_compose_to_the_one_pass_eraser(tiny_mo
         add_samples(fitter, model, "forget", forget, batch_size=5)
         add_samples(fitter, model, "refusal", forget, batch_size=5)
         add_samples(fitter, model, "recall", retain, batch_size=5)
-        return fitter.eraser(FitConfig(rank_policy=FixedRatio(0.3), gamma=0.1, lam=3.0), fingerprint=model.fingerprint())
+        return fitter.eraser(FitConfig(rank_policy=FixedRatio(0.3), gamma=0.1, lam=3.0),
+                             fingerprint=model.fingerprint())
 
     together = fitted([0, 1, 2])
     apart = Eraser.compose(fitted([0, 1]), fitted([2]))

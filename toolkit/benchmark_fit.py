@@ -113,7 +113,7 @@ def fit_eraser(model: LoadedModel, bench: MLLMUBench | Any, config: FitConfig = 
     """
     start = time.time()
     bench = MLLMUBench(bench) if isinstance(bench, (str, Path)) else bench
-    layers = model.check_layers(list(config.layers) if config.layers is not None else list(range(model.num_layers)))
+    layers = model.check_layers(config.layers)
     config = replace(config, layers=tuple(layers))
     forget = list(bench.forget(config.forget_ratio) if forget is None else forget)
     retain_people = fit_people(bench, config)

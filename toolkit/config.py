@@ -220,8 +220,8 @@ class EraseConfig:
         return replace(self.fit, layers=self.fit.layers if layers is None else tuple(layers),
                        lam=self.fit.lam if lam is None else lam,
                        gate_rows=self.fit.gate_rows or any(k != "linear" for k in screened),
-                       gate_reads=reads[0],
-                       gate_reads_kept=tuple(dict.fromkeys(self.fit.gate_reads_kept + tuple(self.select.gate_reads or ()))),
+                       gate_reads=reads[0], gate_reads_kept=tuple(dict.fromkeys(
+                           self.fit.gate_reads_kept + tuple(self.select.gate_reads or ()))),
                        wrap=self.select.wrap)
 
 

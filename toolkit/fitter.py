@@ -257,7 +257,8 @@ class EraserFitter:
                 maps[l] = EraserLayer(l, g, direction.vectors[l][None].to(torch.float32))
                 stats[l] = dict(report, direction_norm=float(direction.vectors[l].norm()))
         return Eraser(tuple(maps[l] for l in self.layers), config.lam, config.steer_positions(), fingerprint or {},
-                      dict(settings or {}, layers_report=stats), edit=config.edit, latch=config.latch and gate != "linear")
+                      dict(settings or {}, layers_report=stats), edit=config.edit,
+                      latch=config.latch and gate != "linear")
 
     def add_samples(self, *args, **kwargs) -> None:
         raise TypeError("EraserFitter takes tensors only (update_retain, update_forget, update_contrast): capture "

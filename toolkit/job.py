@@ -111,7 +111,7 @@ def erase(model: LoadedModel, forget: str | Path | Sequence[Profile] | MLLMUBenc
     say = print if progress else (lambda *a, **k: None)
     say(f"      people (seed {config.people.seed}): forget {counts['forget']}, retain {counts['retain']}"
         + (f", real {counts['real']}" if bench.real() else ""), flush=True)
-    layers = tuple(config.fit.layers) if config.fit.layers else tuple(range(model.num_layers))
+    layers = tuple(model.check_layers(config.fit.layers or None))  # None (or none given): every decoder layer
     fit_config = config.fit_config(layers)
     # The retain budget is "at most" here: a request with fewer retain questions is read whole.
     available = len(question_samples(fit_people(bench, fit_config), "retain"))

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 __all__ = ["PRECISIONS", "SecondMoment", "RankPolicy", "FixedRatio", "EnergyBudget", "RelativeTolerance", "NullSpace",
-           "null_space", "parse_rank_policy"]
+           "null_space", "RANK_POLICY_WORDS", "parse_rank_policy", "format_rank_policy"]
 
 
 PRECISIONS = ("auto", "float64", "float32")
@@ -182,6 +182,10 @@ class RelativeTolerance(RankPolicy):
         return int((eigenvalues <= self.rtol * eigenvalues.max()).sum())
 
 
+# The CLI's words for the policies: parse_rank_policy reads them, format_rank_policy writes them.
+RANK_POLICY_WORDS = {"ratio": FixedRatio, "energy": EnergyBudget, "rtol": RelativeTolerance}
+
+
 def parse_rank_policy(text: str) -> RankPolicy:
     """``"ratio:0.3"``, ``"energy:0.01"`` or ``"rtol:1e-3"`` (the CLI's spelling)."""
     kind, _, value = text.partition(":")
@@ -189,10 +193,16 @@ def parse_rank_policy(text: str) -> RankPolicy:
         v = float(value)
     except ValueError:
         raise ValueError(f"Rank policy {text!r}: expected ratio:RHO, energy:TAU or rtol:RTOL.") from None
-    table = {"ratio": FixedRatio, "energy": EnergyBudget, "rtol": RelativeTolerance}
-    if kind not in table:
+    if kind not in RANK_POLICY_WORDS:
         raise ValueError(f"Unknown rank policy {kind!r}: use ratio:RHO, energy:TAU or rtol:RTOL.")
-    return table[kind](v)
+    return RANK_POLICY_WORDS[kind](v)
+
+
+def format_rank_policy(policy: RankPolicy) -> str:
+    """The spelling :func:`parse_rank_policy` reads back (``FixedRatio(0.97)`` -> ``"ratio:0.97"``)."""
+    kind = next(word for word, cls in RANK_POLICY_WORDS.items() if type(policy) is cls)
+    (value,) = (getattr(policy, f) for f in policy.__dataclass_fields__)
+    return f"{kind}:{value}"
 
 
 @dataclass(frozen=True)

@@ -157,7 +157,7 @@ def fit_from_samples(model: LoadedModel, config: FitConfig, *, forget: Any, reta
 
     Returns ``(eraser, fitter)``; the fitter keeps the statistics (for the probes).
     """
-    layers = model.check_layers(list(config.layers) if config.layers is not None else list(range(model.num_layers)))
+    layers = model.check_layers(config.layers)
     gate_reads = config.gate_reads if config.keeps_gate_rows else None
     fitter = EraserFitter(model.hidden_size, layers, gate_reads=gate_reads,
                           keep_reads=config.gate_reads_kept if gate_reads else (), max_retain_rows=max_retain_rows)

@@ -150,8 +150,11 @@ class LoadedModel:
         """Decoder layers as plain torch modules (for forward hooks)."""
         return self.adapter.layer_modules(self.module)
 
-    def check_layers(self, layers: int | Sequence[int]) -> list[int]:
-        """Validate layer indices (0-based decoder-block outputs); negatives count from the end."""
+    def check_layers(self, layers: int | Sequence[int] | None) -> list[int]:
+        """Validate layer indices (0-based decoder-block outputs); negatives count from the end. ``None``: every
+        decoder layer (what ``FitConfig(layers=None)`` means)."""
+        if layers is None:
+            layers = range(self.num_layers)
         items = [layers] if isinstance(layers, int) else list(layers)
         if not items:
             raise ValueError("No layers given: pass at least one decoder-layer index.")
