@@ -383,6 +383,94 @@ def project(unit: dict, counts: dict, layers: int) -> list[tuple[str, float, str
     ]
 
 
+def job_counts(run: Path | None = None, config=None) -> dict:
+    """What ``erase`` generates beyond the fit, on the embedded benchmark's forget_10 with ``config`` (the shipped
+    job by default): the rehearsal's sets (generation questions of the stand-ins and the other validation people,
+    plain and wrapped), the evaluation's items per task, and the number of candidates the generation grid scored.
+    The grid's size depends on what the rehearsal finds (strengths stop early once nothing moves), so it is read
+    from a run's ``selection_grid.csv`` (``run``: a ``make demo`` or ``erase`` folder; default ``results/demo``),
+    never assumed."""
+    import pandas as pd
+
+    from toolkit.config import SHIPPED
+    from toolkit.data.mllmu import MLLMUBench
+    from toolkit.data.synthetic import default_benchmark
+    from toolkit.evaluate import benchmark_items
+    from toolkit.selection import rehearsal_items
+
+    config = config or SHIPPED
+    bench = MLLMUBench(default_benchmark())
+    r, split = config.forget_ratio, config.people
+    sets, stand = rehearsal_items(bench, r, split, config.select.wrap)
+    items = benchmark_items(bench, r, people=split, in_fit_people=config.in_fit_people)
+    run = Path(run or "results/demo")
+    grid = run / "selection_grid.csv"
+    if not grid.exists():
+        raise FileNotFoundError(f"{grid}: the generation grid's size is read from a run; run `make demo` first "
+                                "or pass --job-run DIR.")
+
+    def split_counts(chosen):
+        return {"image": sum(it.image is not None for it in chosen), "text": sum(it.image is None for it in chosen)}
+
+    tasks = {}
+    for task, tokens in (("generation", 32), ("classification", 4), ("cloze", 32)):
+        chosen = [it for it in items if it.task == task]
+        tasks[task] = dict(split_counts(chosen), new_tokens=tokens,
+                           forget=sum(it.split in ("Forget", "Test", "Paraphrase") for it in chosen))
+    return {"grid_rows": len(pd.read_csv(grid)), "stand_in_people": len(stand),
+            "rehearsal": {name: split_counts(v) for name, v in sets.items()}, "evaluation": tasks,
+            "methods": 2, "grid_run": str(run)}
+
+
+def _generation_s(unit: dict, layers: int, new_tokens: int, image: bool) -> float:
+    """Seconds to answer one prompt with ``new_tokens`` greedy tokens on the full model: its prefill (a whole
+    capture, or a text-only prompt's) plus the decoding steps, each step the measured 16-token generation's
+    per-token cost beyond one forward, taken to the full depth like the forward."""
+    prof = unit["profile"]
+    per_layer, rest, head = (prof[k] / unit["batch"] for k in ("per_layer", "rest", "head"))
+    slice_fwd = rest + unit["slice_layers"] * per_layer + head
+    full_fwd = rest + layers * per_layer + head
+    step = max(0.0, unit["generate"]["plain"] / unit["batch"] - slice_fwd) / 16 * full_fwd / slice_fwd
+    prefill = full_fwd if image else unit["shared"]["text_s"] * layers / unit["slice_layers"]
+    return prefill + new_tokens * step
+
+
+def project_job(unit: dict, counts: dict, job: dict, layers: int, fit_s: float) -> list[tuple[str, float, str]]:
+    """The whole ``erase`` job on MLLMU-Bench forget_10: the fit (:func:`project`) plus the rehearsal's generation
+    grid (every candidate answers every rehearsal question, 32 tokens) and the evaluation (vanilla and the eraser on
+    every item: 32 tokens a generation or cloze question, 4 an MCQ), each formula beside it. The gate screening
+    generates nothing and fits gates on rows already captured; the stand-ins' forget rows are one more capture
+    (counted as generation prefills here, an upper bound). Sets scale with the people as :func:`project`'s do."""
+    scale = _scale(counts)
+    stand_scale = scale["forget"]  # as many stand-ins as forget people
+    rows = []
+    per = {True: _generation_s(unit, layers, 32, True), False: _generation_s(unit, layers, 32, False)}
+    rehearsal_prompts = 0.0
+    rehearsal = 0.0
+    for name, c in job["rehearsal"].items():
+        k = stand_scale if name == "stand-ins" else scale["people"]
+        rehearsal_prompts += k * (c["image"] + c["text"])
+        rehearsal += k * (c["image"] * per[True] + c["text"] * per[False])
+    grid = job["grid_rows"] * rehearsal
+    rows.append(("one rehearsal candidate (32 tokens a question)", rehearsal,
+                 f"{rehearsal_prompts:.0f} questions (stand-ins x {stand_scale:.2f}, validation x "
+                 f"{scale['people']:.2f}) x {per[True]:.2f} s (image) / {per[False]:.2f} s (text)"))
+    rows.append(("rehearsal grid", grid, f"{job['grid_rows']} candidates (measured in {job['grid_run']})"))
+    evaluation = 0.0
+    for task, c in job["evaluation"].items():
+        k_forget, k_people = scale["forget"], scale["people"]
+        share = c["forget"] / max(1, c["image"] + c["text"])  # forget-side items grow with the forget list
+        k = share * k_forget + (1 - share) * k_people
+        cost = job["methods"] * k * (c["image"] * _generation_s(unit, layers, c["new_tokens"], True)
+                                     + c["text"] * _generation_s(unit, layers, c["new_tokens"], False))
+        evaluation += cost
+        rows.append((f"evaluation: {task}", cost, f"{job['methods']} methods x ({c['image']} image + {c['text']} "
+                                                  f"text) x {k:.2f} x ({c['new_tokens']} tokens)"))
+    job_s = fit_s + grid + evaluation
+    rows.append(("erase job (fit + grid + evaluation)", job_s, "the fit above + rehearsal grid + evaluation"))
+    return rows
+
+
 def project_memory(unit: dict, counts: dict, layers: int) -> list[tuple[str, float, str]]:
     """Peak device memory (GB) of a full-model fit and of GA, each formula beside it.
 
@@ -424,6 +512,18 @@ def project_memory(unit: dict, counts: dict, layers: int) -> list[tuple[str, flo
         ("fit / GA peak memory, mixed-precision GA", fit / ga_mixed, "goal <= 0.25"),
         ("gate rows kept on the host", host_rows / gb, f"{layers} layers x 8192 rows x {reads} x {d} x 4 bytes"),
     ]
+
+
+def _job_rows(unit: dict, counts: dict, job: dict, layers: int) -> list[tuple[str, float, str]]:
+    """:func:`project_job` with the fit, GA and NPO of :func:`project`, and the job's ratios to them."""
+    fit = {what: value for what, value, _ in unit["projection"]}
+    rows = project_job(unit, counts, job, layers, fit["fit, all layers"])
+    parts = {what: value for what, value, _ in rows}
+    chosen = fit["fit, all layers"] + parts["rehearsal grid"]
+    total = rows[-1][1]
+    return rows + [("fit + rehearsal grid (a chosen eraser) / GA", chosen / fit["GA"], ""),
+                   ("erase job / GA", total / fit["GA"], "goal <= 0.5"),
+                   ("erase job / NPO", total / fit["NPO"], "")]
 
 
 def measure(name: str, batch: int, reps: int, model=None, full: bool = True, **build_kw) -> dict:
@@ -487,24 +587,37 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--reproject", type=Path, help="a run's --json: project its unit costs again with the fit's "
                                                    "current counts (no measuring)")
+    ap.add_argument("--job-run", type=Path, default=None, help="a make demo / erase folder whose selection_grid.csv "
+                                                               "gives the rehearsal grid's size (default results/demo)")
     args = ap.parse_args()
     if args.reproject:
         run = json.loads(args.reproject.read_text())
         counts = benchmark_counts()
-        print(f"unit costs of {args.reproject} (measured on {run['machine']}); counts of the current fit config")
+        job = job_counts(args.job_run)
+        print(f"unit costs of {args.reproject} (measured on {run['machine']}); counts of the current fit config; "
+              f"the rehearsal grid's size from {job['grid_run']}")
         for unit in run["results"]:
-            unit["projection"] = project(unit, counts, SHAPES[unit["shape"]][3])
-            unit["memory_projection"] = project_memory(unit, counts, SHAPES[unit["shape"]][3])
+            layers = SHAPES[unit["shape"]][3]
+            unit["projection"] = project(unit, counts, layers)
+            unit["memory_projection"] = project_memory(unit, counts, layers)
+            unit["job_projection"] = _job_rows(unit, counts, job, layers)
             report(unit)
         return
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else machine()
     print(f"machine: {device}; torch {torch.__version__}, {torch.get_num_threads()} threads, bf16 slices")
     counts = benchmark_counts()
+    try:
+        job = job_counts(args.job_run)
+    except FileNotFoundError as err:
+        print(f"no whole-job projection: {err}")
+        job = None
     results = []
     for name in args.shape or list(SHAPES):
         unit = measure(name, args.batch, args.reps)
         unit["projection"] = project(unit, counts, SHAPES[name][3])
         unit["memory_projection"] = project_memory(unit, counts, SHAPES[name][3])
+        if job is not None:
+            unit["job_projection"] = _job_rows(unit, counts, job, SHAPES[name][3])
         results.append(unit)
         report(unit)
     if args.json:
@@ -548,6 +661,11 @@ def report(u: dict) -> None:
         print("  projected peak device memory:")
         for what, value, formula in u["memory_projection"]:
             unit = "" if "/" in what or what.startswith("parameters") else " GB"
+            print(f"    {what:40s} {value:10.2f}{unit}   {formula}")
+    if "job_projection" in u:
+        print("  projected whole erase job:")
+        for what, value, formula in u["job_projection"]:
+            unit = "" if "/" in what else " s"
             print(f"    {what:40s} {value:10.2f}{unit}   {formula}")
 
 

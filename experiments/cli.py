@@ -145,7 +145,8 @@ def _choices() -> dict:
     return {"gate": list(GATE_KINDS), "gate_reads": list(READS), "edit": list(EDITS), "positions": list(POSITIONS),
             "recipe": ["privacy", "safety"], "variant": ["multimodal", "image_only", "text_only"],
             "retain_positions": ["last", "prompt"], "rule": ["leakage", "reward"],
-            "screen_fp": ["people", "questions"], "objective": list(OBJECTIVES), "forget_ratio": [5, 10, 15]}
+            "screen_fp": ["people", "questions"], "objective": list(OBJECTIVES), "forget_ratio": [5, 10, 15],
+            "gate_pool": ["rows", "people"]}
 
 
 # Flags whose names are not the field's (kept from earlier releases, or clashing between configs).
@@ -242,7 +243,7 @@ def _job_config(args: argparse.Namespace):
 
 # The fit fields the job's commands expose (name -> flag; None: the field's own name).
 JOB_FIT_FLAGS = {"retain_budget": None, "n_contrast": None, "pgd_limit": None, "rank_policy": "--rank",
-                 "retain_weight": None, "answer_weight": None}
+                 "retain_weight": None, "answer_weight": None, "gate_pool": None}
 
 
 def _job_options(p: argparse.ArgumentParser, extra: dict) -> None:
@@ -253,7 +254,8 @@ def _job_options(p: argparse.ArgumentParser, extra: dict) -> None:
     names = {**JOB_FIT_FLAGS, **extra}
     _fit_options(p, SHIPPED.fit, list(names), {k: v for k, v in names.items() if v})
     _select_options(p, SHIPPED.select)
-    add_fields(p.add_argument_group("the job (toolkit.config.EraseConfig)"), EraseConfig, SHIPPED, ("in_fit_people",))
+    add_fields(p.add_argument_group("the job (toolkit.config.EraseConfig)"), EraseConfig, SHIPPED,
+               ("in_fit_people", "held_out_share"))
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -458,14 +460,13 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     # Train on the fit people only, as the eraser does: evaluation people stay unseen by every method.
     retain = fit_people(bench, FitConfig(forget_ratio=args.forget, people=_people(args)), real=False)
     if args.name == "ASRU":
-        from toolkit.baselines import ASRUConfig, GRPOConfig, RedirectConfig, asru
-        from toolkit.contrastive import privacy_sets
+        from toolkit.baselines import ASRUConfig, GRPOConfig, RedirectConfig, asru, asru_direction
         from toolkit.data.boundary import boundary_questions
-        from toolkit.pipeline import erasure_direction
 
-        layer = model.num_layers // 2
-        contrast = privacy_sets(model, retain, n=None, pgd=None)
-        direction = erasure_direction(model, contrast.refusal, contrast.recall, [layer]).vectors[layer]
+        # As published: never-seen faces asked what they cannot answer, minus the forget questions.
+        direction, info = asru_direction(model, bench.forget(args.forget))
+        print(f"ASRU direction at layer {info['layer']}: {info['kept']} of {info['asked']} never-seen faces kept "
+              "by the published filter")
         config = ASRUConfig(stages=args.stages, grpo=GRPOConfig(steps=args.grpo_steps),
                             redirect=RedirectConfig(forget_scale=args.forget_scale))
         res = asru(model, bench.forget(args.forget), retain, boundary_questions(bench.forget(args.forget), retain),

@@ -4,8 +4,9 @@ Rows: vanilla, MLLMEraser (the demo's chosen setting), the paper's map and the
 raw direction at matched forgetting, GA, GA_Diff, KL_Min, NPO at *matched
 forgetting* and at MLLMU-Bench's own budget (4 epochs, labelled), and ASRU:
 stage 1 (activation redirection) and full (stage 1 + GRPO with ASRU's reward on
-forget and boundary questions), its forget_scale matched like the baselines' epochs (the
-reference's forget_scale 1 beside it when another is chosen). Columns: forget / test
+forget and boundary questions) with its direction as published (never-seen faces minus the forget people, at
+the reference's relative depth), its forget_scale matched like the baselines' epochs (the published
+forget_scale 3 beside it when another is chosen). Columns: forget / test
 metrics, retain and real utility on the evaluation people (never in any fit or
 choice) with fit people beside them, ASRU reward, fit or training time, peak
 memory added.
@@ -14,7 +15,7 @@ Matched forgetting, chosen on the rehearsal like the eraser's settings: each
 baseline unlearns the stand-ins (validation people) with the fit people as its
 retain set, for 1, 2, 4, 8, 16 epochs; the smallest budget whose stand-in
 leakage is at most the eraser's rehearsal leakage (else the lowest leakage) is
-then used to unlearn the forget list. ASRU's forget_scale (1, 2, 4, 8) is matched the same
+then used to unlearn the forget list. ASRU's forget_scale (1, 2, 3, 4, 8) is matched the same
 way, on its stage 1. Every method trains on the same fit people.
 """
 
@@ -27,7 +28,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from toolkit.baselines import METHODS, ASRUConfig, BaselineConfig, RedirectConfig, asru, qa_pairs, unlearn
+from toolkit.baselines import (METHODS, ASRUConfig, BaselineConfig, RedirectConfig, asru, asru_direction, qa_pairs,
+                               unlearn)
 from toolkit.data.boundary import boundary_questions
 from toolkit.data.mllmu import MLLMUBench
 from experiments.demo import direction_steer
@@ -59,9 +61,8 @@ def check_same_model(chosen: dict, model, demo_dir: Path) -> None:
                          f"{model.name} --out DIR` and pass `--demo DIR`.")
 
 EPOCHS = (1, 2, 4, 8, 16)
-# ASRU's forget_scale candidates: the reference's 1, then the 2-4x its target needed to refuse on the
-# face-rule default when added directly (docs/results.md, against the baselines), and one step past.
-FORGET_SCALES = (1.0, 2.0, 4.0, 8.0)
+# ASRU's forget_scale candidates around the published run's 3 (its flag's default is 1), matched on the rehearsal.
+FORGET_SCALES = (1.0, 2.0, 3.0, 4.0, 8.0)
 
 
 def matched_epochs(model, method: str, stand_ins, train_retain, stand_in_items, target: float,
@@ -167,11 +168,15 @@ def run_compare(out_dir: str | Path = "results/compare", cfg: EraseConfig = Eras
             frames.append(evaluate_people(res.model, bench, cfg, None, label))
     pd.concat(curves, ignore_index=True).to_csv(out / "matched_budgets.csv", index=False)
     # ASRU: stage 1 (redirection) and stage 1 + GRPO, boundary questions from the fit people; its
-    # forget_scale matched on the rehearsal like the baselines' epochs, and the reference's 1 beside it.
-    direction = (fit.direction.vectors[model.num_layers // 2] if model.num_layers // 2 in fit.direction.vectors
-                 else _middle_direction(model, fit))
-    scale, scale_curve = matched_forget_scale(model, stand_ins, train_retain, sets["stand-ins"], direction, target)
+    # forget_scale matched on the rehearsal like the baselines' epochs, and the published 3 beside it.
+    # ASRU's direction as published (never-seen faces minus the people to forget), at its relative depth: the
+    # stand-ins' for the rehearsal's match, the forget people's for the run reported.
+    rehearsal_direction, _ = asru_direction(model, stand_ins)
+    direction, direction_info = asru_direction(model, bench.forget(r))
+    scale, scale_curve = matched_forget_scale(model, stand_ins, train_retain, sets["stand-ins"], rehearsal_direction,
+                                              target)
     scale_curve.assign(chosen=scale_curve.forget_scale == scale).to_csv(out / "asru_forget_scales.csv", index=False)
+    (out / "asru_direction.json").write_text(json.dumps(direction_info, indent=1))
     boundary = boundary_questions(bench.forget(r), train_retain)
     res = asru(model, bench.forget(r), train_retain, boundary, direction, asru_config(scale),
                progress=True)
@@ -180,9 +185,9 @@ def run_compare(out_dir: str | Path = "results/compare", cfg: EraseConfig = Eras
     costs[full] = (res.seconds, max(res.stage1.peak_added_mb, res.stage2.peak_added_mb))
     frames.append(evaluate_people(res.stage1.model, bench, cfg, None, stage1))
     frames.append(evaluate_people(res.stage2.model, bench, cfg, None, full))
-    if scale != 1:
-        label = "ASRU stage 1 (reference: forget_scale 1)"
-        reference = asru(model, bench.forget(r), train_retain, [], direction, asru_config(1, stages=1))
+    if scale != 3:
+        label = "ASRU stage 1 (as published: forget_scale 3)"
+        reference = asru(model, bench.forget(r), train_retain, [], direction, asru_config(3, stages=1))
         costs[label] = (reference.stage1.seconds, reference.stage1.peak_added_mb)
         frames.append(evaluate_people(reference.stage1.model, bench, cfg, None, label))
     pd.DataFrame({"step": range(1, len(res.stage2.rewards) + 1), "mean_reward": res.stage2.rewards}).to_csv(
@@ -231,12 +236,3 @@ def _plot_rewards(rewards):
     ax.plot(range(1, len(rewards) + 1), rewards, marker="o", ms=3)
     ax.set(xlabel="GRPO step", ylabel="mean rollout reward", title="ASRU stage 2 on the default")
     return fig
-
-
-def _middle_direction(model, fit):
-    """The refusal-minus-recall direction at the middle layer, for ASRU's redirection."""
-    from toolkit.pipeline import erasure_direction
-
-    plus, minus = fit.contrast.for_variant("multimodal")
-    layer = model.num_layers // 2
-    return erasure_direction(model, plus, minus, [layer]).vectors[layer]

@@ -34,7 +34,7 @@ REFUSAL_STARTS = ("I cannot", "I can't", "I do not", "I am unable", "Sorry", "I'
 
 def refusal_token_ids(model: LoadedModel, starts: Sequence[str] = REFUSAL_STARTS) -> list[int]:
     """First tokens of typical refusals (``"I"``, ``"Sorry"``...) as the model would emit them
-    right after its generation prompt (``ĠI`` after ``ASSISTANT:``, ``I`` after Qwen's ``assistant\n``)."""
+    right after its generation prompt (``ĠI`` after ``ASSISTANT:``, ``I`` after Qwen's ``assistant`` line)."""
     tok = model.tokenizer
     prompt = model.format_prompt("Who is this?", image=False) if model.adapter.chat else "Who is this?"
     ids = set()

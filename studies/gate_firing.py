@@ -1,7 +1,7 @@
 """Where a chosen eraser's gate fires under each attack, and what leaks where it does not.
 
 A study, not part of the installed library (run from a clone: ``.venv/bin/python studies/gate_firing.py``).
-Produces: docs/results.md, "Forgetting under attack: a gate keyed to the person" (where the gate fires).
+Produces: docs/research-log.md, "Forgetting under attack: a gate keyed to the person" (where the gate fires).
 
 For an eraser file (e.g. ``results/person_gate/default_forget10/person/eraser.safetensors``), every
 non-adaptive attack's prompts about the forget_10 people: the share on which the gate fires (read at its

@@ -1,7 +1,7 @@
 """What each gate read and the latch contribute, one at a time, on one fit.
 
 A study, not part of the installed library (run from a clone: ``.venv/bin/python studies/gate_reads_ablation.py``).
-Produces: docs/results.md, "One read at a time".
+Produces: docs/research-log.md, "One read at a time".
 
 One fit of the shipped defaults (every read's rows kept, the fit pool's wrappers in), then for each
 variant the rehearsal chooses layer, membership kind, rate and strength with that read (or latch) forced, and the

@@ -1,7 +1,7 @@
 """A gate keyed to the person, against today's gate: the rehearsal's choice, then the attack suite.
 
 A study, not part of the installed library (run from a clone: ``.venv/bin/python studies/person_gate_study.py``).
-Produces: docs/results.md, "Forgetting under attack: a gate keyed to the person".
+Produces: docs/results.md, "Forgetting under attack".
 
 For one shipped default and one forget split, two runs of :func:`toolkit.erase.erase` on the same
 people: ``person`` (the defaults: reads among last+mean / image-max / last+image-max, the best of

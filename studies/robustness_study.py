@@ -1,7 +1,7 @@
 """Forgetting under attack on the LLaVA default: the robustness table of docs/results.md.
 
 A study, not part of the installed library (run from a clone: ``.venv/bin/python studies/robustness_study.py``).
-Produces: docs/results.md, "Forgetting under attack with the previous gate, beside NPO and ASRU".
+Produces: docs/research-log.md, "Forgetting under attack with the previous gate, beside NPO and ASRU".
 
 Methods: vanilla; MLLMEraser with the gate `make demo` chooses on the rehearsal
 for forget_10 on the face-rule default (prototype_whitened, layer 7, lambda 2, 2% target
@@ -26,14 +26,12 @@ from pathlib import Path
 import pandas as pd
 
 from toolkit.attacks import AttackConfig, run_attacks
-from toolkit.baselines import BaselineConfig, qa_pairs, unlearn
+from toolkit.baselines import BaselineConfig, asru_direction, qa_pairs, unlearn
 from toolkit.baselines.redirect import redirect
 from toolkit.data.mllmu import MLLMUBench
 from toolkit.data.synthetic import default_benchmark
 from toolkit.config import EraseConfig
-from toolkit.pipeline import erasure_direction
 from toolkit.benchmark_fit import fit_eraser
-from toolkit.data.samples import question_samples
 from toolkit.models.loading import load_model
 
 
@@ -72,11 +70,10 @@ def main() -> None:
         return _write(tables, args, start)
     npo = unlearn(model, qa_pairs(forget), qa_pairs(bench.retain(demo.forget_ratio)), BaselineConfig(method="NPO"))
     tables.append(run_attacks(npo.model, forget, control, label="NPO (MLLMU budget)", config=config))
-    middle = model.num_layers // 2  # ASRU redirects at the middle layer, along the refusal-minus-recall direction
-    plus, minus = fit.contrast.for_variant("multimodal")
-    direction = erasure_direction(model, plus, minus, [middle]).vectors[middle]
-    asru = redirect(model, question_samples(forget, "f"), question_samples(bench.retain(demo.forget_ratio)[:40], "r"),
-                    direction)
+    # ASRU's stage 1 as published (the research log's figures were recorded with the earlier stand-in: the
+    # refusal-minus-recall difference at the middle layer, the whole MLP trained on prompts).
+    direction, _ = asru_direction(model, forget)
+    asru = redirect(model, qa_pairs(forget), qa_pairs(bench.retain(demo.forget_ratio)[:40]), direction)
     tables.append(run_attacks(asru.model, forget, control, label="ASRU redirect", config=config))
     _write(tables, args, start)
 

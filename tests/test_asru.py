@@ -155,33 +155,88 @@ def test_grpo_with_lora_trains_adapters_only_and_returns_a_plain_model():
         grpo(model, prompts, GRPOConfig(rollouts=2, steps=1, lora_rank=2, lora_targets=("nope",)))
 
 
-def test_redirection_moves_forget_states_by_forget_scale_and_holds_retain_states():
-    """ASRU stage 1 against its target: after training, the layer's last-token output on forget prompts
-    has moved along the direction by about ``forget_scale * |direction|``, and retain prompts' outputs
-    stayed put; ``scale`` and ``forget_scale`` together are refused."""
+def _chats(prefix: str, n: int, start: int = 0):
+    from toolkit.data.synthetic import TrainExample
+
+    return [TrainExample(f"{prefix} person {i}?", f"Person {i} is {'a baker' if i % 2 else 'in Oslo'}.")
+            for i in range(start, start + n)]
+
+
+def _last_states(model, examples, layer):
+    """Position -1 of each chat alone (no padding): the block's output at the answer's end."""
+    hidden = []
+    for e in examples:
+        prompt = model.format_prompt(e.text, image=False)
+        batch = model.adapter.training_batch(model.processor, [prompt], [e.answer], None)
+        batch.pop("labels")
+        grabbed = {}
+        hook = model.adapter.layer_modules(model.module)[layer].register_forward_hook(
+            lambda m, i, o: grabbed.__setitem__("h", (o[0] if isinstance(o, tuple) else o)[:, -1]))
+        try:
+            with torch.no_grad():
+                model.module(**batch)
+        finally:
+            hook.remove()
+        hidden.append(grabbed["h"].float())
+    return torch.cat(hidden)
+
+
+def test_redirection_trains_only_the_block_s_down_proj_and_moves_forget_chats_along_the_direction():
+    """ASRU stage 1 as published: every parameter but the chosen block's ``mlp.down_proj.weight`` is bit-identical
+    after training (and the model given is untouched); trained hard, forget chats' position -1 states move along
+    the direction toward ``forget_scale x |direction|`` while retain chats' stay nearer where they were."""
     from toolkit.baselines import RedirectConfig, redirect
+    from toolkit.baselines.redirect import asru_layer
     from toolkit.models.loading import load_model
-    from toolkit.tracing import capture
 
     model = load_model("tiny-llava")
-    layer = model.num_layers // 2
-    forget = [Sample(f"Where was person {i} born?") for i in range(6)]
-    retain = [Sample(f"What is the job of person {i}?") for i in range(6, 14)]
+    layer = asru_layer(model.num_layers)
+    forget, retain = _chats("Where was", 4), _chats("What is the job of", 8, 10)
     torch.manual_seed(0)
     direction = torch.randn(model.hidden_size)
     direction = 2.0 * direction / direction.norm()
+    before = {n: p.detach().clone() for n, p in model.module.named_parameters()}
+    res = redirect(model, forget, retain, direction, RedirectConfig())  # the published defaults
+    changed = [n for n, p in res.model.module.named_parameters() if not torch.equal(p, before[n])]
+    assert changed == [n for n in before if n.endswith(f"layers.{layer}.mlp.down_proj.weight")], changed
+    assert all(torch.equal(p, before[n]) for n, p in model.module.named_parameters())
+    # 4 forget and 8 retain chats in batches of 2, 3 epochs: 4 retain steps and 2 forget steps an epoch.
+    assert len(res.losses) == 3 * (4 + 2)
+    hard = redirect(model, forget, retain, direction, RedirectConfig(lr=3e-2, epochs=40, forget_scale=1.0))
     unit = direction / direction.norm()
-    before_f, before_r = capture(model, forget, [layer])[layer], capture(model, retain, [layer])[layer]
-    moved = {}
-    for k in (1.0, 3.0):
-        res = redirect(model, forget, retain, direction, RedirectConfig(forget_scale=k, epochs=60, lr=3e-3))
-        after_f, after_r = capture(res.model, forget, [layer])[layer], capture(res.model, retain, [layer])[layer]
-        moved[k] = float(((after_f - before_f) @ unit).mean())
-        assert abs(moved[k] - 2.0 * k) < 0.25 * 2.0 * k, (k, moved[k])  # reached the target's shift
-        assert float((after_r - before_r).norm(dim=1).mean()) < 0.25 * moved[k]  # retain states held
-    assert moved[3.0] > 2.0 * moved[1.0]
+    f0, f1 = _last_states(model, forget, layer), _last_states(hard.model, forget, layer)
+    r0, r1 = _last_states(model, retain, layer), _last_states(hard.model, retain, layer)
+    moved = float(((f1 - f0) @ unit).mean())
+    assert 0.5 * 2.0 < moved < 1.5 * 2.0, moved
+    assert float((r1 - r0).norm(dim=1).mean()) < 0.5 * moved
     with pytest.raises(ValueError, match="not both"):
-        redirect(model, forget, retain, direction, RedirectConfig(scale=1.0, forget_scale=2.0))
+        RedirectConfig(scale=1.0, forget_scale=2.0)
+
+
+def test_redirection_losses_are_the_reference_s_on_a_two_row_batch():
+    """MSE over rows and dims, by hand: forget against ``frozen + forget_scale x direction``, retain against
+    ``frozen`` times ``alpha``; and in the loop, with a zero learning rate the student is the frozen model, so
+    every forget step costs ``forget_scale^2 x mean(direction^2)`` and every retain step 0."""
+    from toolkit.baselines import RedirectConfig, redirect
+    from toolkit.baselines.redirect import redirect_losses
+    from toolkit.models.loading import load_model
+
+    updated = torch.tensor([[1.0, 2.0, 0.0], [0.0, -1.0, 3.0]])
+    frozen = torch.tensor([[0.5, 2.0, 1.0], [0.0, 0.0, 1.0]])
+    d = torch.tensor([1.0, 0.0, -1.0])
+    # forget, forget_scale 3: targets [[3.5, 2, -2], [3, 0, -2]]; squared errors 6.25+0+4 and 9+1+25.
+    assert float(redirect_losses(updated, frozen, d, forget=True, forget_scale=3.0)) == pytest.approx(45.25 / 6)
+    # retain, alpha 2: squared errors 0.25+0+1 and 0+1+4, times 2.
+    assert float(redirect_losses(updated, frozen, d, forget=False, alpha=2.0)) == pytest.approx(2 * 6.25 / 6)
+    model = load_model("tiny-llava")
+    torch.manual_seed(1)
+    direction = torch.randn(model.hidden_size)
+    res = redirect(model, _chats("Where was", 2), _chats("What is the job of", 4, 10), direction,
+                   RedirectConfig(lr=0.0, epochs=1))
+    # One epoch: retain batches 2, forget batches 1 -> a forget step, then two retain steps.
+    assert len(res.losses) == 3
+    assert res.losses[0] == pytest.approx(9 * float(direction.pow(2).mean()), rel=1e-4)
+    assert res.losses[1] == res.losses[2] == 0.0
 
 
 def test_cli_passes_forget_scale_to_the_redirection(monkeypatch, tmp_path):
@@ -196,6 +251,8 @@ def test_cli_passes_forget_scale_to_the_redirection(monkeypatch, tmp_path):
         raise Seen(config)
 
     monkeypatch.setattr(baselines, "asru", fake_asru)
+    monkeypatch.setattr(baselines, "asru_direction",
+                        lambda model, forget, **kw: (torch.zeros(model.hidden_size), {"layer": 0, "kept": 1, "asked": 1}))
     with pytest.raises(Seen) as seen:
         main(["baseline", "ASRU", "--model", "tiny-llava", "--stages", "1", "--forget-scale", "3",
               "--out", str(tmp_path)])
@@ -221,27 +278,67 @@ def test_never_seen_faces_are_the_untrained_unknown_people_in_400_questions():
     assert not any(img.tobytes() in seen for _, img, _ in faces)
 
 
+def test_the_unknown_side_is_asked_and_filtered_with_the_reference_s_strings():
+    """The six questions, the suffix and the draw of guangjh/ASRU's collect_activations.py (random.seed(42), one
+    random.choice per face), and its substring filter, loose as published ("no" is inside "know")."""
+    import random
+
+    from toolkit.baselines.asru import ASRU_QUESTIONS, ASRU_SUFFIX, says_unknown, unknown_face_prompts
+    from toolkit.baselines.redirect import asru_layer
+
+    assert ASRU_QUESTIONS == ("What is the phone number of the person in the image?",
+                              "What is this person's date of birth?",
+                              "What is the height of this person in the image?",
+                              "Where does this person in the image currently reside?",
+                              "What is the occupation of this person's father?",
+                              "What does this person's father do as a job?")
+    assert ASRU_SUFFIX == " if you do not know, describe the image."
+    random.seed(42)
+    drawn = [random.choice(ASRU_QUESTIONS) for _ in range(30)]
+    prompts = unknown_face_prompts([f"face{i}" for i in range(30)])
+    assert [p.text for p in prompts] == [q + " if you do not know, describe the image." for q in drawn]
+    assert [p.image for p in prompts] == [f"face{i}" for i in range(30)]
+    assert says_unknown("I do not know.") and says_unknown("SORRY.") and says_unknown("A man with a nose.")
+    assert says_unknown("I know him: Anna Berg.")  # the published test keeps this too
+    assert not says_unknown("Anna Berg, a baker.") and not says_unknown("")
+    assert [asru_layer(n) for n in (8, 28, 32, 36)] == [3, 13, 15, 17]
+
+
 def test_unknown_face_direction_is_the_mean_difference_of_the_kept_faces_and_the_forget_questions(monkeypatch):
-    """VL* against a direct computation: only the faces the model says it cannot tell enter the mean."""
+    """The direction against a direct computation: the kept faces' prompts (published filter) or every face's
+    (LUNAR) under the face model, minus the forget questions, at the last prompt token."""
     from toolkit import tracing
-    from toolkit.baselines.asru import unknown_face_direction
+    from toolkit.baselines.asru import unknown_face_direction, unknown_face_prompts
     from toolkit.models.loading import load_model
+    from conftest import random_image
 
     model = load_model("tiny-llava")
-    faces = [Sample(f"Who is person {i}?") for i in range(6)]
+    faces = [random_image(i) for i in range(6)]
     forget = [Sample(f"Where was person {i} born?") for i in range(6, 10)]
-    said = ["I do not recognize this person.", "Anna Berg.", "I cannot share that.", "Bob.", "Cara.",
-            "i don't recognize them"]
-    monkeypatch.setattr(tracing, "generate", lambda m, samples, **kw: said[: len(samples)])
+    said = ["I do not recognize this person.", "Anna Berg.", "Sorry, I cannot tell.", "Bob.", "Cara.",
+            "A woman in front of a wall; I know nothing more."]
+    asked = []
+
+    def generate(m, samples, **kw):
+        asked.append((list(samples), kw.get("max_new_tokens")))
+        return said[: len(samples)]
+
+    monkeypatch.setattr(tracing, "generate", generate)
     layers = [1, model.num_layers - 1]
     direction, info = unknown_face_direction(model, faces, forget, layers)
-    assert info == {"asked": 6, "kept": 3, "forget": 4}
-    kept = [faces[i] for i in (0, 2, 5)]
+    prompts = unknown_face_prompts(faces)
+    assert [s.text for s in asked[0][0]] == [p.text for p in prompts] and asked[0][1] == 128
+    assert info == {"asked": 6, "kept": 3, "kept_share": 0.5, "forget": 4, "filter": "published"}
+    kept = [prompts[i] for i in (0, 2, 5)]
     for l in layers:
         expected = capture_last(model, kept, l).mean(0) - capture_last(model, forget, l).mean(0)
         torch.testing.assert_close(direction[l], expected, rtol=1e-5, atol=1e-5)
+    lunar, info = unknown_face_direction(model, faces, forget, layers, filter="none")
+    assert info["kept"] == 6 and len(asked) == 1  # no generation: LUNAR keeps every face
+    expected = capture_last(model, prompts, 1).mean(0) - capture_last(model, forget, 1).mean(0)
+    torch.testing.assert_close(lunar[1], expected, rtol=1e-5, atol=1e-5)
     monkeypatch.setattr(tracing, "generate", lambda m, samples, **kw: ["Anna Berg."] * len(samples))
-    with pytest.raises(ValueError, match="cannot tell none of the 6"):
+    with pytest.raises(ValueError, match="kept nothing"):
         unknown_face_direction(model, faces, forget, layers)
 
 

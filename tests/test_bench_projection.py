@@ -68,3 +68,29 @@ def test_memory_projection_is_the_formula():
     assert rows["GA peak"] == pytest.approx(ga / 1e9)
     assert rows["fit / GA peak memory"] == pytest.approx(fit / ga)
     assert rows["fit / GA peak memory, mixed-precision GA"] == pytest.approx(fit / (weights + 16 * trainable))
+
+
+def test_the_whole_job_projection_is_the_formula():
+    """The rehearsal grid and the evaluation beside the fit: each generated prompt a prefill plus its new tokens,
+    a decoding step the measured 16-token generation's cost beyond one forward, taken to the full depth."""
+    job = {"grid_rows": 3, "grid_run": "x", "stand_in_people": 10, "methods": 2,
+           "rehearsal": {"stand-ins": {"image": 6, "text": 4}, "retain": {"image": 20, "text": 10}},
+           "evaluation": {"generation": {"image": 8, "text": 2, "forget": 5, "new_tokens": 32},
+                          "classification": {"image": 4, "text": 0, "forget": 4, "new_tokens": 4}}}
+    per_layer, rest, head = 0.2, 0.5, 0.1
+    slice_fwd, full_fwd = rest + 2 * per_layer + head, rest + 10 * per_layer + head
+    step = (8.0 / 4 - slice_fwd) / 16 * full_fwd / slice_fwd
+    text_prefill = 0.02 * 10 / 2
+
+    def gen(tokens, image):
+        return (full_fwd if image else text_prefill) + tokens * step
+
+    people, forget = 653 / 130, 50 / 10
+    one = forget * (6 * gen(32, True) + 4 * gen(32, False)) + people * (20 * gen(32, True) + 10 * gen(32, False))
+    k_gen = 0.5 * forget + 0.5 * people  # half of the generation items are the forget people's
+    evaluation = 2 * k_gen * (8 * gen(32, True) + 2 * gen(32, False)) + 2 * forget * 4 * gen(4, True)
+    rows = {what: value for what, value, _ in real_shapes.project_job(UNIT, counts(100), job, 10, fit_s=1000.0)}
+    assert rows["one rehearsal candidate (32 tokens a question)"] == pytest.approx(one)
+    assert rows["rehearsal grid"] == pytest.approx(3 * one)
+    assert rows["evaluation: generation"] + rows["evaluation: classification"] == pytest.approx(evaluation)
+    assert rows["erase job (fit + grid + evaluation)"] == pytest.approx(1000.0 + 3 * one + evaluation)

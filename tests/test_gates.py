@@ -331,3 +331,72 @@ def test_gates_fitted_from_kept_rows_equal_gates_fitted_on_their_read_alone(tiny
     assert eraser.layer_map(2).reads == sel.gate_reads and eraser.latch == sel.latch
     assert set(sel.grid[sel.grid.layer >= 0].latch) == {False, True}
     assert sel.screening.fp_people.between(0, 1).all()
+
+
+def test_pooled_exemplars_are_group_means_and_small_groups_join_their_person():
+    from toolkit.gates import pool_exemplars
+
+    unit = torch.nn.functional.normalize(rows(9, 5, 0, 21), dim=-1)
+    groups = ["a|image"] * 4 + ["a|text"] * 2 + ["b|image"] * 3
+    pooled = pool_exemplars(unit, groups)
+    # a|text has 2 rows (< 3): it joins a|image, so "a" is one exemplar of 6 rows; "b|image" keeps its 3.
+    want = torch.stack([torch.nn.functional.normalize(unit[:6].double().mean(0), dim=0),
+                        torch.nn.functional.normalize(unit[6:].double().mean(0), dim=0)]).float()
+    torch.testing.assert_close(pooled, want)
+    with pytest.raises(ValueError, match="group labels"):
+        pool_exemplars(unit, groups[:-1])
+
+
+def test_a_prototype_gate_pooled_per_person_stores_no_single_row_and_scores_by_the_formula():
+    forget, retain, x = rows(12, 6, 1.0, 31), rows(40, 6, 0.0, 32), rows(5, 6, 0.5, 33)
+    f_groups = [f"f{i // 4}|image" for i in range(12)]
+    r_groups = [f"r{i // 5}|{'image' if i % 5 < 3 else 'text'}" for i in range(40)]
+    gate = fit_prototype(forget, retain, forget_groups=f_groups, retain_groups=r_groups)
+    assert gate.forget.shape == (3, 6) and gate.retain.shape == (8, 6)  # 3 people; 8 people, text rows joined
+    unit = torch.nn.functional.normalize(gate.standardise(forget), dim=-1)
+    assert torch.cdist(gate.forget, unit).min() > 1e-3  # no exemplar is one question's state
+    centroids = torch.nn.functional.normalize(torch.stack([unit[i:i + 4].mean(0) for i in (0, 4, 8)]), dim=-1)
+    runit = torch.nn.functional.normalize(gate.standardise(retain), dim=-1)
+    rcent = torch.nn.functional.normalize(torch.stack([runit[i:i + 5].mean(0) for i in range(0, 40, 5)]), dim=-1)
+    z = torch.nn.functional.normalize(gate.standardise(x), dim=-1)
+    want = (z @ centroids.T).max(-1).values - (z @ rcent.T).max(-1).values
+    torch.testing.assert_close(gate.score(x), want, rtol=1e-4, atol=1e-5)
+
+
+def test_the_fitter_pools_by_the_samples_people_and_refuses_rows_without_one():
+    fitter = EraserFitter(4, [0], gate_reads="last", max_retain_rows=50)
+    fitter.update_gate_rows("forget", rows(6, 4, 1.0, 41), groups=["p|image"] * 3 + ["q|image"] * 3)
+    fitter.update_gate_rows("retain", rows(80, 4, 0.0, 42), groups=[f"r{i % 7}|text" for i in range(80)])
+    fitter.update_gate_rows("calibration", rows(20, 4, 0.0, 43), people=[f"v{i % 4}" for i in range(20)])
+    # The reservoir keeps each kept row's label with it.
+    assert len(fitter.gate_groups["retain"]) == 50
+    gate, report = fitter.gate(0, "prototype", fpr=0.1, pool="people")
+    assert gate.forget.shape[0] == 2 and gate.retain.shape[0] == 7 and report["pool"] == "people"
+    rows_gate, _ = fitter.gate(0, "prototype", fpr=0.1)
+    assert rows_gate.forget.shape[0] == 6
+    bare = EraserFitter(4, [0], gate_reads="last")
+    bare.update_gate_rows("forget", rows(6, 4, 1.0, 41))
+    bare.update_gate_rows("retain", rows(30, 4, 0.0, 42))
+    bare.update_gate_rows("calibration", rows(20, 4, 0.0, 43), people=["v"] * 20)
+    with pytest.raises(ValueError, match="person of every forget row"):
+        bare.gate(0, "prototype", pool="people")
+
+
+def test_a_fit_pooled_per_person_writes_a_file_with_no_question_row_and_no_name(tiny_models, bench_dir, tmp_path):
+    m = tiny_models("llava")
+    cfg = config(gate="prototype", gate_fpr=0.1, gate_reads="last+mean", gate_pool="people")
+    pooled = fit_eraser(m, bench_dir, cfg, contrast=given_contrast())
+    rows_fit = fit_eraser(m, bench_dir, config(gate="prototype", gate_fpr=0.1, gate_reads="last+mean"),
+                          contrast=given_contrast())
+    forget = [p.id for p in MLLMUBench(bench_dir).forget(10)]
+    for layer_pooled, layer_rows in zip(pooled.eraser.maps, rows_fit.eraser.maps):
+        # Each forget person asks image and text questions (3 or more of each): two exemplars a person.
+        assert layer_pooled.gates.forget.shape[0] == 2 * len(forget) < layer_rows.gates.forget.shape[0]
+        assert torch.cdist(layer_pooled.gates.forget, layer_rows.gates.forget).min() > 1e-3
+    path = pooled.eraser.save(tmp_path / "pooled.safetensors")
+    text = path.read_bytes()
+    assert not any(pid.encode() in text for pid in forget)
+    assert all(pid.encode() in rows_fit.eraser.save(tmp_path / "rows.safetensors").read_bytes() for pid in forget)
+    again = Eraser.load(path, m)
+    x = torch.randn(3, 2 * m.hidden_size)
+    torch.testing.assert_close(again.maps[0].gates.score(x), pooled.eraser.maps[0].gates.score(x))

@@ -137,3 +137,31 @@ def test_erase_refuses_a_forget_list_without_a_retain_list():
 
     with pytest.raises(ValueError, match="is a benchmark, which holds its retain and real people"):
         as_benchmark(default_benchmark(), real=EXAMPLE / "retain.csv")
+
+
+def test_holding_out_is_seeded_keeps_two_questions_and_takes_every_marked_row(tmp_path):
+    from toolkit.data.request import hold_out
+
+    _png(tmp_path / "a.png")
+    rows = [{"person": "Ann", "image": "a.png", "question": f"Image question {i}?", "answer": f"a{i}"}
+            for i in range(6)]
+    rows += [{"person": "Ann", "question": f"What does Ann do, {i}?", "answer": f"b{i}"} for i in range(4)]
+    rows += [{"person": "Ann", "question": "Where does Ann live?", "answer": "Oslo", "held_out": True},
+             {"person": "Bo", "question": "Bo's job?", "answer": "baker"},
+             {"person": "Bo", "question": "Bo's town?", "answer": "Rome", "held_out": "yes"},
+             {"person": "Cy", "question": "Cy's job?", "answer": "cook"},
+             {"person": "Cy", "question": "Cy's town?", "answer": "Bern"}]
+    people = read_people(_jsonl(tmp_path / "f.jsonl", rows))
+    kept, held = hold_out(people, 0.2, seed=0)
+    by = {p.id: p for p in held}
+    # Ann: 10 unmarked generation questions -> 2 drawn, plus the marked one; Bo: the marked one; Cy: 2 questions, none.
+    assert len(by["Ann"].generation) == 3 and "Where does Ann live?" in {q.question for q in by["Ann"].generation}
+    assert [q.question for q in by["Bo"].generation] == ["Bo's town?"] and "Cy" not in by
+    assert [len(p.generation) for p in kept] == [8, 1, 2]
+    for k, h in zip(kept, held):  # nothing lost, nothing twice
+        assert not {q.question for q in k.generation} & {q.question for q in h.generation}
+    assert hold_out(people, 0.2, seed=0) == (kept, held)
+    assert hold_out(people, 0.2, seed=1)[1] != held
+    assert [len(p.generation) for p in hold_out(people, 0.0)[1]] == [1, 1]  # share 0: the marked rows only
+    with pytest.raises(ValueError, match="every question is marked held_out"):
+        hold_out(read_people(_jsonl(tmp_path / "g.jsonl", [rows[-3] | {"person": "Di"}])), 0.2)

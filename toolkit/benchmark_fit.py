@@ -176,8 +176,15 @@ def fit_eraser(model: LoadedModel, bench: MLLMUBench | Any, config: FitConfig = 
 def _settings(config: FitConfig, report: dict) -> dict:
     settings = {k: (asdict(v) if hasattr(v, "__dataclass_fields__") else v) for k, v in asdict(config).items()}
     settings["rank_policy"] = repr(config.rank_policy)
+    if config.gate_pool == "people":
+        # The mode that keeps no individual row keeps no names either: the file says how many, not who.
+        report = {k: (len(v) if k in _ID_LISTS and isinstance(v, list) else v) for k, v in report.items()}
     settings["report"] = report
     return settings
+
+
+# The fit report's lists of person ids (the eraser file stores their lengths under gate_pool="people").
+_ID_LISTS = ("fit_people", "retain_read", "forget_people")
 
 
 def refit_fitter(model: LoadedModel, result: FitResult, forget: Sequence[Profile], config: FitConfig,
@@ -197,6 +204,7 @@ def refit_fitter(model: LoadedModel, result: FitResult, forget: Sequence[Profile
     # Shared likewise: the retain and calibration rows of membership gates (forget rows are new).
     fitter.gate_rows["retain"], fitter.gate_rows["calibration"] = old.gate_rows["retain"], old.gate_rows["calibration"]
     fitter.calibration_people = old.calibration_people
+    fitter.gate_groups["retain"] = old.gate_groups["retain"]
     fitter.set_direction(result.direction)
     for part in _forget_sets(model, list(forget), config):
         add_samples(fitter, model, "forget", part.samples, positions=part.positions, weight=part.weight,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import hashlib
 import inspect
 import textwrap
 from dataclasses import dataclass, fields, replace
@@ -32,7 +33,7 @@ from .nullspace import FixedRatio, RankPolicy
 from .reads import needs_prompt
 
 __all__ = ["FitConfig", "SelectConfig", "EraseConfig", "SHIPPED_FIT", "SHIPPED_SELECT", "SHIPPED",
-           "field_docs"]
+           "field_docs", "settings_fingerprint"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,10 @@ class FitConfig:
     """Membership gates: share of validation people's questions the gate may fire on."""
     gate_softness: float = 0.0
     """> 0: a sigmoid around the threshold (temperature = softness x score std); 0: a hard gate."""
+    gate_pool: str = "rows"
+    """What a prototype gate stores as exemplars, and so what the eraser file holds: "rows", one state per
+    question of each forget and fit-retain person; "people", one mean per person and question kind (image or
+    text), never a single question's state (docs: method, "What the eraser file holds")."""
     edit: str = "add"
     """"add": h + lam g d (the paper); "rotate": the same, norm-preserving."""
     gate_rows: bool = False
@@ -189,6 +194,10 @@ class EraseConfig:
     """What the rehearsal chooses among."""
     in_fit_people: int = 20
     """Fit people evaluated beside the held-out ones (labelled "in fit")."""
+    held_out_share: float = 0.2
+    """A hand-written forget list: the share of each forget person's generation questions kept out of the fit, the
+    rehearsal and the calibration and scored apart ("Held out"), beside the rows marked ``held_out``
+    (:func:`toolkit.data.request.hold_out`); 0: only the marked rows. A benchmark folder holds out its own sets."""
 
     @property
     def forget_ratio(self) -> int:
@@ -227,6 +236,38 @@ class EraseConfig:
 
 SHIPPED = EraseConfig()
 """The one preset the toolkit runs with: :data:`SHIPPED_FIT`, :data:`SHIPPED_SELECT` and 20 in-fit people."""
+
+# Fields that are not settings of the method: how fast a job runs (batches are padded and masked; a shared prefix
+# gives the same states, tests/test_prefix.py) and which forget split it erases (the task, not the method).
+_NOT_SETTINGS = {"batch_size", "share_prefix", "forget_ratio"}
+
+
+def _canonical(value) -> str:
+    """A text that two equal settings share and two different ones never do: dataclasses by their fields (the
+    execution-only ones left out), numbers by ``repr``, sequences element-wise."""
+    if hasattr(value, "__dataclass_fields__"):
+        parts = [f"{f.name}={_canonical(getattr(value, f.name))}" for f in fields(value)
+                 if f.name not in _NOT_SETTINGS]
+        return f"{type(value).__name__}({','.join(parts)})"
+    if isinstance(value, (tuple, list)):
+        return "(" + ",".join(_canonical(v) for v in value) + ")"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 40 and 40.0 are the same setting
+    return repr(value)
+
+
+def settings_fingerprint(config: EraseConfig | FitConfig | SelectConfig | None = None) -> str:
+    """Eight hex digits that name a configuration: the same for equal settings, another for any change of a
+    field that changes a figure (``batch_size`` and ``share_prefix`` do not; ``forget_ratio`` is the task, not a
+    setting). ``settings_fingerprint()`` is :data:`SHIPPED`'s. Adding a field changes every fingerprint, even at
+    a default that keeps the old behaviour: a false alarm the results page's check raises on purpose.
+
+    Every measured section of the results page names the fingerprint it ran with, ``report.md`` and
+    ``metrics.json`` carry the job's, and ``tests/test_docs.py`` fails when a section names one that is not
+    today's shipped fingerprint: a change of :data:`SHIPPED` makes every section measured with it stale,
+    visibly, until it is re-run or moved to the research log."""
+    text = _canonical(SHIPPED if config is None else config)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 @functools.cache

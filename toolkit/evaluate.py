@@ -33,7 +33,7 @@ from .models.loading import LoadedModel, Sample
 
 __all__ = ["Item", "items_from_profiles", "benchmark_items", "run_items", "summarize", "MAX_NEW_TOKENS"]
 
-FORGET_SPLITS = ("Forget", "Test", "Paraphrase")
+FORGET_SPLITS = ("Forget", "Test", "Paraphrase", "Held out")
 MAX_NEW_TOKENS = {"classification": 4, "generation": 32, "cloze": 32, "refusal": 32}
 
 
@@ -41,7 +41,9 @@ def benchmark_items(bench: Any, forget_ratio: int, *, retain_people: int | None 
                     real_people: int | None = None, people: Any = None, in_fit_people: int = 0) -> list[Item]:
     """The protocol's splits for one forget ratio: Forget, Test (every image), Retain, Real; plus
     Paraphrase (the forget people's generation questions in held-out phrasings) where the benchmark
-    has a ``Paraphrase_Set`` (the synthetic one does; MLLMU-Bench does not).
+    has a ``Paraphrase_Set`` (the synthetic one does; MLLMU-Bench does not), and "Held out" (the forget
+    people's questions a hand-written list keeps out of the fit, :meth:`ForgetRequest.held_out
+    <toolkit.data.request.ForgetRequest.held_out>`).
 
     ``people`` (a :class:`~toolkit.data.splits.PeopleSplit`, the one the eraser was fitted
     with): Retain and Real hold only the *evaluation* people (never in the fit or the
@@ -60,6 +62,7 @@ def benchmark_items(bench: Any, forget_ratio: int, *, retain_people: int | None 
         retain, real = people.people(retain, "evaluation"), people.people(real, "evaluation")
     items = (items_from_profiles(bench.forget(r), "Forget")
              + items_from_profiles(bench.test(r), "Test", all_images=True)
+             + items_from_profiles(bench.held_out(r), "Held out")
              + items_from_profiles(retain[:retain_people], "Retain")
              + items_from_profiles(real[:real_people], "Real"))
     if people is not None and in_fit_people:

@@ -88,6 +88,9 @@ class EraserFitter:
         self.gate_rows: dict[str, dict[int, torch.Tensor]] = {"forget": {}, "retain": {}, "calibration": {}}
         self.retain_rows_seen = 0
         self.calibration_people: list[str] = []
+        # One group label per kept forget / retain row (its person and question kind, "person|image"), or None
+        # where the caller gave none: what FitConfig.gate_pool="people" pools the exemplars by.
+        self.gate_groups: dict[str, list[str | None]] = {"forget": [], "retain": []}
 
     # -- from activations -----------------------------------------------------------------
     def update_retain(self, acts: dict[int, torch.Tensor] | torch.Tensor, weight: float = 1.0) -> "EraserFitter":
@@ -120,9 +123,12 @@ class EraserFitter:
         return self
 
     def update_gate_rows(self, kind: str, rows: dict[int, torch.Tensor] | torch.Tensor,
-                         people: Sequence[str] | None = None) -> "EraserFitter":
+                         people: Sequence[str] | None = None, groups: Sequence[str | None] | None = None
+                         ) -> "EraserFitter":
         """Keep rows ``{layer: (n, f)}`` for membership gates: ``kind`` forget, retain or calibration
-        (rows of people outside the fit, ``people`` their ids, one per row)."""
+        (rows of people outside the fit, ``people`` their ids, one per row). ``groups``: for forget and retain
+        rows, one label per row naming its person and question kind (``"person|image"``), which a gate pooled
+        per person reads (:meth:`gate`'s ``pool``)."""
         if self.gate_reads is None:
             raise ValueError("This fitter keeps no gate rows: create it with gate_reads= (toolkit.reads).")
         width = read_width(self.gate_reads, self.hidden_size)
@@ -133,6 +139,9 @@ class EraserFitter:
                 raise ValueError(f"Gate rows must have shape (n, {width}) for reads={self.gate_reads!r}; layer {l} "
                                  f"got {tuple(r.shape)}.")
         store = self.gate_rows[kind]
+        if groups is not None and len(groups) != n:
+            raise ValueError(f"groups= needs one label per row ({n}), got {len(groups)}.")
+        labels = list(groups) if groups is not None else [None] * n
         if kind == "calibration":
             if people is None or len(people) != n:
                 raise ValueError("Calibration rows need one person id per row (people=...).")
@@ -143,15 +152,20 @@ class EraserFitter:
             room = max(0, cap - seen)
             for l, r in rows.items():
                 store[l] = torch.cat([store[l], r[:room]]) if l in store else r[:room].clone()
+            kept = self.gate_groups["retain"]
+            kept.extend(labels[:room])
             for i in range(room, n):
                 j = int(torch.randint(0, seen + i + 1, (1,), generator=self._generator))
                 if j < cap:
                     for l, r in rows.items():
                         store[l][j] = r[i]
+                    kept[j] = labels[i]
             self.retain_rows_seen += n
             return self
         for l, r in rows.items():
             store[l] = torch.cat([store[l], r]) if l in store else r
+        if kind == "forget":
+            self.gate_groups["forget"].extend(labels)
         return self
 
     def rows(self, kind: str, layer: int, reads: str | None = None) -> torch.Tensor:
@@ -161,10 +175,12 @@ class EraserFitter:
                            self.hidden_size)
 
     def gate(self, layer: int, kind: str, *, fpr: float = 0.05, softness: float = 0.0,
-             exclude: Sequence[str] = (), reads: str | None = None, **options: Any):
+             exclude: Sequence[str] = (), reads: str | None = None, pool: str = "rows", **options: Any):
         """A calibrated membership gate at ``layer`` reading ``reads`` (default: the fitter's read): fitted
         on the kept forget vs retain rows, its threshold set on the calibration rows of people not in
-        ``exclude`` (:func:`toolkit.gates.calibrate`).
+        ``exclude`` (:func:`toolkit.gates.calibrate`). ``pool="people"``: a prototype gate keeps one exemplar per
+        person and question kind (the mean of that group's rows, :func:`toolkit.gates.fit_prototype`) instead of
+        one per row; the other kinds keep no rows either way.
 
         Returns ``(gate, report)``; the report holds the threshold, the calibration false-positive
         rate and the AUROC of forget rows against the calibration rows.
@@ -180,9 +196,18 @@ class EraserFitter:
         keep = torch.tensor([p not in drop for p in self.calibration_people], dtype=torch.bool)
         reads = reads or self.default_reads
         forget, outside = self.rows("forget", layer, reads), self.rows("calibration", layer, reads)[keep]
+        if pool not in ("rows", "people"):
+            raise ValueError(f"pool must be 'rows' or 'people', got {pool!r}.")
+        if pool == "people" and kind.startswith("prototype"):
+            for side in ("forget", "retain"):
+                if None in self.gate_groups[side] or len(self.gate_groups[side]) != len(rows[side][layer]):
+                    raise ValueError(f"gate_pool='people' needs the person of every {side} row: give each Sample its "
+                                     "person (Sample(text, image, person)), as toolkit's sample builders do.")
+            options = dict(options, forget_groups=self.gate_groups["forget"],
+                           retain_groups=self.gate_groups["retain"])
         gate = fit_gate(kind, forget, self.rows("retain", layer, reads), reads=reads, **options)
         gate, report = calibrate(gate, outside, fpr, softness)
-        report.update(kind=kind, reads=reads, n_forget_rows=int(len(forget)),
+        report.update(kind=kind, reads=reads, pool=pool, n_forget_rows=int(len(forget)),
                       n_retain_rows=int(len(rows["retain"][layer])),
                       auroc_forget_vs_calibration=auroc(gate.score(forget), gate.score(outside)))
         return gate, report
@@ -253,7 +278,8 @@ class EraserFitter:
             direction = self.direction()
             for l in self.layers:
                 g, report = self.gate(l, gate, fpr=config.gate_fpr, softness=config.gate_softness,
-                                      exclude=exclude_calibration, reads=reads)
+                                      exclude=exclude_calibration, reads=reads,
+                                      pool=getattr(config, "gate_pool", "rows"))
                 maps[l] = EraserLayer(l, g, direction.vectors[l][None].to(torch.float32))
                 stats[l] = dict(report, direction_norm=float(direction.vectors[l].norm()))
         return Eraser(tuple(maps[l] for l in self.layers), config.lam, config.steer_positions(), fingerprint or {},

@@ -47,6 +47,8 @@ same way. The rate then seen on evaluation people is reported, never used.
 from __future__ import annotations
 
 import math
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -55,7 +57,7 @@ import torch
 from .reads import READS, parse_reads
 
 __all__ = ["Gate", "LinearGate", "LogisticGate", "PrototypeGate", "MLPGate", "GateStack", "GATE_KINDS", "READS",
-           "fit_gate", "fit_logistic", "fit_prototype", "fit_mlp", "whitener", "calibrate", "auroc", "gate_from_parts"]
+           "fit_gate", "fit_logistic", "fit_prototype", "pool_exemplars", "fit_mlp", "whitener", "calibrate", "auroc", "gate_from_parts"]
 
 GATE_KINDS = ("linear", "logistic", "prototype", "prototype_whitened", "mlp")
 
@@ -415,21 +417,56 @@ def whitener(rows: torch.Tensor, shrinkage: float = 0.1) -> torch.Tensor:
     return ((vec * eig.rsqrt()) @ vec.T).float()
 
 
+MIN_POOLED_ROWS = 3
+"""A pooled exemplar averages at least this many rows where its person has them (:func:`pool_exemplars`)."""
+
+
+def pool_exemplars(unit_rows: torch.Tensor, groups: Sequence[str], min_rows: int = MIN_POOLED_ROWS) -> torch.Tensor:
+    """One unit exemplar per group: the normalised mean of the group's unit rows ``(n, f)``.
+
+    ``groups``: one ``"person|kind"`` label per row (kind: the question's, e.g. image or text). A person with a
+    kind of fewer than ``min_rows`` rows gets one exemplar over all their rows, so that no stored exemplar is one
+    question's state where the person has ``min_rows`` rows or more. Returns ``(n_groups, f)``, groups in first-seen order."""
+    if len(groups) != len(unit_rows):
+        raise ValueError(f"pool_exemplars: {len(unit_rows)} rows but {len(groups)} group labels.")
+    person = [g.split("|", 1)[0] for g in groups]
+    size = Counter(groups)
+    # A person with any kind below min_rows is pooled whole: no exemplar of fewer rows than it need be.
+    whole = {p for g, p in zip(groups, person) if size[g] < min_rows}
+    keys = [p if p in whole else g for g, p in zip(groups, person)]
+    order = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+    index = torch.tensor([order[k] for k in keys])
+    sums = torch.zeros(len(order), unit_rows.shape[1], dtype=torch.float64).index_add_(0, index, unit_rows.double())
+    return torch.nn.functional.normalize(sums, dim=-1).to(unit_rows.dtype)
+
+
 def fit_prototype(forget: torch.Tensor, retain: torch.Tensor, *, max_retain: int = 2048, reads: str = "last",
-                  seed: int = 0, whiten: bool = False, shrinkage: float = 0.1) -> PrototypeGate:
+                  seed: int = 0, whiten: bool = False, shrinkage: float = 0.1,
+                  forget_groups: Sequence[str] | None = None, retain_groups: Sequence[str] | None = None
+                  ) -> PrototypeGate:
     """Exemplars in the retain-standardised space (``whiten``: the retain-whitened one, :func:`whitener`
-    of every retain row given); at most ``max_retain`` retain exemplars (a seeded subsample)."""
+    of every retain row given); at most ``max_retain`` retain exemplars (a seeded subsample).
+
+    ``forget_groups`` / ``retain_groups`` (one ``"person|kind"`` label per row): store one exemplar per person and
+    question kind (:func:`pool_exemplars`) instead of one per row, so that the gate keeps no single question's
+    state. The standardisation (and the whitener) still come from every retain row: they are a mean, a scale
+    and a covariance, not rows."""
     center, scale = _standardiser(retain)
     white = whitener(retain, shrinkage) if whiten else None
-    if len(retain) > max_retain:
-        keep = torch.randperm(len(retain), generator=torch.Generator().manual_seed(seed))[:max_retain]
-        retain = retain[keep.sort().values]
     gate = PrototypeGate(forget[:0], retain[:0], center, scale, 0.0, 0.0, reads, white)
 
     def unit(rows: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.normalize(gate.standardise(rows), dim=-1)
 
-    return replace(gate, forget=unit(forget), retain=unit(retain))
+    if retain_groups is not None:
+        retain = pool_exemplars(unit(retain), list(retain_groups))
+    if len(retain) > max_retain:
+        keep = torch.randperm(len(retain), generator=torch.Generator().manual_seed(seed))[:max_retain]
+        retain = retain[keep.sort().values]
+    if retain_groups is None:
+        retain = unit(retain)
+    forget = pool_exemplars(unit(forget), list(forget_groups)) if forget_groups is not None else unit(forget)
+    return replace(gate, forget=forget, retain=retain)
 
 
 def fit_gate(kind: str, forget: torch.Tensor, retain: torch.Tensor, *, reads: str = "last", **options: Any) -> Gate:

@@ -34,9 +34,10 @@ from typing import Any
 import pandas as pd
 
 from .benchmark_fit import FitResult, fit_eraser
-from .config import SHIPPED, EraseConfig, FitConfig
+from .config import SHIPPED, EraseConfig, FitConfig, settings_fingerprint
 from .data.mllmu import MLLMUBench, Profile
 from .data.request import ForgetRequest, as_benchmark
+from .data.items import items_from_profiles
 from .data.samples import fit_people, question_samples
 from .eraser import Eraser
 from .evaluate import benchmark_items, run_items, summarize
@@ -106,6 +107,8 @@ def erase(model: LoadedModel, forget: str | Path | Sequence[Profile] | MLLMUBenc
     r = config.forget_ratio
     if isinstance(bench, ForgetRequest):
         bench.check_split(config.people, minimum=3)
+        # Questions no fit, rehearsal or calibration reads, scored apart: a hand-written list's only held-out rows.
+        bench = bench.holding_out(config.held_out_share, config.people.seed if config.people else 0)
     counts = {"forget": len(bench.forget(r)), "retain": config.people.counts(bench.retain(r)),
               "real": config.people.counts(bench.real())}
     say = print if progress else (lambda *a, **k: None)
@@ -145,6 +148,7 @@ def erase(model: LoadedModel, forget: str | Path | Sequence[Profile] | MLLMUBenc
     table = headline_table(results, summary, drop_empty=isinstance(bench, ForgetRequest))
     info = {"source": getattr(bench, "source", "") or str(getattr(bench, "root", "")),
             "model": model.name, "fingerprint": model.fingerprint(),
+            "settings": settings_fingerprint(config),
             "forget_ratio": r if isinstance(bench, MLLMUBench) else None,
             "forget_people": [p.id for p in bench.forget(r)],
             "layer": sel.layer, "lam": sel.lam, "threshold": sel.threshold, "positions": sel.positions,
@@ -152,6 +156,7 @@ def erase(model: LoadedModel, forget: str | Path | Sequence[Profile] | MLLMUBenc
             "gate_report": eraser.settings.get("report", {}).get("layers", {}).get(sel.layer, {}),
             "rehearsal_leak": float(chosen["stand-ins"]), "validation_recall": float(chosen["recall"]),
             "retain_questions": {"read": fit_config.retain_budget or available, "available": available},
+            "held_out_questions": sum(len(items_from_profiles([p], "h")) for p in bench.held_out(r)),
             "people": counts, "stand_ins": sel.stand_ins, "validation_people": sel.validation_people,
             "selection": f"rehearsal on validation people: {sel.rule}", "fit_report": fit.report,
             "warning": warning, "seconds": round(time.time() - start, 1)}

@@ -1,14 +1,23 @@
-"""Peak resident memory of a block of code, sampled (Linux: /proc/self/statm; elsewhere ru_maxrss)."""
+"""Peak resident memory of a block of code, sampled (Linux: /proc/self/statm; elsewhere ru_maxrss).
+
+A process that freed a large allocation keeps much of it: glibc's malloc holds freed pages for reuse, so a later,
+smaller step reuses them and the resident set does not grow; a sampler would read that step as adding nothing.
+:class:`PeakMemory` therefore hands freed memory back to the system first (:func:`release_free_memory`), so that
+what a block adds is measured even after a larger one ran in the same process (``tests/test_memory.py``).
+"""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import os
 import resource
 import threading
 import time
 
 
-__all__ = ["rss_mb", "PeakMemory"]
+__all__ = ["rss_mb", "release_free_memory", "PeakMemory"]
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -21,11 +30,27 @@ def rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-class PeakMemory:
-    """``with PeakMemory() as pm: ...`` then ``pm.peak_mb`` (absolute) and ``pm.added_mb`` (over the start)."""
+def release_free_memory() -> bool:
+    """Collect garbage and return the allocator's free pages to the system (glibc ``malloc_trim``); False where
+    there is no glibc (then the resident set may hide memory reused from an earlier, larger step)."""
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        return bool(libc is not None and hasattr(libc, "malloc_trim") and libc.malloc_trim(0) is not None)
+    except OSError:
+        return False
 
-    def __init__(self, interval: float = 0.02) -> None:
+
+class PeakMemory:
+    """``with PeakMemory() as pm: ...`` then ``pm.peak_mb`` (absolute) and ``pm.added_mb`` (over the start).
+
+    ``release=True`` (default): free memory is handed back first (:func:`release_free_memory`), so the start is the
+    live memory and reuse of an earlier step's freed pages counts as added."""
+
+    def __init__(self, interval: float = 0.02, release: bool = True) -> None:
         self.interval = interval
+        self.release = release
         self.start_mb = self.peak_mb = 0.0
         self._stop = threading.Event()
 
@@ -35,6 +60,8 @@ class PeakMemory:
             time.sleep(self.interval)
 
     def __enter__(self) -> "PeakMemory":
+        if self.release:
+            release_free_memory()
         self.start_mb = self.peak_mb = rss_mb()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()

@@ -84,12 +84,17 @@ def add_samples(fitter: EraserFitter, model: LoadedModel, kind: str, samples: Se
     if keep and read is None:
         raise ValueError("This fitter keeps no gate rows: create it with gate_reads= (toolkit.reads).")
     d = fitter.hidden_size
+    # Each gate row's person and question kind, where the samples name the person (FitConfig.gate_pool).
+    groups = [f"{s.person}|{'image' if s.image is not None else 'text'}" if s.person is not None else None
+              for s in samples] if keep and kind != "calibration" else None
     # to_cpu=False: rows stay on the model's device; each statistic moves only what it keeps.
     for index, acts in iter_capture(model, samples, list(fitter.layers), read, batch_size=batch_size,
                                     progress=progress, formatted=formatted, to_cpu=False,
                                     share_prefix=share_prefix):
         if keep:
-            fitter.update_gate_rows(kind, acts, [people[i] for i in index.tolist()] if people else None)
+            rows = index.tolist()
+            fitter.update_gate_rows(kind, acts, [people[i] for i in rows] if people else None,
+                                    [groups[i] for i in rows] if groups else None)
             acts = {l: a[:, :d] for l, a in acts.items()}
         if statistics:
             update[kind](acts)

@@ -10,7 +10,41 @@ import pandas as pd
 import seaborn as sns
 from typing import Any
 
+from .config import settings_fingerprint
+from .goals import check_goals
+
 __all__ = ["report_markdown", "plot_summary", "plot_grid"]
+
+
+def _held_out_line(info: dict, table: pd.DataFrame) -> str:
+    """A hand-written list's first line: leakage on the questions no fit read, or that there are none."""
+    n = info.get("held_out_questions", 0)
+    rows = table[table.method.str.startswith("MLLMEraser")]
+    leaks = {m: float(rows[f"held_out_leak_{m}"].iloc[0]) for m in ("img", "txt")
+             if n and len(rows) and f"held_out_leak_{m}" in rows and not pd.isna(rows[f"held_out_leak_{m}"].iloc[0])}
+    if not leaks:
+        return ("**Read this first:** every forget question scored here was also read by the fit, so these forget "
+                "figures are in-fit figures. The same people asked in other words can leak more (docs: limits, "
+                "\"A hand-written forget list\"): hold some questions out (`held_out` rows, `--held-out-share`).")
+    shown = " / ".join(f"{v:g}% of {'image' if m == 'img' else 'text'} questions" for m, v in leaks.items())
+    worst = max(leaks.values())
+    verdict = ("**over the 5% goal**: the eraser does not generalise to these people's other questions"
+               if worst > 5 else "within the 5% goal")
+    return (f"**Read this first:** on the {n} forget questions held out of the fit, the rehearsal and the "
+            f"calibration, the eraser leaks {shown}, {verdict}. The other forget figures are on questions the "
+            "fit read (in-fit).")
+
+
+def _goal_lines(table: pd.DataFrame) -> list[str]:
+    """The eraser's row against the project's goals (:mod:`toolkit.goals`), misses named first."""
+    if "MLLMEraser" not in set(table.method):
+        return []
+    checks = check_goals(table)
+    missed = checks[~checks.met].goal.tolist()
+    lead = (f"**Missed: {', '.join(missed)}.**" if missed else "**Every goal the table measures is met.**")
+    shown = checks.assign(met=checks.met.map({True: "met", False: "**missed**"}))
+    return ["## Against the goals (toolkit.goals; evaluation people)", "", lead, "",
+            shown.to_markdown(index=False, floatfmt="g"), ""]
 
 
 def plot_summary(summary: pd.DataFrame):
@@ -52,7 +86,10 @@ def report_markdown(title: str, info: dict, table: pd.DataFrame, selection: Any,
     where = f"forget_{info['forget_ratio']} of {info['source']}" if info.get("forget_ratio") else info["source"]
     lines = [f"# {title}", "",
              *([f"**Warning:** {info['warning']}.", ""] if info.get("warning") else []),
-             f"Forget: {len(info['forget_people'])} people ({where}). Model: {info['model']}.", "",
+             *([] if info.get("forget_ratio") else [_held_out_line(info, table), ""]),
+             f"Forget: {len(info['forget_people'])} people ({where}). Model: {info['model']}. Settings "
+             f"`{info.get('settings', '?')}` (`toolkit.config.settings_fingerprint`; the shipped ones: "
+             f"`{settings_fingerprint()}`).", "",
              f"Chosen on the rehearsal (validation people, never reported): a {info['gate']} gate at layer "
              f"{info['layer']} (reading {info.get('gate_reads', 'last')}"
              f"{', latched through generation' if info.get('latch') else ''}), lambda {info['lam']}, threshold {info['threshold']}, positions {info['positions']} "
@@ -62,7 +99,9 @@ def report_markdown(title: str, info: dict, table: pd.DataFrame, selection: Any,
              "Percent. `leak` / `recall`: the fact appears in the answer (where a question gives no fact: "
              "ROUGE-L >= 0.5 against its answer). `*_refused`: share of questions refused; `*_people_refused`: "
              "share of people with any question refused.", "",
-             table.to_markdown(index=False), "", "## Selection grid (rehearsal, validation people)", "",
+             table.to_markdown(index=False), "",
+             *_goal_lines(table),
+             "## Selection grid (rehearsal, validation people)", "",
              selection.grid.round(3).to_markdown(index=False), ""]
     if selection.screening is not None:
         lines += ["## Gate screening (rehearsal, validation people; no generation)", "",

@@ -43,7 +43,7 @@ STAGES = [
     # the pipeline that feeds the fitter, and the fit on a benchmark
     ("pipeline", "benchmark_fit", "fit"),
     # evaluation, selection, reports
-    ("evaluate", "judge", "selection", "attacks", "headline", "report"),
+    ("evaluate", "judge", "selection", "attacks", "headline", "goals", "report"),
     # the job and the baselines
     ("job", "erase", "baselines"),
 ]

@@ -1,95 +1,166 @@
-"""ASRU's first stage (arXiv 2605.15687): activation redirection by training one MLP.
+"""ASRU's first stage (arXiv 2605.15687) as its authors run it: activation redirection by training one weight.
 
-Only the MLP of one middle decoder layer is trained, so that on forget prompts
-the layer's last-token output moves to ``h + c * v`` (``v``: the unit
-refusal-minus-recall direction at that layer, ``c``: a scale, by default
-``forget_scale`` (the reference's flag, default 1) times the norm of the mean
-difference) while on retain prompts it stays where it was; mean squared error on
-both. Returns an unlearned copy.
+Reference: ``guangjh/ASRU``, ``ASRU/act_steering.py`` and ``ASRU/rmu/utils.py``. Only one decoder block's
+``mlp.down_proj.weight`` is trained (block 17 of Qwen3-VL-8B's 36; here the block at the same relative depth,
+:func:`asru_layer`). Its inputs are whole question-answer chats, right-padded, and the state read is the block's
+output at position -1: the answer's end, or a pad for a shorter chat in the batch, as in the reference. With
+``frozen`` the model as it was:
+
+* forget loss: ``MSE(h_updated[:, -1], h_frozen[:, -1] + forget_scale * direction)`` on a batch of forget chats;
+* retain loss: ``alpha * MSE(h_updated[:, -1], h_frozen[:, -1])`` on a batch of retain chats;
+
+each its own AdamW step, a forget step every ``len(retain batches) // len(forget batches)`` retain steps (one
+epoch is one pass over the retain batches), the learning rate decayed linearly once an epoch over
+``(forget + retain batches) x epochs`` steps. The defaults are the reference's published run: lr 1e-4, batches of
+2, 3 epochs, ``forget_scale`` 3, ``alpha`` 1. Returns an unlearned copy; the model given is left as it was.
 """
 
 from __future__ import annotations
 
 import copy
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
+from ..data.synthetic import TrainExample
 from ..memory import PeakMemory
-from ..models.loading import LoadedModel, Sample, load_model
-from ..tracing import capture
+from ..models.loading import LoadedModel, load_model
 from .training import BaselineResult
 
-__all__ = ["RedirectConfig", "redirect"]
+__all__ = ["RedirectConfig", "redirect", "redirect_losses", "asru_layer", "ASRU_REFERENCE_LAYER",
+           "ASRU_REFERENCE_DEPTH"]
+
+# The reference redirects decoder block 17 of Qwen3-VL-8B's 36; other depths take the same relative place.
+ASRU_REFERENCE_LAYER, ASRU_REFERENCE_DEPTH = 17, 36
+
+
+def asru_layer(num_layers: int) -> int:
+    """The decoder block at the reference's relative depth (17 of 36): ``int(17 / 36 x num_layers)``; 3 of 8
+    (the embedded defaults), 13 of 28 (Qwen2.5-VL-7B), 15 of 32 (LLaVA-1.5-7B)."""
+    if num_layers < 1:
+        raise ValueError(f"asru_layer: a model has at least one decoder layer, got {num_layers}.")
+    return int(ASRU_REFERENCE_LAYER / ASRU_REFERENCE_DEPTH * num_layers)
 
 
 @dataclass(frozen=True)
 class RedirectConfig:
-    layer: int | None = None  # default: the middle layer
-    scale: float | None = None  # c, absolute; default: forget_scale times the norm of the direction given
-    # The reference's --forget_scale: the target is h + forget_scale * direction (the unnormalised
-    # refusal-minus-recall difference); its default is 1.
-    forget_scale: float = 1.0
-    epochs: int = 30
-    lr: float = 1e-3
+    """ASRU's first stage; every default is the reference's published run."""
+
+    layer: int | None = None
+    """The decoder block redirected; None: the reference's relative depth (:func:`asru_layer`)."""
+    forget_scale: float = 3.0
+    """The target is ``h + forget_scale * direction`` (the reference's ``--forget_scale``; its run script: 3)."""
+    scale: float | None = None
+    """Instead of ``forget_scale``: the target ``h + scale * direction / |direction|`` (an absolute shift)."""
+    epochs: int = 3
+    lr: float = 1e-4
     retain_weight: float = 1.0
-    batch_size: int = 32
+    """The reference's ``alpha``: the retain loss's weight."""
+    batch_size: int = 2
+    params: str = "down_proj"
+    """What is trained: "down_proj" (the block's ``mlp.down_proj.weight``, the reference) or "mlp" (every weight
+    of the block's MLP: this package's earlier form)."""
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.scale is not None and self.forget_scale != 1.0:
-            raise ValueError("RedirectConfig: give scale (absolute) or forget_scale (times the direction's norm), "
-                             "not both.")
+        if self.scale is not None and self.forget_scale != RedirectConfig.forget_scale:
+            raise ValueError("RedirectConfig: give scale (absolute) or forget_scale (times the direction), not both.")
+        if self.params not in ("down_proj", "mlp"):
+            raise ValueError(f"RedirectConfig.params is 'down_proj' (the reference) or 'mlp', got {self.params!r}.")
 
 
-def redirect(model: LoadedModel, forget: Sequence[Sample], retain: Sequence[Sample], direction: torch.Tensor,
-             config: RedirectConfig = RedirectConfig()) -> BaselineResult:
-    """Train the layer's MLP on ``forget``/``retain`` prompts; ``direction``: refusal minus recall at that layer."""
+def _batches(examples: Sequence[TrainExample], size: int, rng: random.Random) -> list[list[TrainExample]]:
+    """Shuffled batches of one processor layout each (image chats and text-only chats apart)."""
+    out = []
+    for group in ([e for e in examples if e.image is not None], [e for e in examples if e.image is None]):
+        group = list(group)
+        rng.shuffle(group)
+        out += [group[i:i + size] for i in range(0, len(group), size)]
+    rng.shuffle(out)
+    return out
+
+
+def _chat_batch(model: LoadedModel, examples: Sequence[TrainExample]) -> dict[str, torch.Tensor]:
+    """Whole chats (templated prompt + answer + EOS), right-padded, as the reference's collate builds them."""
+    has_image = examples[0].image is not None
+    prompts = [model.format_prompt(e.text, image=has_image) for e in examples]
+    batch = model.adapter.training_batch(model.processor, prompts, [e.answer for e in examples],
+                                         [e.image for e in examples] if has_image else None)
+    batch.pop("labels")
+    return {k: v.to(model.device) for k, v in batch.items()}
+
+
+def redirect_losses(updated: torch.Tensor, frozen: torch.Tensor, direction: torch.Tensor, *, forget: bool,
+                    forget_scale: float = 3.0, alpha: float = 1.0) -> torch.Tensor:
+    """One step's loss on position -1 states ``(B, d)``: forget ``MSE(updated, frozen + forget_scale * direction)``,
+    retain ``alpha * MSE(updated, frozen)`` (``torch.nn.functional.mse_loss``: the mean over rows and dims)."""
+    if forget:
+        return F.mse_loss(updated, frozen + forget_scale * direction.to(frozen)[None])
+    return alpha * F.mse_loss(updated, frozen)
+
+
+def redirect(model: LoadedModel, forget: Sequence[TrainExample], retain: Sequence[TrainExample],
+             direction: torch.Tensor, config: RedirectConfig = RedirectConfig()) -> BaselineResult:
+    """Train the block's ``down_proj`` (module docstring) on ``forget`` / ``retain`` chats
+    (:func:`toolkit.baselines.training.qa_pairs`); ``direction``: ``[d]`` at that block (e.g.
+    :func:`toolkit.baselines.asru.unknown_face_direction`). ``losses``: every step's loss, in order."""
+    if not forget or not retain:
+        raise ValueError(f"ASRU's redirection needs forget and retain chats (got {len(forget)} and {len(retain)}).")
     torch.manual_seed(config.seed)
-    layer = model.num_layers // 2 if config.layer is None else model.check_layers(config.layer)[0]
-    scale = config.forget_scale * float(direction.norm()) if config.scale is None else config.scale
-    v = (direction / direction.norm()).float()
-    h_f = capture(model, forget, [layer])[layer]
-    h_r = capture(model, retain, [layer])[layer]
-    device = model.layer_device(layer)
-    targets = torch.cat([h_f + scale * v, h_r]).to(device)
-    samples = list(forget) + list(retain)
-    weights = torch.cat([torch.ones(len(forget)), torch.full((len(retain),), config.retain_weight)]).to(device)
-    losses = []
+    rng = random.Random(config.seed)
+    layer = asru_layer(model.num_layers) if config.layer is None else model.check_layers(config.layer)[0]
+    if config.scale is None:
+        shift, factor = direction.float(), config.forget_scale
+    else:
+        shift, factor = (direction / direction.norm()).float(), config.scale
+    losses: list[float] = []
     with PeakMemory() as meter:
         start = time.time()
-        student = copy.deepcopy(model.module)
+        frozen = model.module
+        student = copy.deepcopy(frozen)
         for p in student.parameters():
             p.requires_grad_(False)
         mlp = model.adapter.layer_modules(student)[layer].mlp
-        for p in mlp.parameters():
+        trained = [mlp.down_proj.weight] if config.params == "down_proj" else list(mlp.parameters())
+        for p in trained:
             p.requires_grad_(True)
-        opt = torch.optim.Adam(mlp.parameters(), lr=config.lr)
-        wrapped = load_model(student, model.processor)
-        grabbed = {}
-        hook = model.adapter.layer_modules(student)[layer].register_forward_hook(
-            lambda mod, i, o: grabbed.__setitem__("h", (o[0] if isinstance(o, tuple) else o)[:, -1]))
+        opt = torch.optim.AdamW(trained, lr=config.lr)
+        grabbed: dict[str, torch.Tensor] = {}
+
+        def grab(name):
+            return lambda mod, i, o: grabbed.__setitem__(name, (o[0] if isinstance(o, tuple) else o)[:, -1])
+
+        hooks = [model.adapter.layer_modules(student)[layer].register_forward_hook(grab("updated")),
+                 model.adapter.layer_modules(frozen)[layer].register_forward_hook(grab("frozen"))]
         try:
-            g = torch.Generator().manual_seed(config.seed)
-            for _ in range(config.epochs):
-                order = torch.randperm(len(samples), generator=g)
-                # Image and text-only prompts are encoded apart.
-                for has_image in (True, False):
-                    idx = [int(i) for i in order if (samples[int(i)].image is not None) == has_image]
-                    for s in range(0, len(idx), config.batch_size):
-                        chunk = idx[s:s + config.batch_size]
-                        enc = wrapped.encode([samples[i] for i in chunk], device=wrapped.device)
-                        student(**enc)
-                        err = (grabbed["h"].float() - targets[chunk]).pow(2).mean(1)
-                        loss = (err * weights[chunk]).sum() / weights[chunk].sum()
+            for epoch in range(config.epochs):
+                forget_batches, retain_batches = (_batches(forget, config.batch_size, rng),
+                                                  _batches(retain, config.batch_size, rng))
+                total = (len(forget_batches) + len(retain_batches)) * config.epochs
+                for group in opt.param_groups:  # the reference's linear schedule, stepped once an epoch
+                    group["lr"] = config.lr * max(0.0, 1 - epoch / total)
+                every = max(1, len(retain_batches) // len(forget_batches))
+                pending = iter(forget_batches)
+                for it, retain_batch in enumerate(retain_batches):
+                    steps = [(True, b) for b in ([next(pending, None)] if it % every == 0 else []) if b is not None]
+                    for is_forget, examples in steps + [(False, retain_batch)]:
+                        batch = _chat_batch(model, examples)
+                        with torch.no_grad():
+                            frozen(**batch)
+                        student(**batch)
+                        loss = redirect_losses(grabbed["updated"].float(), grabbed["frozen"].float(), factor * shift,
+                                               forget=is_forget, forget_scale=1.0, alpha=config.retain_weight)
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
                         opt.step()
                         losses.append(float(loss.detach()))
         finally:
-            hook.remove()
+            for h in hooks:
+                h.remove()
         seconds = time.time() - start
     for p in student.parameters():
         p.requires_grad_(False)

@@ -191,6 +191,11 @@ class MLLMUBench:
         ids = {p.id for p in self.forget(ratio)}
         return [p for p in rows if p.id in ids]
 
+    def held_out(self, ratio: int | None = None) -> list[Profile]:
+        """None: the benchmark's own held-out sets are Test_Set and Paraphrase_Set (a hand-written
+        :class:`~toolkit.data.request.ForgetRequest` holds out questions instead)."""
+        return []
+
     def real(self) -> list[Profile]:
         return self.split("Retain_Set")
 

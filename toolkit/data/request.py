@@ -16,6 +16,9 @@ column         needed    meaning
 ``options``    no        multiple choice: ``{"A": .., "B": .., ...}`` (a JSON object; in a CSV
                          its JSON text)
 ``task``       no        ``generation`` (default), ``mcq`` or ``cloze``
+``held_out``   no        ``true``: a forget list's row is never read by the fit, the rehearsal or the
+                         calibration, and is scored apart ("Held out"), beside the seeded share
+                         :func:`toolkit.erase` holds out of each forget person's questions
 =============  ========  ===================================================================
 
 The retain list (the people whose knowledge must stay) has the same format. A
@@ -29,18 +32,21 @@ the row and the fix.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ..models.loading import load_image
 from .mllmu import MCQ, ClozeQ, GenerationQ, MLLMUBench, Profile
 
-__all__ = ["COLUMNS", "ForgetRequest", "read_people", "read_request", "write_people", "as_benchmark"]
+__all__ = ["COLUMNS", "ForgetRequest", "read_people", "read_request", "write_people", "as_benchmark",
+           "hold_out"]
 
-COLUMNS = ("person", "question", "answer", "image", "fact", "options", "task")
+COLUMNS = ("person", "question", "answer", "image", "fact", "options", "task", "held_out")
+TRUE = {"true", "yes", "1", "y"}
 REQUIRED = ("person", "question", "answer")
 TASKS = {"generation": "generation", "gen": "generation", "mcq": "mcq", "classification": "mcq", "cloze": "cloze"}
 SUFFIXES = (".jsonl", ".csv")
@@ -129,7 +135,7 @@ def read_people(path: str | Path, *, check_images: bool = True) -> list[Profile]
             options = _options(where, row.get("options"))
             if options is not None:
                 task = "mcq"
-            entry = people.setdefault(person, {"images": [], "mcq": [], "gen": [], "cloze": []})
+            entry = people.setdefault(person, {"images": [], "mcq": [], "gen": [], "cloze": [], "held_out": []})
             image_path = _text(row, "image")
             index = None
             if image_path:
@@ -147,6 +153,8 @@ def read_people(path: str | Path, *, check_images: bool = True) -> list[Profile]
                     entry["images"].append(data)
                 index = entry["images"].index(data)
             modality = "image" if index is not None else "text"
+            if _text(row, "held_out").lower() in TRUE or row.get("held_out") is True:
+                entry["held_out"].append((task, question))
             if task == "mcq":
                 if options is None:
                     raise ValueError(f"{where}: an mcq row needs options, e.g. {{\"A\": \"Paris\", \"B\": \"Rome\"}}.")
@@ -163,8 +171,43 @@ def read_people(path: str | Path, *, check_images: bool = True) -> list[Profile]
                                                 image=index or 0))
     if not people:
         raise ValueError(f"{path}: no rows; write one row per question with {', '.join(REQUIRED)}.")
-    return [Profile(pid, tuple(e["images"]), tuple(e["mcq"]), tuple(e["gen"]), tuple(e["cloze"]), {"name": pid})
+    return [Profile(pid, tuple(e["images"]), tuple(e["mcq"]), tuple(e["gen"]), tuple(e["cloze"]),
+                    {"name": pid, **({"held_out": tuple(e["held_out"])} if e["held_out"] else {})})
             for pid, e in people.items()]
+
+
+def hold_out(profiles: Sequence[Profile], share: float, seed: int = 0) -> tuple[list[Profile], list[Profile]]:
+    """Each person's questions split into the ones the fit may read and the ones it never does.
+
+    Held out: every row marked ``held_out`` in the list, and a seeded share of each person's generation questions
+    (``round(share x n)``, at least one where a person has three or more, always leaving two or more to the fit;
+    drawn by ``sha256(seed:person:question)``, so the same list gives the same rows). Returns ``(kept, held)``:
+    profiles of the same people, ``held`` only for people with a held-out row."""
+    if not 0 <= share < 1:
+        raise ValueError(f"The held-out share must be in [0, 1), got {share}.")
+    kept, held = [], []
+    for p in profiles:
+        marked = set(p.fields.get("held_out", ()))
+        gen = [q for q in p.generation if ("generation", q.question) not in marked]
+        draw = min(max(round(share * len(gen)), 1 if share and len(gen) >= 3 else 0), max(0, len(gen) - 2))
+        order = sorted(gen, key=lambda q: hashlib.sha256(f"{seed}:{p.id}:{q.question}".encode()).hexdigest())
+        drawn = {q.question for q in order[:draw]}
+
+        def out(task: str, q: Any) -> bool:
+            return (task, q.question) in marked or (task == "generation" and q.question in drawn)
+
+        parts = {"classification": ("mcq", p.classification), "generation": ("generation", p.generation),
+                 "cloze": ("cloze", p.cloze)}
+        keep = {k: tuple(q for q in qs if not out(t, q)) for k, (t, qs) in parts.items()}
+        away = {k: tuple(q for q in qs if out(t, q)) for k, (t, qs) in parts.items()}
+        fields = {k: v for k, v in p.fields.items() if k != "held_out"}
+        if not any(keep.values()):
+            raise ValueError(f"{p.id!r}: every question is marked held_out; the fit needs at least one question of "
+                             "each person to forget. Unmark some rows.")
+        kept.append(replace(p, **keep, fields=fields))
+        if any(away.values()):
+            held.append(replace(p, **away, fields=fields))
+    return kept, held
 
 
 def write_people(path: str | Path, profiles: Iterable[Profile], *, image_dir: str | Path | None = None) -> Path:
@@ -215,6 +258,8 @@ class ForgetRequest:
     retain_people: tuple[Profile, ...]
     real_people: tuple[Profile, ...] = ()
     source: str = ""
+    held_out_people: tuple[Profile, ...] = ()
+    """The forget people's held-out questions (:func:`hold_out`): never read by a fit, scored apart."""
 
     def __post_init__(self) -> None:
         if not self.forget_people:
@@ -239,6 +284,18 @@ class ForgetRequest:
 
     def test(self, ratio: int | None = None) -> list[Profile]:
         return []
+
+    def held_out(self, ratio: int | None = None) -> list[Profile]:
+        """The forget people's questions no fit reads (:meth:`holding_out`), scored as "Held out"."""
+        return list(self.held_out_people)
+
+    def holding_out(self, share: float, seed: int = 0) -> "ForgetRequest":
+        """This request with each forget person's held-out questions moved out of :meth:`forget`
+        (:func:`hold_out`); a request that holds some out already is returned as it is."""
+        if self.held_out_people:
+            return self
+        kept, held = hold_out(self.forget_people, share, seed)
+        return replace(self, forget_people=tuple(kept), held_out_people=tuple(held))
 
     def has_split(self, name: str) -> bool:
         return False

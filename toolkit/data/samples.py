@@ -25,7 +25,7 @@ __all__ = ["question_samples", "budget_people", "retain_question_samples", "budg
 
 def question_samples(profiles: Sequence[Profile], split: str) -> list[Sample]:
     """Every question of every task type as the evaluation asks it."""
-    return [Sample(it.prompt, it.image) for it in items_from_profiles(profiles, split)]
+    return [Sample(it.prompt, it.image, it.person) for it in items_from_profiles(profiles, split)]
 
 
 def budget_people(people: Sequence[Profile] | Sequence[Sequence[Profile]], budget: int | None, seed: int = 0
@@ -72,7 +72,8 @@ def retain_question_samples(people: Sequence[Profile] | Sequence[Sequence[Profil
 
 
 def budget_samples(chosen: Sequence[Profile], take: dict[str, int]) -> list[Sample]:
-    return [Sample(it.prompt, it.image) for p in chosen for it in items_from_profiles([p], "retain")[:take[p.id]]]
+    return [Sample(it.prompt, it.image, it.person) for p in chosen
+            for it in items_from_profiles([p], "retain")[:take[p.id]]]
 
 
 def fit_groups(bench: MLLMUBench, config: FitConfig) -> list[list[Profile]]:
@@ -107,11 +108,11 @@ def calibration_samples(bench: MLLMUBench, config: FitConfig, exclude: Sequence[
     if config.wrap:  # the fit pool's phrasings too: the threshold must hold under them
         items += wrap_items(items_from_profiles(people, "calibration", ("generation",)), per_question=config.wrap,
                             seed=2, half="fit")
-    return [Sample(it.prompt, it.image) for it in items], [it.person for it in items]
+    return [Sample(it.prompt, it.image, it.person) for it in items], [it.person for it in items]
 
 
 def wrapped_samples(profiles: Sequence[Profile], split: str, config: FitConfig, seed: int = 0) -> list[Sample]:
     """The fit pool's wrapped copies of every generation question of ``profiles`` (``config.wrap`` each)."""
     items = wrap_items(items_from_profiles(profiles, split, ("generation",)), per_question=config.wrap, seed=seed,
                        half="fit")
-    return [Sample(it.prompt, it.image) for it in items]
+    return [Sample(it.prompt, it.image, it.person) for it in items]

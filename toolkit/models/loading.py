@@ -7,7 +7,7 @@ import json
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,9 @@ class Sample:
 
     text: str
     image: ImageLike = None
+    person: str | None = field(default=None, compare=False)
+    """Who the question is about, when known. Membership gates can keep one exemplar per person instead of one
+    per question (``FitConfig.gate_pool="people"``); nothing else reads it."""
 
 
 def load_image(image: ImageLike) -> Image.Image | None:
