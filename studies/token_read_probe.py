@@ -1,7 +1,8 @@
 """Probe: would a per-token score, max-pooled over the prompt, recognise forget people named in text?
 
 A study, not part of the installed library (run from a clone: ``.venv/bin/python studies/token_read_probe.py``).
-Produces: docs/research-log.md, "Forgetting under attack: a gate keyed to the person" (the per-token read); docs/limits.md.
+Produces: docs/research-log.md, "Forgetting under attack: a gate keyed to the person" (the per-token read);
+docs/limits.md.
 
 The chosen gates read the image tokens for image questions (template-proof) but, for a text-only
 question, a pool over its prompt tokens, which a template moves. This probe measures the read the gate

@@ -252,7 +252,8 @@ def test_cli_passes_forget_scale_to_the_redirection(monkeypatch, tmp_path):
 
     monkeypatch.setattr(baselines, "asru", fake_asru)
     monkeypatch.setattr(baselines, "asru_direction",
-                        lambda model, forget, **kw: (torch.zeros(model.hidden_size), {"layer": 0, "kept": 1, "asked": 1}))
+                        lambda model, forget, **kw: (torch.zeros(model.hidden_size),
+                                                     {"layer": 0, "kept": 1, "asked": 1}))
     with pytest.raises(Seen) as seen:
         main(["baseline", "ASRU", "--model", "tiny-llava", "--stages", "1", "--forget-scale", "3",
               "--out", str(tmp_path)])

@@ -140,11 +140,12 @@ def test_the_report_names_its_settings_and_checks_the_goals_of_toolkit_goals():
             "threshold": 0.0, "positions": "prompt", "selection": "rule", "people": {}, "seconds": 1.0,
             "settings": "0badc0de"}
     table = pd.DataFrame([{"method": "vanilla", "forget_leak_img": 100.0, "retain_recall": 100.0},
-                          {"method": "MLLMEraser", "forget_leak_img": 5.0, "retain_recall": 100 - UTILITY_POINTS - 0.1}])
+                          {"method": "MLLMEraser", "forget_leak_img": 5.0,
+                           "retain_recall": 100 - UTILITY_POINTS - 0.1}])
     text = report_markdown("t", info, table, sel)
     assert text.splitlines()[2].startswith("**Read this first:** every forget question scored here was also read")
-    assert f"Settings `0badc0de` (`toolkit.config.settings_fingerprint`; the shipped ones: `{settings_fingerprint()}`)" \
-        in text
+    shipped = settings_fingerprint()
+    assert f"Settings `0badc0de` (`toolkit.config.settings_fingerprint`; the shipped ones: `{shipped}`)" in text
     assert "**Missed: held-out retain recall.**" in text  # 3.1 points below vanilla; 5.0% leakage is at the bar
     checks = check_goals(table).set_index("goal")
     assert checks.loc["forget leakage, image questions", "met"] and not checks.loc["held-out retain recall", "met"]

@@ -57,7 +57,8 @@ import torch
 from .reads import READS, parse_reads
 
 __all__ = ["Gate", "LinearGate", "LogisticGate", "PrototypeGate", "MLPGate", "GateStack", "GATE_KINDS", "READS",
-           "fit_gate", "fit_logistic", "fit_prototype", "pool_exemplars", "fit_mlp", "whitener", "calibrate", "auroc", "gate_from_parts"]
+           "fit_gate", "fit_logistic", "fit_prototype", "pool_exemplars", "fit_mlp", "whitener", "calibrate", "auroc",
+           "gate_from_parts"]
 
 GATE_KINDS = ("linear", "logistic", "prototype", "prototype_whitened", "mlp")
 
@@ -426,7 +427,8 @@ def pool_exemplars(unit_rows: torch.Tensor, groups: Sequence[str], min_rows: int
 
     ``groups``: one ``"person|kind"`` label per row (kind: the question's, e.g. image or text). A person with a
     kind of fewer than ``min_rows`` rows gets one exemplar over all their rows, so that no stored exemplar is one
-    question's state where the person has ``min_rows`` rows or more. Returns ``(n_groups, f)``, groups in first-seen order."""
+    question's state where the person has ``min_rows`` rows or more. Returns ``(n_groups, f)``, groups in first-seen
+    order."""
     if len(groups) != len(unit_rows):
         raise ValueError(f"pool_exemplars: {len(unit_rows)} rows but {len(groups)} group labels.")
     person = [g.split("|", 1)[0] for g in groups]

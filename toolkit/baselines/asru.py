@@ -3,7 +3,8 @@
 Stage 1 (:func:`toolkit.baselines.redirect`) trains one block's ``mlp.down_proj`` so that forget chats'
 states at position -1 move along a direction while retain chats' stay put, as the reference does. The published
 direction is :func:`unknown_face_direction`: never-seen faces asked a personal question they cannot answer (the
-reference's prompt, draw and substring filter), minus the forget questions. Stage 2 (:func:`toolkit.baselines.grpo`) starts from the
+reference's prompt, draw and substring filter), minus the forget questions. Stage 2 (:func:`toolkit.baselines.grpo`)
+starts from the
 stage-1 model and runs GRPO with ASRU's rule reward on the forget questions
 (refuse) and boundary questions (answer: facts of retain people that forget
 people share, :func:`toolkit.data.boundary.boundary_questions`). The KL anchor
