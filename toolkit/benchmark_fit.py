@@ -173,6 +173,10 @@ def fit_eraser(model: LoadedModel, bench: MLLMUBench | Any, config: FitConfig = 
     return FitResult(eraser, direction, spaces, contrast, report, fitter)
 
 
+# The fit report's lists of person ids (the eraser file stores their lengths under gate_pool="people").
+_ID_LISTS = ("fit_people", "retain_read", "forget_people")
+
+
 def _settings(config: FitConfig, report: dict) -> dict:
     settings = {k: (asdict(v) if hasattr(v, "__dataclass_fields__") else v) for k, v in asdict(config).items()}
     settings["rank_policy"] = repr(config.rank_policy)
@@ -181,10 +185,6 @@ def _settings(config: FitConfig, report: dict) -> dict:
         report = {k: (len(v) if k in _ID_LISTS and isinstance(v, list) else v) for k, v in report.items()}
     settings["report"] = report
     return settings
-
-
-# The fit report's lists of person ids (the eraser file stores their lengths under gate_pool="people").
-_ID_LISTS = ("fit_people", "retain_read", "forget_people")
 
 
 def refit_fitter(model: LoadedModel, result: FitResult, forget: Sequence[Profile], config: FitConfig,

@@ -279,7 +279,7 @@ class EraserFitter:
             for l in self.layers:
                 g, report = self.gate(l, gate, fpr=config.gate_fpr, softness=config.gate_softness,
                                       exclude=exclude_calibration, reads=reads,
-                                      pool=getattr(config, "gate_pool", "rows"))
+                                      pool=config.gate_pool)
                 maps[l] = EraserLayer(l, g, direction.vectors[l][None].to(torch.float32))
                 stats[l] = dict(report, direction_norm=float(direction.vectors[l].norm()))
         return Eraser(tuple(maps[l] for l in self.layers), config.lam, config.steer_positions(), fingerprint or {},

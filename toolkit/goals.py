@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from .headline import method_name
+
 __all__ = ["Goal", "GOALS", "MCQ_CHANCE", "UTILITY_POINTS", "check_goals", "goals_markdown"]
 
 MCQ_CHANCE = 25.0
@@ -69,29 +71,30 @@ GOALS: tuple[Goal, ...] = (
 
 
 def check_goals(table: pd.DataFrame, method: str = "MLLMEraser", baseline: str = "vanilla") -> pd.DataFrame:
-    """Each headline goal against ``method``'s row of a headline table (``method`` column, percent; vanilla's row
-    gives the utility baselines). Returns one row per goal the table has a column for: ``goal``, ``bar``,
-    ``value``, ``vanilla``, ``met`` (bool). Goals whose column is missing or empty (a hand-written list without
-    MCQ) are left out, never counted as met."""
-    if method not in set(table.method):
+    """Each headline goal against ``method``'s row of a headline table (``method`` column, percent; the row may carry
+    a qualifier, :func:`toolkit.headline.method_name`; vanilla's row gives the utility baselines). Returns one row
+    per goal the table has a column for: ``goal``, ``column``, ``bar``, ``value``, ``vanilla``, ``met`` (bool).
+    Goals whose column is missing or empty (a hand-written list without MCQ) are left out, never counted as met."""
+    label = method_name(table, method)
+    if label is None:
         raise ValueError(f"check_goals: no row {method!r} in the table (methods: {sorted(set(table.method))}).")
-    row = table[table.method == method].iloc[0]
+    row = table[table.method == label].iloc[0]
     base = table[table.method == baseline].iloc[0] if baseline in set(table.method) else None
     rows = []
     for goal in GOALS:
         if goal.column is None or goal.column not in table or pd.isna(row[goal.column]):
             continue
         value = float(row[goal.column])
+        reference = float(base[goal.column]) if base is not None and not pd.isna(base[goal.column]) else None
         if goal.kind == "within":
-            if base is None or pd.isna(base[goal.column]):
+            if reference is None:
                 continue
-            reference = float(base[goal.column])
             met = value >= reference - goal.bar - 1e-9
         else:
-            reference = float(base[goal.column]) if base is not None and not pd.isna(base[goal.column]) else None
             met = value <= goal.bar + 1e-9
-        rows.append({"goal": goal.name, "bar": goal.describe(), "value": value, "vanilla": reference, "met": met})
-    return pd.DataFrame(rows, columns=["goal", "bar", "value", "vanilla", "met"])
+        rows.append({"goal": goal.name, "column": goal.column, "bar": goal.describe(), "value": value,
+                     "vanilla": reference, "met": met})
+    return pd.DataFrame(rows, columns=["goal", "column", "bar", "value", "vanilla", "met"])
 
 
 def goals_markdown() -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-__all__ = ["HEADLINE_COLUMNS", "PEOPLE_COLUMNS", "headline", "people_refused", "headline_table"]
+__all__ = ["HEADLINE_COLUMNS", "PEOPLE_COLUMNS", "headline", "people_refused", "headline_table", "method_name"]
 
 HEADLINE_COLUMNS = {
     "forget_leak_img": ("Forget", "generation", "leaked", "image"),
@@ -38,6 +38,13 @@ HEADLINE_COLUMNS = {
 # Splits only some runs have (a hand-written list's held-out questions): their columns are left out where no
 # method has a row, instead of standing empty beside every benchmark run.
 OPTIONAL_SPLITS = ("Held out",)
+
+
+def method_name(table: pd.DataFrame, method: str) -> str | None:
+    """The label of ``method``'s row in a headline table: ``method`` itself, or ``method`` with a qualifier, as the
+    demo labels its eraser ("MLLMEraser (prototype_whitened gate)"); None if the table has neither."""
+    labels = list(table.method)
+    return method if method in labels else next((m for m in labels if m.startswith(f"{method} (")), None)
 
 
 def headline(summary: pd.DataFrame, *, drop_empty: bool = False) -> pd.DataFrame:

@@ -156,7 +156,7 @@ def erase(model: LoadedModel, forget: str | Path | Sequence[Profile] | MLLMUBenc
             "gate_report": eraser.settings.get("report", {}).get("layers", {}).get(sel.layer, {}),
             "rehearsal_leak": float(chosen["stand-ins"]), "validation_recall": float(chosen["recall"]),
             "retain_questions": {"read": fit_config.retain_budget or available, "available": available},
-            "held_out_questions": sum(len(items_from_profiles([p], "h")) for p in bench.held_out(r)),
+            "held_out_questions": len(items_from_profiles(bench.held_out(r), "Held out")),
             "people": counts, "stand_ins": sel.stand_ins, "validation_people": sel.validation_people,
             "selection": f"rehearsal on validation people: {sel.rule}", "fit_report": fit.report,
             "warning": warning, "seconds": round(time.time() - start, 1)}

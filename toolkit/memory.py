@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import gc
 import os
 import resource
@@ -30,16 +31,25 @@ def rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None where there is none (looked up once: ``find_library`` runs ``ldconfig``)."""
+    name = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:
+        return None
+
+
 def release_free_memory() -> bool:
     """Collect garbage and return the allocator's free pages to the system (glibc ``malloc_trim``); False where
     there is no glibc (then the resident set may hide memory reused from an earlier, larger step)."""
     gc.collect()
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        return bool(libc is not None and hasattr(libc, "malloc_trim") and libc.malloc_trim(0) is not None)
-    except OSError:
+    trim = _malloc_trim()
+    if trim is None:
         return False
+    trim(0)
+    return True
 
 
 class PeakMemory:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from toolkit.goals import GOALS, check_goals
+from toolkit.goals import check_goals
+from toolkit.headline import method_name
 
 IN_FIT = {"in_fit_retain_recall": "in-fit retain recall (fit people, labelled: not a held-out figure)",
           "in_fit_retain_mcq_acc": "in-fit retain MCQ"}
@@ -25,22 +26,17 @@ IN_FIT = {"in_fit_retain_recall": "in-fit retain recall (fit people, labelled: n
 def headline_markdown(run: Path) -> str:
     info = json.loads((run / "metrics.json").read_text())
     table = pd.DataFrame(info["headline"])
-    eraser = next(m for m in table.method if m.startswith("MLLMEraser"))
-    table = table.replace({"method": {eraser: "MLLMEraser"}})
-    checks = check_goals(table).set_index("goal")
     row = table.set_index("method")
+    eraser = method_name(table, "MLLMEraser")
     lines = [f"Chosen on the rehearsal: {info['gate']} gate reading `{info['gate_reads']}` at layer {info['layer']}, "
              f"lambda {info['lam']:g}, positions `{info['positions']}`; settings `{info.get('settings', '?')}`.", "",
              "| measure | vanilla | MLLMEraser | goal | |", "|:--|--:|--:|:--|:--|"]
-    for goal in GOALS:
-        if goal.name not in checks.index:
-            continue
-        c = checks.loc[goal.name]
-        lines.append(f"| {goal.name} (`{goal.column}`) | {row.loc['vanilla', goal.column]:g} | "
-                     f"**{c.value:g}** | {c.bar} | {'met' if c.met else '**missed**'} |")
+    for c in check_goals(table).itertuples():
+        lines.append(f"| {c.goal} (`{c.column}`) | {c.vanilla:g} | **{c.value:g}** | {c.bar} | "
+                     f"{'met' if c.met else '**missed**'} |")
     for column, label in IN_FIT.items():
         if column in row:
-            lines.append(f"| {label} | {row.loc['vanilla', column]:g} | {row.loc['MLLMEraser', column]:g} | | |")
+            lines.append(f"| {label} | {row.loc['vanilla', column]:g} | {row.loc[eraser, column]:g} | | |")
     return "\n".join(lines)
 
 
@@ -56,8 +52,8 @@ def splits_markdown(runs: list[Path]) -> str:
         info = json.loads((run / "metrics.json").read_text())
         t = pd.DataFrame(info["headline"]).set_index("method")
         v = t.loc["vanilla"]
-        e = t.loc[next(m for m in t.index if m.startswith("MLLMEraser"))]
-        lin = t.loc[next(m for m in t.index if m.startswith("linear"))]
+        e = t.loc[method_name(t.reset_index(), "MLLMEraser")]
+        lin = t.loc[method_name(t.reset_index(), "linear gate, same edit")]
         model = "default (LLaVA)" if info["model"] == "default" else info["model"]
         lines.append(
             f"| {model} | forget_{info['forget_ratio']} | {info['gate_reads']} / {info['layer']} / {info['lam']:g} | "

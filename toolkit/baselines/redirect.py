@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from ..data.synthetic import TrainExample
 from ..memory import PeakMemory
 from ..models.loading import LoadedModel, load_model
-from .training import BaselineResult
+from .training import BaselineResult, chat_batch, layout_batches
 
 __all__ = ["RedirectConfig", "redirect", "redirect_losses", "asru_layer", "ASRU_REFERENCE_LAYER",
            "ASRU_REFERENCE_DEPTH"]
@@ -71,27 +71,6 @@ class RedirectConfig:
             raise ValueError("RedirectConfig: give scale (absolute) or forget_scale (times the direction), not both.")
         if self.params not in ("down_proj", "mlp"):
             raise ValueError(f"RedirectConfig.params is 'down_proj' (the reference) or 'mlp', got {self.params!r}.")
-
-
-def _batches(examples: Sequence[TrainExample], size: int, rng: random.Random) -> list[list[TrainExample]]:
-    """Shuffled batches of one processor layout each (image chats and text-only chats apart)."""
-    out = []
-    for group in ([e for e in examples if e.image is not None], [e for e in examples if e.image is None]):
-        group = list(group)
-        rng.shuffle(group)
-        out += [group[i:i + size] for i in range(0, len(group), size)]
-    rng.shuffle(out)
-    return out
-
-
-def _chat_batch(model: LoadedModel, examples: Sequence[TrainExample]) -> dict[str, torch.Tensor]:
-    """Whole chats (templated prompt + answer + EOS), right-padded, as the reference's collate builds them."""
-    has_image = examples[0].image is not None
-    prompts = [model.format_prompt(e.text, image=has_image) for e in examples]
-    batch = model.adapter.training_batch(model.processor, prompts, [e.answer for e in examples],
-                                         [e.image for e in examples] if has_image else None)
-    batch.pop("labels")
-    return {k: v.to(model.device) for k, v in batch.items()}
 
 
 def redirect_losses(updated: torch.Tensor, frozen: torch.Tensor, direction: torch.Tensor, *, forget: bool,
@@ -138,22 +117,25 @@ def redirect(model: LoadedModel, forget: Sequence[TrainExample], retain: Sequenc
                  model.adapter.layer_modules(frozen)[layer].register_forward_hook(grab("frozen"))]
         try:
             for epoch in range(config.epochs):
-                forget_batches, retain_batches = (_batches(forget, config.batch_size, rng),
-                                                  _batches(retain, config.batch_size, rng))
+                forget_batches, retain_batches = (layout_batches(forget, config.batch_size, rng),
+                                                  layout_batches(retain, config.batch_size, rng))
                 total = (len(forget_batches) + len(retain_batches)) * config.epochs
                 for group in opt.param_groups:  # the reference's linear schedule, stepped once an epoch
                     group["lr"] = config.lr * max(0.0, 1 - epoch / total)
                 every = max(1, len(retain_batches) // len(forget_batches))
                 pending = iter(forget_batches)
                 for it, retain_batch in enumerate(retain_batches):
-                    steps = [(True, b) for b in ([next(pending, None)] if it % every == 0 else []) if b is not None]
-                    for is_forget, examples in steps + [(False, retain_batch)]:
-                        batch = _chat_batch(model, examples)
+                    # A forget step every `every` retain steps while forget batches last, then the retain step.
+                    forget_batch = next(pending, None) if it % every == 0 else None
+                    steps = ([(True, forget_batch)] if forget_batch is not None else []) + [(False, retain_batch)]
+                    for is_forget, examples in steps:
+                        batch = chat_batch(model, examples)
+                        batch.pop("labels")
                         with torch.no_grad():
                             frozen(**batch)
                         student(**batch)
-                        loss = redirect_losses(grabbed["updated"].float(), grabbed["frozen"].float(), factor * shift,
-                                               forget=is_forget, forget_scale=1.0, alpha=config.retain_weight)
+                        loss = redirect_losses(grabbed["updated"].float(), grabbed["frozen"].float(), shift,
+                                               forget=is_forget, forget_scale=factor, alpha=config.retain_weight)
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
                         opt.step()

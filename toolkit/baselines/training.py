@@ -17,7 +17,7 @@ from ..memory import PeakMemory
 from ..models.loading import LoadedModel, load_image, load_model
 from .losses import ga_loss, kl_to_reference, npo_loss, sequence_logprob
 
-__all__ = ["METHODS", "BaselineConfig", "BaselineResult", "qa_pairs", "unlearn"]
+__all__ = ["METHODS", "BaselineConfig", "BaselineResult", "qa_pairs", "unlearn", "layout_batches", "chat_batch"]
 
 METHODS = ("GA", "GA_Diff", "KL_Min", "NPO")
 
@@ -55,8 +55,9 @@ def qa_pairs(profiles: Sequence[Profile]) -> list[TrainExample]:
     return out
 
 
-def _batches(examples: list[TrainExample], size: int, rng: random.Random) -> list[list[TrainExample]]:
-    # Image and text-only examples are batched apart (one processor layout per batch).
+def layout_batches(examples: Sequence[TrainExample], size: int, rng: random.Random) -> list[list[TrainExample]]:
+    """Shuffled batches of at most ``size`` examples, image and text-only examples apart (one processor layout a
+    batch), the batches shuffled too; ``rng`` decides both orders."""
     groups = [[e for e in examples if e.image is not None], [e for e in examples if e.image is None]]
     out = []
     for g in groups:
@@ -83,7 +84,7 @@ def unlearn(model: LoadedModel, forget: Sequence[TrainExample], retain: Sequence
     reference = model.module  # frozen, never stepped
     retain = list(retain)
     losses: list[float] = []
-    steps = [b for _ in range(config.epochs) for b in _batches(list(forget), config.batch_size, rng)]
+    steps = [b for _ in range(config.epochs) for b in layout_batches(list(forget), config.batch_size, rng)]
     with PeakMemory() as meter:  # counts the trainable copy and the optimiser state too
         start = time.time()
         student = copy.deepcopy(model.module).train()
@@ -100,8 +101,10 @@ def unlearn(model: LoadedModel, forget: Sequence[TrainExample], retain: Sequence
     return BaselineResult(unlearned, seconds, meter.added_mb, losses, config)
 
 
-def _batch(model: LoadedModel, examples: Sequence[TrainExample]) -> dict[str, torch.Tensor]:
-    """The family's teacher-forcing batch (grids, image sizes, token types included), on the model's device."""
+def chat_batch(model: LoadedModel, examples: Sequence[TrainExample]) -> dict[str, torch.Tensor]:
+    """The family's teacher-forcing batch of whole chats (templated prompt + answer + EOS, right-padded; grids,
+    image sizes, token types and ``labels`` included), on the model's device; one layout (all with an image or
+    none)."""
     has_image = examples[0].image is not None
     prompts = [model.format_prompt(ex.text, image=has_image) for ex in examples]
     batch = model.adapter.training_batch(model.processor, prompts, [ex.answer for ex in examples],
@@ -111,7 +114,7 @@ def _batch(model: LoadedModel, examples: Sequence[TrainExample]) -> dict[str, to
 
 def _step_loss(config: BaselineConfig, student, reference, model: LoadedModel, batch_examples, retain,
                rng) -> torch.Tensor:
-    batch = _batch(model, batch_examples)
+    batch = chat_batch(model, batch_examples)
     labels = batch.pop("labels")
     logp = sequence_logprob(student(**batch).logits, labels)
     if config.method == "NPO":
@@ -137,4 +140,4 @@ def _retain_batch(model: LoadedModel, retain: Sequence[TrainExample], size: int,
     """A random retain batch of one layout (the image or the text-only examples, chosen in proportion)."""
     pick = rng.sample(list(retain), min(size, len(retain)))
     has_image = pick[0].image is not None
-    return _batch(model, [ex for ex in pick if (ex.image is not None) == has_image])
+    return chat_batch(model, [ex for ex in pick if (ex.image is not None) == has_image])

@@ -153,7 +153,7 @@ def read_people(path: str | Path, *, check_images: bool = True) -> list[Profile]
                     entry["images"].append(data)
                 index = entry["images"].index(data)
             modality = "image" if index is not None else "text"
-            if _text(row, "held_out").lower() in TRUE or row.get("held_out") is True:
+            if _text(row, "held_out").lower() in TRUE:  # a JSON true reads as "True"
                 entry["held_out"].append((task, question))
             if task == "mcq":
                 if options is None:
