@@ -62,9 +62,10 @@ SETTINGS = re.compile(r"[Ss]ettings `([0-9a-f]{8})`")
 NO_SETTINGS = "settings: none"
 
 
-def stale_sections(text: str, current: str) -> list[str]:
-    """The ``## `` sections of a results page that name no settings fingerprint, or one that is not ``current``
-    (sections under a ``# Earlier settings`` heading are exempt). A section that runs no erasure says
+def stale_sections(text: str, current: str, options: set[str] = frozenset()) -> list[str]:
+    """The ``## `` sections of a results page that name no settings fingerprint, or one that is neither ``current``
+    nor, beside it, one of ``options`` (today's settings with one option on, ``toolkit.config.option_fingerprints``);
+    sections under a ``# Earlier settings`` heading are exempt. A section that runs no erasure says
     "settings: none" and why."""
     stale, earlier = [], False
     for block in re.split(r"^(?=#{1,2} )", text, flags=re.M):
@@ -74,7 +75,8 @@ def stale_sections(text: str, current: str) -> list[str]:
         if not heading.startswith("## ") or earlier:
             continue
         named = set(SETTINGS.findall(block))
-        if (not named and NO_SETTINGS not in block.lower()) or named - {current}:
+        if (not named and NO_SETTINGS not in block.lower()) or named - {current} - set(options) \
+                or (named & set(options) and current not in named):
             stale.append(heading)
     return stale
 
@@ -82,20 +84,26 @@ def stale_sections(text: str, current: str) -> list[str]:
 def test_every_results_section_names_todays_settings():
     """A change of the shipped configuration changes its fingerprint, and every section measured with the old one
     fails here until it is re-run or moved to the research log."""
-    from toolkit.config import settings_fingerprint
+    from toolkit.config import option_fingerprints, settings_fingerprint
 
     text = (DOCS / "results.md").read_text()
     current = settings_fingerprint()
+    options = set(option_fingerprints().values())
     assert f"`{current}`" in text.split("\n## ")[0], "the page's opening names today's fingerprint"
-    assert stale_sections(text, current) == []
+    assert stale_sections(text, current, options) == []
     # Stale one section on purpose: the check must catch it, and only it.
     sections = re.split(r"^(?=## )", text, flags=re.M)
     i = next(i for i, b in enumerate(sections) if b.startswith("## ") and f"`{current}`" in b)
     staled = "".join(sections[:i] + [sections[i].replace(f"`{current}`", "`0badc0de`")] + sections[i + 1:])
-    assert stale_sections(staled, current) == [sections[i].splitlines()[0]]
-    assert stale_sections(text + "\n## A new section\n\nNo settings named.\n", current) == ["## A new section"]
+    assert stale_sections(staled, current, options) == [sections[i].splitlines()[0]]
+    assert stale_sections(text + "\n## A new section\n\nNo settings named.\n", current, options) == \
+        ["## A new section"]
     moved = text + "\n# Earlier settings\n\n## Old\n\nSettings `0badc0de`.\n"
-    assert stale_sections(moved, current) == []
+    assert stale_sections(moved, current, options) == []
+    # An option's fingerprint counts only beside today's (the option measured against today's settings).
+    option = next(iter(options))
+    assert stale_sections(f"## With\n\nSettings `{current}`; settings `{option}` with it.\n", current, options) == []
+    assert stale_sections(f"## Alone\n\nSettings `{option}`.\n", current, options) == ["## Alone"]
 
 
 def test_the_goals_table_is_the_one_the_code_checks():

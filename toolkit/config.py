@@ -112,6 +112,10 @@ class FitConfig:
     every question of every fit person."""
     budget_seed: int = 0
     """Seed of the order in which the retain budget draws people."""
+    name_gate: bool = False
+    """Add a name gate to the chosen eraser (toolkit.names): a prompt whose text names a forget person (case,
+    spacing, accents and one typo tolerated; the whole name) is steered whatever the state gate says. Added after
+    the rehearsal, which chooses without it."""
 
     @property
     def keeps_gate_rows(self) -> bool:
@@ -240,6 +244,10 @@ SHIPPED = EraseConfig()
 # Fields that are not settings of the method: how fast a job runs (batches are padded and masked; a shared prefix
 # gives the same states, tests/test_prefix.py) and which forget split it erases (the task, not the method).
 _NOT_SETTINGS = {"batch_size", "share_prefix", "forget_ratio"}
+# Fields added after figures were recorded, left out of the fingerprint at the value that reproduces the earlier
+# behaviour exactly (the code path is the earlier one), so a new option off does not stale every figure; any
+# other value enters the fingerprint. tests/test_config.py checks both.
+_ADDED_OFF = {"name_gate": False}
 
 
 def _canonical(value) -> str:
@@ -247,7 +255,8 @@ def _canonical(value) -> str:
     execution-only ones left out), numbers by ``repr``, sequences element-wise."""
     if hasattr(value, "__dataclass_fields__"):
         parts = [f"{f.name}={_canonical(getattr(value, f.name))}" for f in fields(value)
-                 if f.name not in _NOT_SETTINGS]
+                 if f.name not in _NOT_SETTINGS
+                 and not (f.name in _ADDED_OFF and getattr(value, f.name) == _ADDED_OFF[f.name])]
         return f"{type(value).__name__}({','.join(parts)})"
     if isinstance(value, (tuple, list)):
         return "(" + ",".join(_canonical(v) for v in value) + ")"
@@ -259,8 +268,9 @@ def _canonical(value) -> str:
 def settings_fingerprint(config: EraseConfig | FitConfig | SelectConfig | None = None) -> str:
     """Eight hex digits that name a configuration: the same for equal settings, another for any change of a
     field that changes a figure (``batch_size`` and ``share_prefix`` do not; ``forget_ratio`` is the task, not a
-    setting). ``settings_fingerprint()`` is :data:`SHIPPED`'s. Adding a field changes every fingerprint, even at
-    a default that keeps the old behaviour: a false alarm the results page's check raises on purpose.
+    setting). ``settings_fingerprint()`` is :data:`SHIPPED`'s. Adding a field changes every fingerprint, except a
+    field listed with its "off" value in ``_ADDED_OFF``: an option that, off, runs exactly the earlier code
+    path, left out at that value (any other value enters).
 
     Every measured section of the results page names the fingerprint it ran with, ``report.md`` and
     ``metrics.json`` carry the job's, and ``tests/test_docs.py`` fails when a section names one that is not
@@ -268,6 +278,18 @@ def settings_fingerprint(config: EraseConfig | FitConfig | SelectConfig | None =
     visibly, until it is re-run or moved to the research log."""
     text = _canonical(SHIPPED if config is None else config)
     return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def option_fingerprints() -> dict[str, str]:
+    """``{field: fingerprint}`` of :data:`SHIPPED` with each option of ``_ADDED_OFF`` turned on (today's settings
+    plus one measured option, e.g. ``--name-gate``: a results section may name these beside the shipped one)."""
+    out = {}
+    for name, off in _ADDED_OFF.items():
+        for part in ("fit", "select"):
+            if hasattr(getattr(SHIPPED, part), name):
+                on = replace(SHIPPED, **{part: replace(getattr(SHIPPED, part), **{name: not off})})
+                out[name] = settings_fingerprint(on)
+    return out
 
 
 @functools.cache

@@ -36,6 +36,7 @@ import torch
 
 from . import __version__
 from .gates import Gate, GateStack, LinearGate, gate_from_parts
+from .names import NameKeys
 from .nullspace import NullSpace
 from .reads import needs_prompt, parse_reads
 from .steering import POSITIONS, GateLog, Steer, attached, intervene
@@ -210,6 +211,9 @@ class Eraser:
             never fires is generated exactly as without the eraser.
         fingerprint: identity of the model it was fitted on.
         settings: the fit settings and diagnostics (JSON-serialisable).
+        names: a name gate (:class:`~toolkit.names.NameKeys`), or None: a prompt whose text names a forget
+            person is steered at full weight (1) whatever the state gate says, an OR of the two. It decides at
+            prefill (carried into decoding by ``latch``); the file holds salted digests, not the names.
     """
 
     maps: tuple[EraserLayer, ...]
@@ -220,8 +224,11 @@ class Eraser:
     threshold: float = 0.0
     edit: str = "add"
     latch: bool = False
+    names: NameKeys | None = None
 
     def __post_init__(self) -> None:
+        if self.names is not None and not isinstance(self.names, NameKeys):
+            raise ValueError("names must be NameKeys (toolkit.names.NameKeys.from_names([...])) or None.")
         if self.edit not in EDITS:
             raise ValueError(f"The eraser's edit must be one of {EDITS}, got {self.edit!r}.")
         if self.positions not in POSITIONS:
@@ -304,6 +311,13 @@ class Eraser:
                        threshold=self.threshold if threshold is None else threshold,
                        edit=self.edit if edit is None else edit, latch=self.latch if latch is None else latch)
 
+    def with_names(self, names: NameKeys | Sequence[str] | None) -> "Eraser":
+        """A copy with a name gate for ``names`` (people's names, or :class:`~toolkit.names.NameKeys`); None
+        removes it."""
+        if names is not None and not isinstance(names, NameKeys):
+            names = NameKeys.from_names(names)
+        return replace(self, names=names)
+
     def with_direction(self, directions: Mapping[int, torch.Tensor]) -> "Eraser":
         """A copy that steers along other directions with the same gates: ``{layer: (d,) or (r, d)}``
         for every steered layer (e.g. another contrastive variant's :class:`~toolkit.direction.Direction`
@@ -354,7 +368,8 @@ class Eraser:
             out.append(Steer(m.layer, lambda x, m=moved: m.shift(x, self.lam, self.threshold, self.edit),
                              self.positions, gate=moved.gate, reads=m.reads, latch=self.latch,
                              weights=lambda x, m=moved: m.weights(x, self.threshold),
-                             from_weights=lambda w, h, m=moved: m.shift_from(w, h, self.lam, self.edit)))
+                             from_weights=lambda w, h, m=moved: m.shift_from(w, h, self.lam, self.edit),
+                             named=self.names.matches if self.names is not None else None))
         return out
 
     # -- the three routes (toolkit.steering) ---------------------------------------
@@ -397,6 +412,7 @@ class Eraser:
                 "positions": self.positions, "layers": json.dumps(list(self.layers)),
                 "threshold": json.dumps(self.threshold), "edit": self.edit, "gates": json.dumps(gate_meta),
                 "latch": json.dumps(self.latch),
+                **({"names": json.dumps(self.names.to_json())} if self.names is not None else {}),
                 "fingerprint": json.dumps(self.fingerprint), "settings": json.dumps(self.settings, default=str)}
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(path), metadata=meta)
@@ -453,7 +469,8 @@ class Eraser:
         maps = tuple(EraserLayer(l, gate(l), tensors[f"layer{l}.directions"]) for l in layers)
         eraser = cls(maps, json.loads(meta["lam"]), meta["positions"], json.loads(meta["fingerprint"]),
                      json.loads(meta["settings"]), json.loads(meta.get("threshold", "0.0")), meta.get("edit", "add"),
-                     bool(json.loads(meta.get("latch", "false"))))
+                     bool(json.loads(meta.get("latch", "false"))),
+                     NameKeys.from_json(json.loads(meta["names"])) if "names" in meta else None)
         if model is not None:
             eraser.check_model(model)
         return eraser
@@ -498,8 +515,16 @@ class Eraser:
 
         maps = tuple(EraserLayer(l, merged([g for g, _ in parts]), torch.cat([d for _, d in parts], 0))
                      for l, parts in sorted(by_layer.items()))
+        names = None
+        for e in erasers:  # a named row is steered at full weight by each: the union of the lists
+            if e.names is not None:
+                names = e.names if names is None else names.union(e.names)
+        if names is not None and any(e.names is None for e in erasers):
+            raise ValueError("Only some of these erasers have a name gate; a merged one would apply it to every "
+                             "eraser's direction. Apply them together: generate(..., steers=[e1, e2]).")
         return Eraser(maps, 1.0, modes.pop(), erasers[0].fingerprint,
-                      {"composed_of": [e.settings for e in erasers]}, thresholds.pop(), latch=erasers[0].latch)
+                      {"composed_of": [e.settings for e in erasers]}, thresholds.pop(), latch=erasers[0].latch,
+                      names=names)
 
 
 def _need_mean(prompt_mean: torch.Tensor | None, m: EraserLayer) -> torch.Tensor:

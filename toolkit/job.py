@@ -43,10 +43,11 @@ from .eraser import Eraser
 from .evaluate import benchmark_items, run_items, summarize
 from .headline import headline_table
 from .models.loading import LoadedModel
+from .names import NameKeys
 from .report import report_markdown
 from .selection import Selection, fact_hits, select_setting
 
-__all__ = ["EraseResult", "erase", "evaluate_people"]
+__all__ = ["EraseResult", "erase", "evaluate_people", "with_name_gate"]
 
 
 @dataclass
@@ -133,6 +134,11 @@ def erase(model: LoadedModel, forget: str | Path | Sequence[Profile] | MLLMUBenc
         f"{sel.layer}, lambda {sel.lam}, threshold {sel.threshold}, positions "
         f"{sel.positions} ({sel.rule}; rehearsal leakage {chosen['stand-ins']:.2f}, validation recall "
         f"{chosen['recall']:.2f})", flush=True)
+    names_report = None
+    if fit_config.name_gate:
+        eraser, names_report = with_name_gate(eraser, bench, r)
+        say(f"      name gate: {names_report['forget_names']} forget names; kept people it would fire on: "
+            f"{names_report['kept_named'] or 'none'}", flush=True)
     warning = None
     if float(chosen["stand-ins"]) > config.select.leak_max + 1e-12:
         warning = (f"the rehearsal found no setting whose stand-ins leak at most {config.select.leak_max:.0%} (the "
@@ -154,6 +160,7 @@ def erase(model: LoadedModel, forget: str | Path | Sequence[Profile] | MLLMUBenc
             "layer": sel.layer, "lam": sel.lam, "threshold": sel.threshold, "positions": sel.positions,
             "gate": sel.gate, "gate_fpr": sel.gate_fpr, "gate_reads": sel.gate_reads, "latch": sel.latch,
             "gate_report": eraser.settings.get("report", {}).get("layers", {}).get(sel.layer, {}),
+            "name_gate": names_report,
             "rehearsal_leak": float(chosen["stand-ins"]), "validation_recall": float(chosen["recall"]),
             "retain_questions": {"read": fit_config.retain_budget or available, "available": available},
             "held_out_questions": len(items_from_profiles(bench.held_out(r), "Held out")),
@@ -164,6 +171,20 @@ def erase(model: LoadedModel, forget: str | Path | Sequence[Profile] | MLLMUBenc
     if out is not None:
         result.save(out)
     return result
+
+
+def with_name_gate(eraser: Eraser, bench: Any, ratio: int) -> tuple[Eraser, dict]:
+    """The chosen eraser with a name gate for the forget people (:mod:`toolkit.names`), and a check on the kept
+    people: whose own name the gate would take for a forget person's (each such person loses every question that
+    names them)."""
+    forget = [p.name for p in bench.forget(ratio)]
+    keys = NameKeys.from_names(forget)
+    kept = [p.name for p in list(bench.retain(ratio)) + list(bench.real())]
+    named = sorted({n for n, hit in zip(kept, keys.matches(kept)) if hit})
+    if named:
+        warnings.warn(f"the name gate takes {len(named)} kept people for forget people ({', '.join(named[:5])}): "
+                      "their questions that name them will be refused", stacklevel=3)
+    return eraser.with_names(keys), {"forget_names": len(set(forget)), "kept_people": len(kept), "kept_named": named}
 
 
 def evaluate_people(model: LoadedModel, bench: Any, config: EraseConfig, steers: Any, label: str) -> pd.DataFrame:

@@ -82,6 +82,15 @@ def plot_grid(grid: pd.DataFrame, value: str = "refusal_rate"):
     return fig
 
 
+def _name_gate_line(names: dict) -> str:
+    kept = names.get("kept_named") or []
+    return (f"Name gate: on (added after the rehearsal): a prompt naming any of the {names['forget_names']} forget "
+            "people is steered whatever the state gate says. "
+            + (f"**It also names {len(kept)} of the {names['kept_people']} kept people** ({', '.join(kept)}): "
+               "their questions that name them will be refused." if kept else
+               f"None of the {names['kept_people']} kept people's names is taken for a forget person's."))
+
+
 def report_markdown(title: str, info: dict, table: pd.DataFrame, selection: Any, note: str = "") -> str:
     """The report a run writes: the choice (then ``note``), the people, the headline table, the rehearsal grid."""
     where = f"forget_{info['forget_ratio']} of {info['source']}" if info.get("forget_ratio") else info["source"]
@@ -95,6 +104,7 @@ def report_markdown(title: str, info: dict, table: pd.DataFrame, selection: Any,
              f"{info['layer']} (reading {info.get('gate_reads', 'last')}"
              f"{', latched through generation' if info.get('latch') else ''}), lambda {info['lam']}, threshold {info['threshold']}, positions {info['positions']} "
              f"({info['selection']}).{' ' + note if note else ''}", "",
+             *([_name_gate_line(info["name_gate"]), ""] if info.get("name_gate") else []),
              f"People: {json.dumps(info['people'])}. `retain_*` / `real_*`: evaluation people (never in the fit or "
              "the selection); `in_fit_*`: people whose activations built the fit.", "",
              "Percent. `leak` / `recall`: the fact appears in the answer (where a question gives no fact: "

@@ -41,7 +41,7 @@ import torch
 from .reads import masked_mean, needs_image_mask, needs_prompt, parse_reads, pool
 
 __all__ = ["Steer", "POSITIONS", "GateLog", "as_steers", "group_by_layer", "shifted", "edit_envoy", "intervene",
-           "attached", "steering", "active_steers", "prompt_mean", "image_token_mask"]
+           "attached", "steering", "active_steers", "prompt_mean", "image_token_mask", "prompt_texts"]
 
 Positions = Literal["prompt", "last", "all"]
 POSITIONS = ("prompt", "last", "all")
@@ -72,6 +72,11 @@ class Steer:
     as ``max(latched, weights(new token))``: once on, on for the rest of the row's
     generation. A row whose weights stay 0 gets no shift at all (its tokens are
     bit-identical to unsteered ones).
+
+    ``named`` (optional, a name gate, :class:`toolkit.names.NameKeys`'s ``matches``): maps the batch's prompt
+    texts to one bool per row; at prefill a named row gets weight 1 on every column, whatever the state gate
+    says (an OR of the two gates). Needs ``weights`` and ``from_weights``; the route passes the texts
+    (decoded from the prompt's ids). A named row's decision is carried into decoding by ``latch`` only.
     """
 
     layer: int
@@ -82,6 +87,7 @@ class Steer:
     latch: bool = False
     weights: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, compare=False)
     from_weights: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = field(default=None, compare=False)
+    named: Callable[[Sequence[str]], Sequence[bool]] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.positions not in POSITIONS:
@@ -92,6 +98,8 @@ class Steer:
                              "'last', not 'all' (or latch=True, which carries the decision into decoding).")
         if self.latch and (self.weights is None or self.from_weights is None):
             raise ValueError("A latching steer needs weights= and from_weights= (an Eraser builds both).")
+        if self.named is not None and (self.weights is None or self.from_weights is None):
+            raise ValueError("A steer with a name gate needs weights= and from_weights= (an Eraser builds both).")
 
 
 @dataclass
@@ -189,7 +197,7 @@ def _latched_shift(steer: Steer, weights: torch.Tensor, state: torch.Tensor, che
 
 def shifted(h: torch.Tensor, steers: Sequence[Steer], *, prefill: bool, mask: torch.Tensor | None = None,
             log: GateLog | None = None, image_mask: torch.Tensor | None = None,
-            latches: dict | None = None) -> torch.Tensor:
+            latches: dict | None = None, texts: Sequence[str] | None = None) -> torch.Tensor:
     """``h`` (B, T, d) with ``steers`` (all on one layer) added; the arithmetic every route shares.
 
     ``prefill``: the call that reads the prompt (``"prompt"``/``"all"`` steers shift
@@ -199,7 +207,8 @@ def shifted(h: torch.Tensor, steers: Sequence[Steer], *, prefill: bool, mask: to
     so ``None``, shifting them too, gives the same outputs for the real tokens).
     ``image_mask`` (B, T): 1 at image tokens (needed at prefill by gates reading
     image parts; all 0 for a text-only batch). ``latches``: the route's per-generation
-    store of latched weights (a dict, emptied by the route at each prefill).
+    store of latched weights (a dict, emptied by the route at each prefill). ``texts``: the B prompts' text,
+    needed at prefill by steers with a name gate (``Steer.named``).
     """
     if not prefill:
         active = [s for s in steers if s.positions == "all" or s.latch]
@@ -224,13 +233,22 @@ def shifted(h: torch.Tensor, steers: Sequence[Steer], *, prefill: bool, mask: to
             sources[steer.reads] = pool(h, steer.reads, mask, image_mask)
         return sources[steer.reads]
 
+    def with_names(steer: Steer, w: torch.Tensor) -> torch.Tensor:  # the name gate OR the state gate, at prefill
+        if steer.named is None or not prefill:
+            return w
+        if texts is None or len(texts) != h.shape[0]:
+            raise ValueError("This eraser's name gate reads the prompt's text: intervene(..., inputs=enc) (the "
+                             "encoding with input_ids), or call the model with input_ids=.")
+        named = torch.tensor([bool(v) for v in steer.named(texts)], device=w.device)[:, None]
+        return torch.where(named, torch.maximum(w, torch.ones_like(w)), w)
+
     zero = torch.zeros_like(last)
     spread, point = zero, zero  # shifts along the whole prompt (or the new token) vs at the last prompt token
     for s in active:
         if s.latch:
             key = id(s)
             if prefill:
-                w = s.weights(source(s)).float()
+                w = with_names(s, s.weights(source(s)).float())
             else:
                 w = latches.get(key) if latches is not None else None
                 if w is None:
@@ -246,9 +264,9 @@ def shifted(h: torch.Tensor, steers: Sequence[Steer], *, prefill: bool, mask: to
         else:
             src = source(s)
             if log is not None and s.gate is not None:
-                log.add(s.layer, prefill, s.gate(src))
+                log.add(s.layer, prefill, with_names(s, s.gate(src).float()))
             if s.weights is not None and s.from_weights is not None:  # the gate once, the shift from the state
-                shift = _checked(s.from_weights(s.weights(src).float(), last), s, last, check=prefill)
+                shift = _checked(s.from_weights(with_names(s, s.weights(src).float()), last), s, last, check=prefill)
             else:
                 shift = _shift(s, src, check=prefill)
         if prefill and s.positions == "last":
@@ -270,11 +288,11 @@ def _output_tensor(out: Any) -> torch.Tensor:
 
 def edit_envoy(envoy: Any, steers: list[Steer], *, prefill: bool, mask: torch.Tensor | None = None,
                log: GateLog | None = None, image_mask: torch.Tensor | None = None,
-               latches: dict | None = None) -> torch.Tensor:
+               latches: dict | None = None, texts: Sequence[str] | None = None) -> torch.Tensor:
     """Inside an nnsight trace: replace one layer's output by its steered version (one read, one write)."""
     out = envoy.output
     new = shifted(_output_tensor(out), steers, prefill=prefill, mask=mask, log=log, image_mask=image_mask,
-                  latches=latches)
+                  latches=latches, texts=texts)
     if isinstance(out, tuple):
         envoy.output = (new,) + tuple(out[1:])
     else:
@@ -287,6 +305,13 @@ def image_token_mask(model: Any, input_ids: torch.Tensor | None) -> torch.Tensor
     if input_ids is None:
         return None
     return model.image_token_mask(input_ids)
+
+
+def prompt_texts(model: Any, steers: Sequence[Steer], input_ids: torch.Tensor | None) -> list[str] | None:
+    """The prompts' text (decoded, special tokens dropped) when a steer has a name gate; else None (no decoding)."""
+    if input_ids is None or not any(s.named is not None for s in steers):
+        return None
+    return model.decode(input_ids)
 
 
 def intervene(model: Any, steers: Any, *, steps: int | None = None, mask: torch.Tensor | None = None,
@@ -316,18 +341,20 @@ def intervene(model: Any, steers: Any, *, steps: int | None = None, mask: torch.
         if image_mask is None:
             image_mask = image_token_mask(model, inputs.get("input_ids"))
     groups = group_by_layer(model, as_steers(model, steers))
+    texts = prompt_texts(model, [s for ss in groups.values() for s in ss],
+                         inputs.get("input_ids") if inputs is not None else None)
     every_step = generating and any(s.positions == "all" or s.latch for ss in groups.values() for s in ss)
     outputs: dict[int, torch.Tensor] = {}
     latches: dict = {}
     if not every_step:
         for layer, ss in groups.items():
             outputs[layer] = edit_envoy(model.layers[layer], ss, prefill=True, mask=mask, log=log,
-                                        image_mask=image_mask, latches=latches)
+                                        image_mask=image_mask, latches=latches, texts=texts)
         return outputs
     for step in (Iterations()[:] if steps is None else Iterations()[:steps]):
         for layer, ss in groups.items():
             new = edit_envoy(model.layers[layer], ss, prefill=step == 0, mask=mask, log=log,
-                             image_mask=image_mask, latches=latches)
+                             image_mask=image_mask, latches=latches, texts=texts)
             if step == 0:
                 outputs[layer] = new
         if log is not None:
@@ -359,7 +386,9 @@ def attached(model: Any, steers: Any, *, record_gates: bool = False) -> Iterator
     """
     groups = group_by_layer(model, as_steers(model, steers))
     log = GateLog() if record_gates else None
-    state: dict[str, Any] = {"prefill": True, "mask": None, "image_mask": None, "calls": 0, "latches": {}}
+    state: dict[str, Any] = {"prefill": True, "mask": None, "image_mask": None, "calls": 0, "latches": {},
+                             "texts": None}
+    flat = [s for ss in groups.values() for s in ss]
 
     def before(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         if state["calls"] and log is not None:
@@ -371,6 +400,7 @@ def attached(model: Any, steers: Any, *, record_gates: bool = False) -> Iterator
         if state["prefill"]:
             ids = kwargs.get("input_ids", args[0] if args and isinstance(args[0], torch.Tensor) else None)
             state["image_mask"] = image_token_mask(model, ids) if isinstance(ids, torch.Tensor) else None
+            state["texts"] = prompt_texts(model, flat, ids if isinstance(ids, torch.Tensor) else None)
             state["latches"] = {}  # a new prompt: every row undecided
 
     def layer_hook(ss: list[Steer]) -> Callable:
@@ -379,13 +409,13 @@ def attached(model: Any, steers: Any, *, record_gates: bool = False) -> Iterator
             mask = state["mask"] if state["mask"] is not None and state["mask"].shape == h.shape[:2] else None
             image = state["image_mask"]
             image = image if image is not None and image.shape == h.shape[:2] else None
+            texts = state["texts"] if state["texts"] is not None and len(state["texts"]) == h.shape[0] else None
             new = shifted(h, ss, prefill=state["prefill"], mask=mask, log=log, image_mask=image,
-                          latches=state["latches"])
+                          latches=state["latches"], texts=texts)
             return (new,) + tuple(out[1:]) if isinstance(out, tuple) else new
         return hook
 
     handles = []
-    flat = [s for ss in groups.values() for s in ss]
     registry = _ATTACHED.setdefault(id(model), [])
     try:
         handles.append(model.module.register_forward_pre_hook(before, with_kwargs=True))

@@ -34,7 +34,7 @@ from .models.loading import LoadedModel, Sample, as_sample
 from .prefix import SharedPrefix, assemble, image_key, prefix_groups, split_prefix, suffix_inputs
 from .reads import READS, parse_reads, pool
 from .steering import (POSITIONS, GateLog, Steer, active_steers, as_steers, attached, edit_envoy, group_by_layer,
-                       intervene, steering)
+                       intervene, prompt_texts, steering)
 
 __all__ = ["Steer", "Trailing", "Capture", "capture", "iter_capture", "forward", "generate", "intervene", "attached",
            "steering", "active_steers", "GateLog", "POSITIONS", "keeps_last_logits"]
@@ -213,6 +213,7 @@ def _trace_layers(model: LoadedModel, inputs: dict, layer_ids: list[int], groups
     forward only fills a cache) and stops after the last."""
     saved = []
     last_layer = layer_ids[-1]
+    texts = prompt_texts(model, [s for ss in groups.values() for s in ss], enc["input_ids"])
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with model.nn.trace(**inputs, remote=model.remote) as tracer:
@@ -221,7 +222,7 @@ def _trace_layers(model: LoadedModel, inputs: dict, layer_ids: list[int], groups
             for layer in sorted(set(layer_ids) | {l for l in groups if l <= last_layer}):
                 if layer in groups:
                     h = edit_envoy(model.layers[layer], groups[layer], prefill=True, mask=enc["attention_mask"],
-                                   image_mask=model.image_token_mask(enc["input_ids"]))
+                                   image_mask=model.image_token_mask(enc["input_ids"]), texts=texts)
                 else:
                     out = model.layers[layer].output
                     h = out[0] if isinstance(out, tuple) else out

@@ -34,8 +34,8 @@ STAGES = [
     ("models", "data", "metrics", "memory"),
     # activations: capture, reads, steering hooks, PGD on images, the contrastive sets
     ("tracing", "prefix", "reads", "steering", "adversarial", "contrastive"),
-    # direction, null space, gates: tensors in, tensors out
-    ("direction", "nullspace", "gates"),
+    # direction, null space, gates (and the name gate, text in): tensors in, tensors out
+    ("direction", "nullspace", "gates", "names"),
     # the configuration (plain data, above the maths it names)
     ("config",),
     # the eraser and the fitter that solves it

@@ -69,6 +69,11 @@ class Profile:
         return [load_image(b) for b in self.image_bytes]
 
     @property
+    def name(self) -> str:
+        """The person's name as the questions write it (the ``name`` field; the id where there is none)."""
+        return str(self.fields.get("name") or self.id)
+
+    @property
     def image(self) -> Image.Image | None:
         """The first image (None for a person known from text only)."""
         return load_image(self.image_bytes[0]) if self.image_bytes else None
