@@ -72,6 +72,20 @@ def write_list(path: Path, people, words: str) -> Path:
     return path
 
 
+def people_and_strangers(bench: MLLMUBench, first: int, n: int, strangers: int) -> tuple[list, list]:
+    """``n`` forget_10 people from ``first`` (in id order), and the first ``strangers`` retain people (in id order)
+    who are in no list: the study's and ``tests/test_own_list.py``'s people."""
+    people = sorted(bench.forget(10), key=lambda p: p.id)[first:first + n]
+    kept = {p.name for p in read_people(RETAIN)}
+    return people, [p for p in sorted(bench.retain(10), key=lambda p: p.id) if p.name not in kept][:strangers]
+
+
+def benchmark_questions(people, strangers) -> list:
+    """Every benchmark generation question about the listed people (split "forget") and the strangers."""
+    return items_from_profiles(people, "forget", ("generation",)) + \
+        items_from_profiles(strangers, "strangers", ("generation",))
+
+
 def rates(df: pd.DataFrame) -> dict:
     out = {}
     for kind in ("image", "text"):
@@ -96,19 +110,14 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     model = load_model(args.model)
     bench = MLLMUBench(default_benchmark())
-    people = sorted(bench.forget(10), key=lambda p: p.id)[args.first:args.first + args.people]
+    people, strangers = people_and_strangers(bench, args.first, args.people, args.strangers)
     listed = write_list(out / "forget.jsonl", people, args.words)
-    kept = {p.id for p in read_people(RETAIN)}
-    names_kept = {p.name for p in read_people(RETAIN)}
-    strangers = [p for p in sorted(bench.retain(10), key=lambda p: p.id)
-                 if p.name not in names_kept and p.id not in kept][:args.strangers]
     start = time.time()
     result = erase(model, listed, RETAIN, config=config, out=out / "erase", progress=True)
     seconds = round(time.time() - start, 1)
     eraser = result.eraser
     named = eraser.with_names(NameKeys.from_names([p.name for p in people]))
-    items = items_from_profiles(people, "forget", ("generation",)) + \
-        items_from_profiles(strangers, "strangers", ("generation",))
+    items = benchmark_questions(people, strangers)
     rows = []
     for label, steers in (("vanilla", None), ("eraser", eraser), ("eraser + name gate", named)):
         df = run_items(model, items, steers=steers, batch_size=32, progress=True, label=label)

@@ -16,10 +16,8 @@ from toolkit.goals import UTILITY_POINTS
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason="measured miss: strangers lose 14-26 points of image recall on the embedded "
                    "default (the gate is calibrated on the 7 validation people of a 16-person retain list)")
 def test_a_hand_written_list_forgets_the_benchmarks_own_questions_and_leaves_strangers(tmp_path):
-    from studies.own_list_study import RETAIN, write_list
-    from toolkit.data.items import items_from_profiles
+    from studies.own_list_study import RETAIN, benchmark_questions, people_and_strangers, write_list
     from toolkit.data.mllmu import MLLMUBench
-    from toolkit.data.request import read_people
     from toolkit.data.synthetic import default_benchmark
     from toolkit.evaluate import run_items
     from toolkit.job import erase
@@ -28,13 +26,10 @@ def test_a_hand_written_list_forgets_the_benchmarks_own_questions_and_leaves_str
 
     model = load_model("default")
     bench = MLLMUBench(default_benchmark())
-    people = sorted(bench.forget(10), key=lambda p: p.id)[:4]
-    kept = {p.name for p in read_people(RETAIN)}
-    strangers = [p for p in sorted(bench.retain(10), key=lambda p: p.id) if p.name not in kept][:20]
+    people, strangers = people_and_strangers(bench, 0, 4, 20)
     listed = write_list(tmp_path / "forget.jsonl", people, "a")
     result = erase(model, listed, RETAIN, config=SHIPPED.with_fit(name_gate=True))
-    items = items_from_profiles(people, "forget", ("generation",)) + \
-        items_from_profiles(strangers, "strangers", ("generation",))
+    items = benchmark_questions(people, strangers)
     plain = run_items(model, items)
     steered = run_items(model, items, steers=result.eraser)
     for kind in ("image", "text"):

@@ -246,7 +246,7 @@ SHIPPED = EraseConfig()
 _NOT_SETTINGS = {"batch_size", "share_prefix", "forget_ratio"}
 # Fields added after figures were recorded, left out of the fingerprint at the value that reproduces the earlier
 # behaviour exactly (the code path is the earlier one), so a new option off does not stale every figure; any
-# other value enters the fingerprint. tests/test_config.py checks both.
+# other value enters the fingerprint. tests/test_names.py checks both.
 _ADDED_OFF = {"name_gate": False}
 
 

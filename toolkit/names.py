@@ -30,6 +30,7 @@ list, as with any hash. Memory: ``(len(key) + 1)`` digests a person (about 15).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import secrets
@@ -119,8 +120,9 @@ class NameKeys:
         return False
 
     def matches(self, texts: Sequence[str]) -> list[bool]:
-        """One bool per text: whether it names one of the people."""
-        return [self.matches_text(t) for t in texts]
+        """One bool per text: whether it names one of the people (each answer remembered, see
+        :func:`_matches_text`)."""
+        return [_matches_text(self, t) for t in texts]
 
     def union(self, other: "NameKeys") -> "NameKeys":
         """Keys matching either's names (both must share a salt: keys built with ``salt=`` of one another)."""
@@ -139,5 +141,9 @@ class NameKeys:
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"Name keys need salt, digests and max_words ({err}); the file is incomplete.") from None
 
-    def __len__(self) -> int:
-        return len(self.digests)
+
+@functools.lru_cache(maxsize=256)  # a prefill batch of prompts, with room
+def _matches_text(keys: NameKeys, text: str) -> bool:
+    # At one prefill every steered layer (and the gate log) asks about the same prompts: the scan, a few
+    # thousand digests for a long prompt, runs once per prompt instead of once per layer.
+    return keys.matches_text(text)

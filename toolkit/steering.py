@@ -341,9 +341,9 @@ def intervene(model: Any, steers: Any, *, steps: int | None = None, mask: torch.
         if image_mask is None:
             image_mask = image_token_mask(model, inputs.get("input_ids"))
     groups = group_by_layer(model, as_steers(model, steers))
-    texts = prompt_texts(model, [s for ss in groups.values() for s in ss],
-                         inputs.get("input_ids") if inputs is not None else None)
-    every_step = generating and any(s.positions == "all" or s.latch for ss in groups.values() for s in ss)
+    flat = [s for ss in groups.values() for s in ss]
+    texts = prompt_texts(model, flat, inputs.get("input_ids") if inputs is not None else None)
+    every_step = generating and any(s.positions == "all" or s.latch for s in flat)
     outputs: dict[int, torch.Tensor] = {}
     latches: dict = {}
     if not every_step:
