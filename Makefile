@@ -63,6 +63,7 @@ bench: $(STAMP)
 	$(OFFLINE) $(PY) bench/capture_throughput.py
 	$(OFFLINE) $(PY) bench/eraser_size.py
 	$(OFFLINE) $(PY) bench/fit_vs_baselines.py
+	$(OFFLINE) $(PY) bench/choice_cost.py
 	$(OFFLINE) $(PY) bench/train_step.py
 
 # 7B-shaped slices (random weights, bf16): costs per sample and layer, projected to the full models

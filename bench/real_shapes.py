@@ -56,6 +56,10 @@ QUESTIONS = ["Who is the person in this picture?", "What is this person's occupa
              "Where was this person born?", "Describe the image in one sentence.",
              "What is the name of the person in the image?", "What colour is the background?"]
 
+# The run whose rehearsal grid and generated shares the whole-job projection reads: the embedded default of the same
+# family (make demo; mllmeraser demo --model default-qwen --out results/demo-qwen).
+JOB_RUNS = {"llava-1.5-7b": "results/demo", "qwen2.5-vl-7b": "results/demo-qwen"}
+
 # MLLMU-Bench (Liu et al. 2024): 500 fictitious profiles and 153 real ones; forget_10 = 50 profiles.
 MLLMU_FICTITIOUS, MLLMU_REAL, MLLMU_FORGET_10 = 500, 153, 50
 
@@ -263,10 +267,11 @@ def _set_counts(*passes) -> dict:
     return out
 
 
-def benchmark_counts(config=None) -> dict:
+def benchmark_counts(config=None, calibration_budget: int | None = None) -> dict:
     """What the shipped fit (``EraseConfig``'s fit config, every layer) reads on the embedded benchmark's forget_10,
     set by set: prompts and shared images. :func:`project` scales the sets that grow with the people to MLLMU-Bench
-    (forget, calibration, and retain / contrast where no budget fixes them)."""
+    (forget, and retain / calibration / contrast where no budget fixes them). ``calibration_budget``: the config's
+    with that budget (``--reproject --calibration-budget N``)."""
     from toolkit.baselines import BaselineConfig, qa_pairs
     from toolkit.contrastive import refused_privacy_questions
     from toolkit.data.items import items_from_profiles
@@ -280,6 +285,10 @@ def benchmark_counts(config=None) -> dict:
     model = load_model("default")
     bench = MLLMUBench(default_benchmark())
     config = config or EraseConfig().fit_config(tuple(range(model.num_layers)))
+    if calibration_budget is not None:
+        from dataclasses import replace
+
+        config = replace(config, calibration_budget=calibration_budget)
     people = fit_groups(bench, config)
     read, _ = budget_people(people, config.retain_budget, config.budget_seed)
     forget = list(bench.forget(10))
@@ -308,6 +317,7 @@ def benchmark_counts(config=None) -> dict:
     pgd = config.pgd.steps if config.pgd else 0
     return {"people": fictitious + len(bench.real()), "forget_people": len(forget), "sets": counts,
             "retain_budget": config.retain_budget, "n_contrast": config.n_contrast,
+            "calibration_budget": getattr(config, "calibration_budget", None),
             "retain_people_read": len(read), "fit_people": sum(map(len, people)),
             "generated_prompts": asked + 2 * (config.pgd_limit or 0) * bool(pgd),
             "pgd_images": (config.pgd_limit or 0) if pgd else 0, "pgd_steps": pgd, "layers": model.num_layers,
@@ -318,7 +328,7 @@ def _scale(counts: dict) -> dict[str, float]:
     """How each set grows from the embedded benchmark to MLLMU-Bench: with the people, or not at all (a budget)."""
     people = (MLLMU_FICTITIOUS + MLLMU_REAL) / counts["people"]
     return {"retain": 1.0 if counts["retain_budget"] else people, "forget": MLLMU_FORGET_10 / counts["forget_people"],
-            "calibration": people, "contrast": 1.0 if counts["n_contrast"] else people, "people": people}
+            "calibration": 1.0 if counts.get("calibration_budget") else people, "contrast": 1.0 if counts["n_contrast"] else people, "people": people}
 
 
 def project(unit: dict, counts: dict, layers: int) -> list[tuple[str, float, str]]:
@@ -417,9 +427,29 @@ def job_counts(run: Path | None = None, config=None) -> dict:
         chosen = [it for it in items if it.task == task]
         tasks[task] = dict(split_counts(chosen), new_tokens=tokens,
                            forget=sum(it.split in ("Forget", "Test", "Paraphrase") for it in chosen))
-    return {"grid_rows": len(pd.read_csv(grid)), "stand_in_people": len(stand),
-            "rehearsal": {name: split_counts(v) for name, v in sets.items()}, "evaluation": tasks,
-            "methods": 2, "grid_run": str(run)}
+    frame = pd.read_csv(grid)
+    out = {"grid_rows": len(frame), "stand_in_people": len(stand),
+           "rehearsal": {name: split_counts(v) for name, v in sets.items()}, "evaluation": tasks,
+           "methods": 2, "grid_run": str(run)}
+    # What the run generated where a candidate's gate decides at prefill (the rest kept the vanilla answers):
+    # the mean share per rehearsal set over the candidates, and per task and side in the eraser's evaluation.
+    shares = {c.removeprefix("generated "): float(frame[frame.layer >= 0][c].mean())
+              for c in frame if c.startswith("generated ")}
+    if shares:
+        out["generated"] = shares
+        out["prefill_passes"] = int(frame["prefill pass"].eq(True).sum()) if "prefill pass" in frame \
+            else int((frame.layer >= 0).sum())
+    results = run / "results.csv"
+    if results.exists():
+        res = pd.read_csv(results)
+        if "generated" in res:
+            ours = res[res.generated.notna()]
+            ours = ours.assign(side=ours.split.isin(["Forget", "Test", "Paraphrase"]).map({True: "forget",
+                                                                                          False: "people"}))
+            out["evaluation_generated"] = {task: {side: float(g.generated.astype(bool).mean())
+                                                  for side, g in by.groupby("side")}
+                                           for task, by in ours.groupby("task")}
+    return out
 
 
 def _generation_s(unit: dict, layers: int, new_tokens: int, image: bool) -> float:
@@ -437,35 +467,70 @@ def _generation_s(unit: dict, layers: int, new_tokens: int, image: bool) -> floa
 
 def project_job(unit: dict, counts: dict, job: dict, layers: int, fit_s: float) -> list[tuple[str, float, str]]:
     """The whole ``erase`` job on MLLMU-Bench forget_10: the fit (:func:`project`) plus the rehearsal's generation
-    grid (every candidate answers every rehearsal question, 32 tokens) and the evaluation (vanilla and the eraser on
+    grid (each candidate answers the rehearsal questions, 32 tokens) and the evaluation (vanilla and the eraser on
     every item: 32 tokens a generation or cloze question, 4 an MCQ), each formula beside it. The gate screening
     generates nothing and fits gates on rows already captured; the stand-ins' forget rows are one more capture
-    (counted as generation prefills here, an upper bound). Sets scale with the people as :func:`project`'s do."""
+    (counted as generation prefills here, an upper bound). Sets scale with the people as :func:`project`'s do.
+
+    Where ``job`` holds the shares a run generated (``job["generated"]``: per rehearsal set, a candidate's mean;
+    ``job["evaluation_generated"]``: per task and side, the eraser's), the grid costs vanilla's answers to every
+    question, ``job["prefill_passes"]`` prefills of every question (the pass that finds what a gate touches, once
+    per gate; taken as a full prefill, an upper bound: it stops at the steered layer) and each candidate's
+    generation of its share; the eraser's evaluation a prefill of every item plus the generation of its share.
+    The rest keep vanilla's answers. Without the shares, every question is generated (the earlier job)."""
     scale = _scale(counts)
     stand_scale = scale["forget"]  # as many stand-ins as forget people
     rows = []
-    per = {True: _generation_s(unit, layers, 32, True), False: _generation_s(unit, layers, 32, False)}
+    gen = {(t, i): _generation_s(unit, layers, t, i) for t in (0, 4, 32) for i in (True, False)}
+    shares = job.get("generated")
     rehearsal_prompts = 0.0
-    rehearsal = 0.0
+    whole, prefill, generated = 0.0, 0.0, 0.0  # every question answered / prefilled / a candidate's generation
     for name, c in job["rehearsal"].items():
         k = stand_scale if name == "stand-ins" else scale["people"]
         rehearsal_prompts += k * (c["image"] + c["text"])
-        rehearsal += k * (c["image"] * per[True] + c["text"] * per[False])
-    grid = job["grid_rows"] * rehearsal
-    rows.append(("one rehearsal candidate (32 tokens a question)", rehearsal,
-                 f"{rehearsal_prompts:.0f} questions (stand-ins x {stand_scale:.2f}, validation x "
-                 f"{scale['people']:.2f}) x {per[True]:.2f} s (image) / {per[False]:.2f} s (text)"))
-    rows.append(("rehearsal grid", grid, f"{job['grid_rows']} candidates (measured in {job['grid_run']})"))
+        whole += k * (c["image"] * gen[32, True] + c["text"] * gen[32, False])
+        prefill += k * (c["image"] * gen[0, True] + c["text"] * gen[0, False])
+        g = 1.0 if shares is None else shares.get(name, 1.0)
+        generated += k * g * (c["image"] * gen[32, True] + c["text"] * gen[32, False])
+    questions = (f"{rehearsal_prompts:.0f} questions (stand-ins x {stand_scale:.2f}, validation x "
+                 f"{scale['people']:.2f}), {gen[32, True]:.2f} s (image) / {gen[32, False]:.2f} s (text) each")
+    if shares is None:
+        grid = job["grid_rows"] * whole
+        rows.append(("one rehearsal candidate (32 tokens a question)", whole, questions))
+        rows.append(("rehearsal grid", grid, f"{job['grid_rows']} candidates (measured in {job['grid_run']})"))
+    else:
+        passes = job.get("prefill_passes", job["grid_rows"] - 1)
+        grid = whole + passes * prefill + (job["grid_rows"] - 1) * generated
+        rows.append(("one rehearsal candidate (32 tokens a question)", generated,
+                     f"{questions}; generated: " + ", ".join(f"{v:.1%} of the {k}" for k, v in shares.items())))
+        rows.append(("rehearsal: one prefill pass (what a gate touches)", prefill,
+                     f"every question's prefill ({gen[0, True]:.2f} / {gen[0, False]:.2f} s; an upper bound: the pass "
+                     "stops at the steered layer)"))
+        rows.append(("rehearsal grid", grid, f"vanilla (every question) + {passes} prefill passes + "
+                                             f"{job['grid_rows'] - 1} candidates (measured in {job['grid_run']})"))
     evaluation = 0.0
+    eval_shares = job.get("evaluation_generated")
     for task, c in job["evaluation"].items():
         k_forget, k_people = scale["forget"], scale["people"]
-        share = c["forget"] / max(1, c["image"] + c["text"])  # forget-side items grow with the forget list
+        n = max(1, c["image"] + c["text"])
+        share = c["forget"] / n  # forget-side items grow with the forget list
         k = share * k_forget + (1 - share) * k_people
-        cost = job["methods"] * k * (c["image"] * _generation_s(unit, layers, c["new_tokens"], True)
-                                     + c["text"] * _generation_s(unit, layers, c["new_tokens"], False))
+        t = c["new_tokens"]
+        full = k * (c["image"] * gen[t, True] + c["text"] * gen[t, False])
+        if eval_shares is None or task not in eval_shares:
+            cost, formula = job["methods"] * full, f"{job['methods']} methods x ({c['image']} image + {c['text']} " \
+                                                  f"text) x {k:.2f} x ({t} tokens)"
+        else:
+            g = eval_shares[task]
+            g_mean = (share * k_forget * g.get("forget", 1.0) + (1 - share) * k_people * g.get("people", 1.0)) / k
+            eraser = k * (c["image"] * (gen[0, True] + g_mean * gen[t, True])
+                          + c["text"] * (gen[0, False] + g_mean * gen[t, False]))
+            cost = full + eraser
+            formula = (f"vanilla ({c['image']} image + {c['text']} text) x {k:.2f} x ({t} tokens), and the eraser: a "
+                       f"prefill of each + generation of {g_mean:.1%} (forget side {g.get('forget', 1.0):.1%}, people "
+                       f"{g.get('people', 1.0):.1%})")
         evaluation += cost
-        rows.append((f"evaluation: {task}", cost, f"{job['methods']} methods x ({c['image']} image + {c['text']} "
-                                                  f"text) x {k:.2f} x ({c['new_tokens']} tokens)"))
+        rows.append((f"evaluation: {task}", cost, formula))
     job_s = fit_s + grid + evaluation
     rows.append(("erase job (fit + grid + evaluation)", job_s, "the fit above + rehearsal grid + evaluation"))
     return rows
@@ -587,17 +652,22 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--reproject", type=Path, help="a run's --json: project its unit costs again with the fit's "
                                                    "current counts (no measuring)")
-    ap.add_argument("--job-run", type=Path, default=None, help="a make demo / erase folder whose selection_grid.csv "
-                                                               "gives the rehearsal grid's size (default results/demo)")
+    ap.add_argument("--job-run", type=Path, default=None,
+                    help="a make demo / erase folder whose selection_grid.csv and results.csv give the rehearsal grid's "
+                         "size and what it generated (default: the embedded default of the shape's family, "
+                         + ", ".join(f"{k}: {v}" for k, v in JOB_RUNS.items()) + ")")
+    ap.add_argument("--calibration-budget", type=int, default=None,
+                    help="with --reproject: the gate's threshold reads at most this many validation questions (a "
+                         "budget does not grow with the benchmark)")
     args = ap.parse_args()
     if args.reproject:
         run = json.loads(args.reproject.read_text())
-        counts = benchmark_counts()
-        job = job_counts(args.job_run)
-        print(f"unit costs of {args.reproject} (measured on {run['machine']}); counts of the current fit config; "
-              f"the rehearsal grid's size from {job['grid_run']}")
+        counts = benchmark_counts(calibration_budget=args.calibration_budget)
+        print(f"unit costs of {args.reproject} (measured on {run['machine']}); counts of the current fit config")
         for unit in run["results"]:
             layers = SHAPES[unit["shape"]][3]
+            job = job_counts(args.job_run or Path(JOB_RUNS[unit["shape"]]))
+            print(f"{unit['shape']}: the rehearsal grid and the shares generated from {job['grid_run']}")
             unit["projection"] = project(unit, counts, layers)
             unit["memory_projection"] = project_memory(unit, counts, layers)
             unit["job_projection"] = _job_rows(unit, counts, job, layers)
@@ -606,13 +676,13 @@ def main() -> None:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else machine()
     print(f"machine: {device}; torch {torch.__version__}, {torch.get_num_threads()} threads, bf16 slices")
     counts = benchmark_counts()
-    try:
-        job = job_counts(args.job_run)
-    except FileNotFoundError as err:
-        print(f"no whole-job projection: {err}")
-        job = None
     results = []
     for name in args.shape or list(SHAPES):
+        try:
+            job = job_counts(args.job_run or Path(JOB_RUNS[name]))
+        except FileNotFoundError as err:
+            print(f"no whole-job projection: {err}")
+            job = None
         unit = measure(name, args.batch, args.reps)
         unit["projection"] = project(unit, counts, SHAPES[name][3])
         unit["memory_projection"] = project_memory(unit, counts, SHAPES[name][3])

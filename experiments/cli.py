@@ -243,7 +243,8 @@ def _job_config(args: argparse.Namespace):
 
 # The fit fields the job's commands expose (name -> flag; None: the field's own name).
 JOB_FIT_FLAGS = {"retain_budget": None, "n_contrast": None, "pgd_limit": None, "rank_policy": "--rank",
-                 "retain_weight": None, "answer_weight": None, "gate_pool": None, "name_gate": None}
+                 "retain_weight": None, "answer_weight": None, "gate_pool": None, "name_gate": None,
+                 "calibration_budget": None}
 
 
 def _job_options(p: argparse.ArgumentParser, extra: dict) -> None:

@@ -1,7 +1,8 @@
-"""How many retain questions the fit needs: held-out retain recall and forget leakage against the retain budget.
+"""How many retain (or calibration) questions the fit needs: held-out figures against the budget.
 
 A study, not part of the installed library (run from a clone: ``.venv/bin/python studies/retain_budget_curve.py``).
-Produces: docs/results.md, "How many retain questions the fit needs" (and docs/retain_budget.png).
+Produces: docs/results.md, "How many retain questions the fit needs" (and docs/retain_budget.png); with
+``--kind calibration``, "How many validation questions the gate's threshold needs" (docs/calibration_budget.png).
 
 For each default and people seed, the shipped setting of that default (the gate kind, read, rate, layer and
 strength its rehearsal chose on seed 0: ``SETTINGS``) is fitted at each budget (``FitConfig.retain_budget``:
@@ -9,8 +10,11 @@ whole fit people in a seeded order, the last one cut), everything else fixed (th
 once per seed and shared by the budgets). Each eraser is measured on that seed's evaluation people (clean
 questions; the fit and the rehearsal never saw them) and the forget people. Vanilla once per seed.
 
+``--kind calibration`` varies ``FitConfig.calibration_budget`` instead (the validation questions the membership
+gate's threshold is set on, whole validation people in a seeded order), at the shipped retain budget.
+
     .venv/bin/python studies/retain_budget_curve.py [--model default --model default-qwen] [--seeds 0 1 2]
-        [--budgets 200 400 800 all] [--out results/retain_budget] [--append]
+        [--budgets 200 400 800 all] [--out results/retain_budget] [--append] [--kind retain|calibration]
     .venv/bin/python studies/retain_budget_curve.py --replot results/retain_budget/curve.csv
 
 Writes ``curve.csv`` (one row per model, seed and budget) and ``retain_budget.png``.
@@ -34,7 +38,7 @@ COLUMNS = ["forget_leak_img", "forget_leak_txt", "test_leak_img", "retain_recall
 
 
 def run(models: list[str], seeds: list[int], budgets: list[str], out: Path, rows: list[dict] | None = None,
-        contrast_options: dict | None = None) -> pd.DataFrame:
+        contrast_options: dict | None = None, kind: str = "retain") -> pd.DataFrame:
     from toolkit.contrastive import privacy_sets
     from toolkit.data.mllmu import MLLMUBench
     from toolkit.data.splits import PeopleSplit
@@ -45,7 +49,7 @@ def run(models: list[str], seeds: list[int], budgets: list[str], out: Path, rows
     from toolkit.headline import headline_table
     from toolkit.evaluate import summarize
     from toolkit.benchmark_fit import fit_eraser
-    from toolkit.data.samples import fit_groups, fit_people, retain_question_samples
+    from toolkit.data.samples import calibration_samples, fit_groups, fit_people, retain_question_samples
     from toolkit.models.loading import load_model
 
     rows = list(rows or [])
@@ -74,13 +78,22 @@ def run(models: list[str], seeds: list[int], budgets: list[str], out: Path, rows
                              **{c: table[c].iloc[0] for c in COLUMNS}))
             for budget in budgets:
                 b = None if budget == "all" else int(budget)
+                if kind == "retain":
+                    cfg = replace(base, retain_budget=b, budget_seed=seed)
+                    questions = len(retain_question_samples(fit_groups(bench, base), b))
+                else:
+                    cfg = replace(base, calibration_budget=b, budget_seed=seed)
+                    cal = calibration_samples(bench, replace(cfg, wrap=0))
+                    questions = len(cal[0])
                 t = time.time()
-                fit = fit_eraser(model, bench, replace(base, retain_budget=b, budget_seed=seed), contrast=contrast)
+                fit = fit_eraser(model, bench, cfg, contrast=contrast)
                 fit_s = time.time() - t
                 df = evaluate_people(model, bench, config, fit.eraser, "MLLMEraser")
                 table = headline_table(df, summarize(df).assign(method="MLLMEraser"))
-                row = dict(model=name, seed=seed, budget=budget, **fixed,
-                           questions=len(retain_question_samples(fit_groups(bench, base), b)),
+                extra = {} if kind == "retain" else {
+                    "calibration_people": len(set(cal[1])),
+                    "threshold": float(fit.eraser.layer_map(s["layer"]).gate_object.threshold)}
+                row = dict(model=name, seed=seed, budget=budget, kind=kind, **fixed, questions=questions, **extra,
                            n_retain=int(fit.report["n_retain"]),
                            retain_people_read=len(fit.report["retain_read"]), fit_s=round(fit_s, 1),
                            contrast_s=round(contrast_s, 1), **{c: table[c].iloc[0] for c in COLUMNS})
@@ -90,7 +103,7 @@ def run(models: list[str], seeds: list[int], budgets: list[str], out: Path, rows
     return pd.DataFrame(rows)
 
 
-def plot(df: pd.DataFrame, path: Path) -> None:
+def plot(df: pd.DataFrame, path: Path, kind: str = "retain") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -102,7 +115,10 @@ def plot(df: pd.DataFrame, path: Path) -> None:
         df = df[shipped == shipped.mode().iloc[0]]
     panels = (("retain_recall", "held-out retain recall (%)"),
               ("retain_people_refused", "held-out people with a refusal (%)"),
-              ("forget_leak_img", "forget leakage, image questions (%)"))
+              ("forget_leak_img", "forget leakage, image questions (%)")) if kind == "retain" else (
+              ("retain_people_refused", "held-out people with a refusal (%)"),
+              ("real_people_refused", "held-out real people with a refusal (%)"),
+              ("test_leak_img", "Test_Set image leakage (%)"))
     # Budgets as categories in increasing order, "all" last (its question count differs by seed: in its label).
     order = sorted({b for b in df.budget if b != "all"}, key=int) + (["all"] if (df.budget == "all").any() else [])
     full = df[df.budget == "all"].questions
@@ -117,13 +133,14 @@ def plot(df: pd.DataFrame, path: Path) -> None:
     for ax, (_, label) in zip(axes, panels):
         ax.set_ylabel(label)
         ax.set_xticks(range(len(order)), labels)
-        ax.set_xlabel("retain questions the fit reads (budget)")
+        ax.set_xlabel("retain questions the fit reads (budget)" if kind == "retain"
+                      else "validation questions the threshold reads (budget)")
         ax.grid(alpha=0.3)
     top = axes[2].get_ylim()[1]
     axes[2].set_ylim(top=top + 0.35 * max(top, 1.0))  # room above the data for the legend
     axes[2].legend(loc="upper right", frameon=False)
-    fig.suptitle("Retain budget, shipped setting of each default: mean over 3 people seeds (band: min to max)",
-                 fontsize=9)
+    fig.suptitle(f"{kind.capitalize()} budget, shipped setting of each default: mean over "
+                 f"{df.seed.nunique()} people seeds (band: min to max)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -133,7 +150,9 @@ def main() -> None:
     ap.add_argument("--model", action="append", choices=list(SETTINGS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--budgets", nargs="+", default=["200", "400", "800", "all"])
-    ap.add_argument("--out", type=Path, default=Path("results/retain_budget"))
+    ap.add_argument("--out", type=Path, default=None, help="default results/retain_budget (or calibration_budget)")
+    ap.add_argument("--kind", choices=("retain", "calibration"), default="retain",
+                    help="the budget varied: retain questions (the fit) or validation questions (the gate's threshold)")
     ap.add_argument("--replot", type=Path)
     ap.add_argument("--append", action="store_true", help="keep the rows of OUT/curve.csv (another model or seed)")
     ap.add_argument("--n-contrast", type=int, help="questions asked for the contrastive pairs (default: all)")
@@ -141,14 +160,16 @@ def main() -> None:
     ap.add_argument("--pgd-steps", type=int, help="PGD steps (0: no adversarial images)")
     args = ap.parse_args()
     if args.replot:
-        plot(pd.read_csv(args.replot, dtype={"budget": str}), args.replot.with_name("retain_budget.png"))
+        plot(pd.read_csv(args.replot, dtype={"budget": str}), args.replot.with_name(f"{args.kind}_budget.png"),
+             args.kind)
         return
+    args.out = args.out or Path(f"results/{args.kind}_budget")
     args.out.mkdir(parents=True, exist_ok=True)
     done = pd.read_csv(args.out / "curve.csv", dtype={"budget": str}).to_dict("records") if args.append else []
     options = {k: v for k, v in (("n_contrast", args.n_contrast), ("pgd_limit", args.pgd_limit),
                                  ("pgd_steps", args.pgd_steps)) if v is not None}
-    df = run(args.model or list(SETTINGS), args.seeds, args.budgets, args.out, done, options)
-    plot(df, args.out / "retain_budget.png")
+    df = run(args.model or list(SETTINGS), args.seeds, args.budgets, args.out, done, options, args.kind)
+    plot(df, args.out / f"{args.kind}_budget.png", args.kind)
     summary = df.groupby(["model", "budget"], sort=False)[["n_retain", "fit_s"] + COLUMNS].agg(["mean", "min", "max"])
     print(summary.round(1).to_string())
 

@@ -120,6 +120,45 @@ def test_answer_rows_join_the_fit(tiny_models, bench_dir):
         fit_eraser(m, bench_dir, FitConfig(**{**base.__dict__, "answer_weight": -1.0}), contrast=contrast())
 
 
+def test_a_calibration_budget_draws_whole_validation_people_by_seed(tiny_models, bench_dir):
+    """The gate's threshold reads the validation questions of the people the budget draws (whole people in a seeded
+    order, the last one cut), the same for the same seed and others for another; never a fit or evaluation person;
+    no budget reads every validation question, as before; too large a budget is refused with one line."""
+    from dataclasses import replace
+
+    from toolkit.data.splits import PeopleSplit
+    from toolkit.data.samples import calibration_samples
+
+    m = tiny_models("llava")
+    bench = MLLMUBench(bench_dir)
+    split = PeopleSplit(seed=1, fit=0.4, validation=0.4)
+    base = FitConfig(layers=(1,), rank_policy=FixedRatio(0.5), people=split, gate="prototype", gate_reads="last")
+    everything, who = calibration_samples(bench, base)
+    validation = split.people(bench.retain(base.forget_ratio), "validation") + split.people(bench.real(), "validation")
+    per_person = {p.id: len(question_samples([p], "r")) for p in validation}
+    assert len(everything) == sum(per_person.values()) and set(who) == set(per_person)
+    budget = len(everything) // 3
+    samples, people = calibration_samples(bench, replace(base, calibration_budget=budget))
+    again = calibration_samples(bench, replace(base, calibration_budget=budget))
+    other = calibration_samples(bench, replace(base, calibration_budget=budget, budget_seed=5))
+    assert len(samples) == budget and [s.text for s in again[0]] == [s.text for s in samples]
+    assert {split.role(p) for p in people} == {"validation"} and set(people) != set(other[1])
+    drawn = list(dict.fromkeys(people))  # whole people but the last one of each group (fictitious, real)
+    counts = {p: people.count(p) for p in drawn}
+    assert sum(counts[p] < per_person[p] for p in drawn) <= 2
+    # The samples are each person's own questions, a prefix of them in the evaluation's order.
+    for p in drawn:
+        own = [s.text for s in question_samples([x for x in validation if x.id == p], "r")][:counts[p]]
+        assert [s.text for s, q in zip(samples, people) if q == p] == own
+    cut = fit_eraser(m, bench, replace(base, calibration_budget=budget), contrast=contrast())
+    whole = fit_eraser(m, bench, base, contrast=contrast())
+    # the fit keeps one row per calibration question (captured in its own order: shared prefixes group them)
+    assert sorted(cut.fitter.calibration_people) == sorted(people)
+    assert sorted(whole.fitter.calibration_people) == sorted(who)
+    with pytest.raises(ValueError, match=rf"calibration_budget={len(everything) + 1} is more than"):
+        calibration_samples(bench, replace(base, calibration_budget=len(everything) + 1))
+
+
 def test_a_retain_budget_is_reproducible_and_reads_what_it_says(tiny_models, bench_dir):
     """Same budget and seed: the same people, questions and eraser; another seed: other people; the budget
     counts questions exactly; a budget larger than the data is refused with one line."""

@@ -111,7 +111,11 @@ class FitConfig:
     """Retain questions the fit reads (statistics and gate rows), drawn as whole people in a seeded order; None:
     every question of every fit person."""
     budget_seed: int = 0
-    """Seed of the order in which the retain budget draws people."""
+    """Seed of the order in which the retain and calibration budgets draw people."""
+    calibration_budget: int | None = None
+    """Validation questions the membership gates' thresholds and the gate screening read, drawn as whole people in
+    a seeded order (as the retain budget); None: every question of every validation person (the rehearsal's
+    generation sets are not affected)."""
     name_gate: bool = False
     """Add a name gate to the chosen eraser (toolkit.names): a prompt whose text names a forget person (case,
     spacing, accents and one typo tolerated; the whole name) is steered whatever the state gate says. Added after
@@ -247,7 +251,7 @@ _NOT_SETTINGS = {"batch_size", "share_prefix", "forget_ratio"}
 # Fields added after figures were recorded, left out of the fingerprint at the value that reproduces the earlier
 # behaviour exactly (the code path is the earlier one), so a new option off does not stale every figure; any
 # other value enters the fingerprint. tests/test_names.py checks both.
-_ADDED_OFF = {"name_gate": False}
+_ADDED_OFF = {"name_gate": False, "calibration_budget": None}
 
 
 def _canonical(value) -> str:
@@ -282,9 +286,12 @@ def settings_fingerprint(config: EraseConfig | FitConfig | SelectConfig | None =
 
 def option_fingerprints() -> dict[str, str]:
     """``{field: fingerprint}`` of :data:`SHIPPED` with each option of ``_ADDED_OFF`` turned on (today's settings
-    plus one measured option, e.g. ``--name-gate``: a results section may name these beside the shipped one)."""
+    plus one measured option, e.g. ``--name-gate``: a results section may name these beside the shipped one).
+    Switches only: a valued option (a budget) is named by its value beside today's fingerprint."""
     out = {}
     for name, off in _ADDED_OFF.items():
+        if not isinstance(off, bool):
+            continue
         for part in ("fit", "select"):
             if hasattr(getattr(SHIPPED, part), name):
                 on = replace(SHIPPED, **{part: replace(getattr(SHIPPED, part), **{name: not off})})

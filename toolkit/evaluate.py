@@ -31,7 +31,8 @@ from .data.items import Item, instructed_image_questions, items_from_profiles
 from .data.prompts import generation_prompt
 from .models.loading import LoadedModel, Sample
 
-__all__ = ["Item", "items_from_profiles", "benchmark_items", "run_items", "summarize", "MAX_NEW_TOKENS"]
+__all__ = ["Item", "items_from_profiles", "benchmark_items", "run_items", "touched_items", "summarize",
+           "MAX_NEW_TOKENS"]
 
 FORGET_SPLITS = ("Forget", "Test", "Paraphrase", "Held out")
 MAX_NEW_TOKENS = {"classification": 4, "generation": 32, "cloze": 32, "refusal": 32}
@@ -83,22 +84,74 @@ def benchmark_items(bench: Any, forget_ratio: int, *, retain_people: int | None 
     return items
 
 
-def run_items(model: LoadedModel, items: Sequence[Item], *, steers: Any = None, batch_size: int = 32,
-              progress: bool | str = False, label: str = "") -> pd.DataFrame:
-    """Generate an answer for every item (greedy) and score it; one row per item."""
-    rows: list[dict] = []
+def _by_task(items: Sequence[Item]) -> dict[str, list[int]]:
+    """Item indices per task, in order: the batches :func:`run_items` generates in."""
     by_task: dict[str, list[int]] = {}
     for i, it in enumerate(items):
         by_task.setdefault(it.task, []).append(i)
+    return by_task
+
+
+def touched_items(model: LoadedModel, items: Sequence[Item], steers: Any, batch_size: int = 32) -> list[bool] | None:
+    """Per item, whether ``steers`` change it at prefill (:func:`toolkit.tracing.steered_rows`), read in the batches
+    :func:`run_items` generates in (a gate's score near its threshold can move with a batch's padding, and the
+    decision must be the one generation makes). None where some steer can act while decoding.
+
+    What a prefill-deciding gate touches does not depend on its strength, positions or latch (an untouched row
+    reaches every steered layer unchanged, and a row touched once is touched), so one call serves every
+    candidate that shares the gates: the rehearsal calls it once per gate."""
+    touched = [False] * len(items)
+    for idx in _by_task(items).values():
+        rows = tracing.steered_rows(model, [Sample(items[i].prompt, items[i].image) for i in idx], steers=steers,
+                                    batch_size=batch_size)
+        if rows is None:
+            return None
+        for i, t in zip(idx, rows):
+            touched[i] = t
+    return touched
+
+
+def run_items(model: LoadedModel, items: Sequence[Item], *, steers: Any = None, batch_size: int = 32,
+              progress: bool | str = False, label: str = "", unsteered: pd.DataFrame | None = None,
+              touched: Sequence[bool] | None = None) -> pd.DataFrame:
+    """Generate an answer for every item (greedy) and score it; one row per item.
+
+    ``unsteered``: this function's rows for the same ``items`` without ``steers``. Where every steer decides at
+    prefill (membership gates reading the prompt), a prefill pass finds the items the steers change
+    (:func:`touched_items`, or ``touched`` when given: its answer for these steers' gates), only those are
+    generated, and the others take their unsteered row: the tokens they would generate are those (same prompt,
+    no shift at any step). A rehearsal candidate or an evaluation then costs a prefill of every item plus the
+    generation of the steered ones; the ``generated`` column says which answers were generated. Otherwise every
+    item is generated. The steered items are generated in batches of their own: where a model's numerics move
+    with a batch's padding, an answer near a gate's threshold can differ from full generation's, as it can
+    between any two batchings.
+    """
+    reuse = steers is not None and unsteered is not None
+    if reuse:
+        if len(unsteered) != len(items) or any(
+                (q, p) != ((it.question or it.prompt), it.person)
+                for q, p, it in zip(unsteered["question"], unsteered["person"], items)):
+            raise ValueError("unsteered= must be run_items' rows for the same items, in the same order (run it on "
+                             "these items without steers).")
+        if touched is None:
+            touched = touched_items(model, items, steers, batch_size)
+        elif len(touched) != len(items):
+            raise ValueError(f"touched= holds {len(touched)} flags for {len(items)} items.")
     outputs: dict[int, str] = {}
-    for task, idx in by_task.items():
+    for task, idx in _by_task(items).items():
+        if reuse and touched is not None:
+            idx = [i for i in idx if touched[i]]
+            if not idx:
+                continue
         samples = [Sample(items[i].prompt, items[i].image) for i in idx]
         texts = tracing.generate(model, samples, steers=steers, max_new_tokens=MAX_NEW_TOKENS[task],
                                  batch_size=batch_size, progress=progress and f"{label} {task}".strip())
         outputs.update(zip(idx, texts))
-    for i, it in enumerate(items):
-        rows.append(score_item(it, outputs[i]))
-    return pd.DataFrame(rows)
+    df = pd.DataFrame([score_item(it, outputs[i]) if i in outputs else unsteered.iloc[i].to_dict()
+                       for i, it in enumerate(items)])
+    if reuse:  # which answers this call generated (the rest are the unsteered rows): what the choice cost
+        df["generated"] = [i in outputs for i in range(len(items))]
+    return df
 
 
 def score_item(it: Item, output: str) -> dict:

@@ -147,8 +147,8 @@ def erase(model: LoadedModel, forget: str | Path | Sequence[Profile] | MLLMUBenc
                    f"stand-ins ({c['refused_clean']} pairs, {len(sel.stand_ins)} stand-ins here)")
         warnings.warn(warning, stacklevel=2)
     say("[3/3] evaluating vanilla and the eraser (evaluation people are the headline) ...", flush=True)
-    frames = [evaluate_people(model, bench, config, None, "vanilla"),
-              evaluate_people(model, bench, config, eraser, "MLLMEraser")]
+    vanilla = evaluate_people(model, bench, config, None, "vanilla")
+    frames = [vanilla, evaluate_people(model, bench, config, eraser, "MLLMEraser", unsteered=vanilla)]
     results = pd.concat(frames, ignore_index=True)
     summary = pd.concat([summarize(f).assign(method=f.method.iloc[0]) for f in frames], ignore_index=True)
     table = headline_table(results, summary, drop_empty=isinstance(bench, ForgetRequest))
@@ -187,12 +187,18 @@ def with_name_gate(eraser: Eraser, bench: Any, ratio: int) -> tuple[Eraser, dict
     return eraser.with_names(keys), {"forget_names": len(set(forget)), "kept_people": len(kept), "kept_named": named}
 
 
-def evaluate_people(model: LoadedModel, bench: Any, config: EraseConfig, steers: Any, label: str) -> pd.DataFrame:
+def evaluate_people(model: LoadedModel, bench: Any, config: EraseConfig, steers: Any, label: str, *,
+                    unsteered: pd.DataFrame | None = None) -> pd.DataFrame:
     """Every question of the forget people, the evaluation people (and up to ``config.in_fit_people``
     fit people, labelled "in fit") answered with ``steers``; one row per answer, ``method=label``.
-    ``leaked``: the fact appears; where a question gives no fact, ROUGE-L >= 0.5 against its answer."""
+    ``leaked``: the fact appears; where a question gives no fact, ROUGE-L >= 0.5 against its answer.
+    ``unsteered``: this function's frame without steers (same bench and config): questions a prefill-deciding gate
+    leaves alone keep those answers instead of being generated again (:func:`toolkit.evaluate.run_items`)."""
     items = benchmark_items(bench, config.forget_ratio, people=config.people, in_fit_people=config.in_fit_people)
-    df = run_items(model, items, steers=steers, batch_size=config.batch_size, progress=True, label=label)
+    # Back to run_items' columns: its leaked, filled by fact_hits below, is a fixed point of fact_hits.
+    plain = unsteered.drop(columns=["method"]) if unsteered is not None else None
+    df = run_items(model, items, steers=steers, batch_size=config.batch_size, progress=True, label=label,
+                   unsteered=plain)
     if len(df):
         df["leaked"] = fact_hits(df)
     df.insert(0, "method", label)

@@ -64,13 +64,14 @@ from .data.splits import PeopleSplit
 from .eraser import Eraser
 from .data.items import Item, items_from_profiles
 from .data.wrappers import wrap_items
-from .evaluate import run_items
+from .evaluate import run_items, touched_items
 from .benchmark_fit import FitResult, eraser_with_gate, refit_fitter, rehearsal_eraser
 from .config import FitConfig, SelectConfig
 from .gates import auroc, calibrate, fit_gate
 from .reads import needs_prompt, select_read
 from .metrics import asru_reward_rule
 from .models.loading import LoadedModel
+from .steering import as_steers, decides_at_prefill
 
 __all__ = ["SelectConfig", "Selection", "screen_gates", "rehearsal_items", "fact_hits", "fact_rate", "match_leakage", "score_setting", "choose", "select_setting",
            "RECALL_ROUGE"]
@@ -150,14 +151,28 @@ def rehearsal_items(bench: MLLMUBench, forget_ratio: int, split: PeopleSplit, wr
     return sets, stand
 
 
-def score_setting(model: LoadedModel, sets: dict[str, list[Item]], steers, batch_size: int = 48) -> dict:
+def score_setting(model: LoadedModel, sets: dict[str, list[Item]], steers, batch_size: int = 48, *,
+                  unsteered: dict[str, pd.DataFrame] | None = None, frames: dict | None = None,
+                  touched: dict[str, list[bool]] | None = None) -> dict:
     """One grid row: the fact rate per set, the stand-ins' refusal and repetition rates, and ``recall``
-    (retain and real validation answers together)."""
+    (retain and real validation answers together).
+
+    ``unsteered``: the sets' answers without steers (``frames`` of the vanilla row): items a prefill-deciding
+    gate does not touch keep them instead of being generated again (:func:`toolkit.evaluate.run_items`; the row
+    is the same); ``generated <set>``: the share of the set's questions generated then. ``touched``: per set, the
+    items the steers' gates touch (:func:`toolkit.evaluate.touched_items`), when already known. ``frames``: a dict
+    that receives each set's answers."""
     row = {}
     rewards = []
     for name, items in sets.items():
         if items:
-            df = run_items(model, items, steers=steers, batch_size=batch_size)
+            df = run_items(model, items, steers=steers, batch_size=batch_size,
+                           unsteered=(unsteered or {}).get(name) if steers is not None else None,
+                           touched=(touched or {}).get(name))
+            if frames is not None:
+                frames[name] = df.drop(columns="generated", errors="ignore")
+            if "generated" in df:
+                row[f"generated {name}"] = float(df.generated.mean())
             row[name] = fact_rate(df)
             rewards += [asru_reward_rule(a == 1.0, r == 1.0, g, name == "stand-ins")
                         for a, r, g in zip(fact_hits(df), df.refused, df.rougeL)]
@@ -270,8 +285,15 @@ def screen_gates(fit: FitResult, rehearsal_forget: dict[int, torch.Tensor], stan
 
 
 def select_setting(model: LoadedModel, fit: FitResult, bench: MLLMUBench, config: FitConfig,
-                   select: SelectConfig = SelectConfig(), *, progress: bool = False) -> tuple[Eraser, Selection]:
-    """The fitted eraser restricted to the chosen layer, with the chosen strength and threshold."""
+                   select: SelectConfig = SelectConfig(), *, progress: bool = False,
+                   generate_all: bool = False) -> tuple[Eraser, Selection]:
+    """The fitted eraser restricted to the chosen layer, with the chosen strength and threshold.
+
+    Each candidate generates only the rehearsal questions its gate touches at prefill and keeps the vanilla
+    row's answers for the rest (:func:`score_setting`'s ``unsteered``; a gate that can fire while decoding
+    generates everything); what a gate touches is found by one prefill pass per gate, shared by its strengths,
+    position modes and latches (the grid's ``prefill pass`` column marks where it ran). The grid is the one full
+    generation gives (``generate_all=True``, for checking it: ``tests/test_selection_cost.py``)."""
     from tqdm.auto import tqdm
 
     split = config.people
@@ -306,8 +328,23 @@ def select_setting(model: LoadedModel, fit: FitResult, bench: MLLMUBench, config
         per_read = ranked.assign(key=ranked.gate.where(ranked.gate == "linear", ranked.reads)
                                  ).drop_duplicates("key").head(max(1, select.screen_top))
         candidates = [(str(r.gate), float(r.gate_fpr), str(r.reads), [int(r.layer)]) for r in per_read.itertuples()]
+    vanilla: dict[str, pd.DataFrame] = {}
     rows = [{"layer": -1, "gate": "", "reads": "", "gate_fpr": float("nan"), "positions": "", "latch": False,
-             "lam": 0.0, "threshold": 0.0, **score_setting(model, sets, None, select.batch_size)}]
+             "lam": 0.0, "threshold": 0.0, **score_setting(model, sets, None, select.batch_size, frames=vanilla)}]
+    reuse = None if generate_all else vanilla
+    passes: dict = {}  # (rehearsal eraser, layer, threshold) -> the items its gates touch, per set
+
+    def touched_for(rehearsal: Eraser, steers: Eraser, layer: int, t: float) -> tuple[dict | None, bool]:
+        """What the candidate's gates touch, found once per gate: it does not depend on lambda, positions or
+        latch (:func:`toolkit.evaluate.touched_items`). ``(touched, whether this call ran the prefill pass)``."""
+        if reuse is None or not all(decides_at_prefill(s) for s in as_steers(model, steers)):
+            return None, False
+        key = (id(rehearsal), layer, t)
+        if key in passes:
+            return passes[key], False
+        passes[key] = {name: touched_items(model, items, steers, select.batch_size) for name, items in sets.items()
+                       if items}
+        return passes[key], True
     configs = {}
     combos = []
     for kind, fpr, reads, cand_layers in candidates:
@@ -327,9 +364,13 @@ def select_setting(model: LoadedModel, fit: FitResult, bench: MLLMUBench, config
         previous = None  # this candidate's row at the last, weaker lambda
         for lam in sorted(select.lams):
             steers = rehearsal.with_options(layers=[layer], lam=lam, threshold=t, positions=mode, latch=latch)
+            touched, ran = touched_for(rehearsal, steers, layer, t)
             row = {"layer": layer, "gate": kind, "reads": reads if kind != "linear" else "last",
                    "gate_fpr": fpr if kind != "linear" else float("nan"), "positions": mode, "latch": latch,
-                   "lam": lam, "threshold": t, **score_setting(model, sets, steers, select.batch_size)}
+                   "lam": lam, "threshold": t,
+                   **score_setting(model, sets, steers, select.batch_size, unsteered=reuse, touched=touched)}
+            if reuse is not None:
+                row["prefill pass"] = ran  # the pass that found what this gate touches ran here
             saturated = kind != "linear" and previous is not None and all(
                 previous[k] == row[k] for k in ("stand-ins", "recall", "stand_in_repetition"))
             previous = row

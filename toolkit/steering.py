@@ -41,7 +41,8 @@ import torch
 from .reads import masked_mean, needs_image_mask, needs_prompt, parse_reads, pool
 
 __all__ = ["Steer", "POSITIONS", "GateLog", "as_steers", "group_by_layer", "shifted", "edit_envoy", "intervene",
-           "attached", "steering", "active_steers", "prompt_mean", "image_token_mask", "prompt_texts"]
+           "attached", "steering", "active_steers", "prompt_mean", "image_token_mask", "prompt_texts",
+           "decides_at_prefill"]
 
 Positions = Literal["prompt", "last", "all"]
 POSITIONS = ("prompt", "last", "all")
@@ -133,6 +134,16 @@ class GateLog:
         rows = [{"call": r["call"], "prefill": r["prefill"], "layer": r["layer"], "row": i,
                  "gate": float(g[0])} for r in self.records for i, g in enumerate(r["gates"])]
         return pd.DataFrame(rows, columns=["call", "prefill", "layer", "row", "gate"])
+
+
+def decides_at_prefill(steer: Steer) -> bool:
+    """Whether ``steer`` touches a row only if it shifts that row at prefill: true unless it acts at decoding
+    steps from the new token's state (``positions="all"`` without a latch, or a latch on the ``"last"`` read,
+    which can fire later). A row such a steer leaves unshifted at prefill generates exactly as unsteered: the
+    other steers are inactive after prefill, and a latch holds the row's zero weights (an exact zero shift)."""
+    if steer.latch:
+        return steer.reads != "last"
+    return steer.positions != "all"
 
 
 def as_steers(model: Any, steers: Any) -> list[Steer]:

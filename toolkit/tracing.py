@@ -33,11 +33,11 @@ from tqdm.auto import tqdm
 from .models.loading import LoadedModel, Sample, as_sample
 from .prefix import SharedPrefix, assemble, image_key, prefix_groups, split_prefix, suffix_inputs
 from .reads import READS, parse_reads, pool
-from .steering import (POSITIONS, GateLog, Steer, active_steers, as_steers, attached, edit_envoy, group_by_layer,
-                       intervene, prompt_texts, steering)
+from .steering import (POSITIONS, GateLog, Steer, active_steers, as_steers, attached, decides_at_prefill, edit_envoy,
+                       group_by_layer, intervene, prompt_texts, steering)
 
 __all__ = ["Steer", "Trailing", "Capture", "capture", "iter_capture", "forward", "generate", "intervene", "attached",
-           "steering", "active_steers", "GateLog", "POSITIONS", "keeps_last_logits"]
+           "steering", "active_steers", "GateLog", "POSITIONS", "keeps_last_logits", "steered_rows"]
 
 
 
@@ -373,6 +373,49 @@ def forward(
             results[i] = logits[row, -1] if last_only else logits[row][mask[row].bool().cpu()]
     ordered = [results[i] for i in range(len(samples))]
     return torch.stack(ordered) if last_only else ordered
+
+
+def steered_rows(model: LoadedModel, samples: Sequence[Sample | tuple], *, steers: Any, batch_size: int = 16,
+                 formatted: bool = False) -> list[bool] | None:
+    """Which samples ``steers`` change at all: one prefill forward per batch, up to the last steered layer.
+
+    A sample is *steered* when some steered layer's output differs from what that layer gave before the edit, at
+    any prompt position (exact comparison). Where every steer decides at prefill
+    (:func:`toolkit.steering.decides_at_prefill`: membership gates reading the prompt, latched or not), an unsteered
+    sample generates exactly the tokens it generates without the steers, so its unsteered answer can stand for it
+    (:func:`toolkit.evaluate.run_items`' ``unsteered``). Returns None where some steer can act later (a decoding
+    step may shift a row its prefill left alone), and for a remote model. Steers :func:`attached` to the model are
+    not seen here; with such hooks the comparison would be against an already edited state.
+
+    Memory: one batch's prefill up to the last steered layer; the LM head never runs.
+    """
+    samples = [as_sample(s) for s in samples]
+    flat = as_steers(model, steers)
+    if not flat:
+        return [False] * len(samples)
+    if model.remote or active_steers(model) or not all(decides_at_prefill(s) for s in flat):
+        return None
+    groups = group_by_layer(model, flat)
+    steered = [False] * len(samples)
+    for idx in _batches(samples, batch_size):
+        enc = model.encode([samples[i] for i in idx], formatted=formatted, device=model.device)
+        texts = prompt_texts(model, flat, enc["input_ids"])
+        image_mask = model.image_token_mask(enc["input_ids"])
+        changed: list = []  # filled inside the trace (nnsight runs its body apart: names bound there stay there)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with model.nn.trace(**enc, remote=False) as tracer:
+                for layer, ss in groups.items():
+                    out = model.layers[layer].output
+                    before = out[0] if isinstance(out, tuple) else out
+                    new = edit_envoy(model.layers[layer], ss, prefill=True, mask=enc["attention_mask"],
+                                     image_mask=image_mask, texts=texts)
+                    changed.append(nnsight.save((new != before).flatten(1).any(1)))
+                tracer.stop()  # the layers above the last steered one and the LM head never run
+        rows = torch.stack([c.detach().cpu() for c in changed]).any(0).tolist()
+        for row, i in enumerate(idx):
+            steered[i] = bool(rows[row])
+    return steered
 
 
 def generate(

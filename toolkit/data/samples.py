@@ -28,15 +28,16 @@ def question_samples(profiles: Sequence[Profile], split: str) -> list[Sample]:
     return [Sample(it.prompt, it.image, it.person) for it in items_from_profiles(profiles, split)]
 
 
-def budget_people(people: Sequence[Profile] | Sequence[Sequence[Profile]], budget: int | None, seed: int = 0
-                  ) -> tuple[list[Profile], dict[str, int]]:
+def budget_people(people: Sequence[Profile] | Sequence[Sequence[Profile]], budget: int | None, seed: int = 0,
+                  what: str = "retain") -> tuple[list[Profile], dict[str, int]]:
     """The people a retain budget reads and how many of each one's questions: ``(people, {id: questions})``.
 
     ``people``: one list, or several groups (the fit's fictitious and real people): the budget is shared among
     the groups in proportion to their questions (largest remainders), so a small budget still holds each kind
     of person. Within a group, people are drawn whole in the order of ``sha256(f"{seed}:{id}")`` until its share
     of questions (every task type, as :func:`question_samples` asks them); the last one drawn gives what is
-    left. ``None``: everyone, every question. Refuses a budget larger than the questions there are, with one line.
+    left. ``None``: everyone, every question. Refuses a budget larger than the questions there are, with one line
+    (``what``: which budget, for that line: "retain" or "calibration").
     """
     groups = [list(g) for g in people] if people and not isinstance(people[0], Profile) else [list(people)]
     counts = {p.id: len(items_from_profiles([p], "retain")) for g in groups for p in g}
@@ -45,10 +46,11 @@ def budget_people(people: Sequence[Profile] | Sequence[Sequence[Profile]], budge
     if budget is None:
         return everyone, counts
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-        raise ValueError(f"retain_budget must be a positive number of questions or None (all), got {budget!r}.")
+        raise ValueError(f"{what}_budget must be a positive number of questions or None (all), got {budget!r}.")
     if budget > total:
-        raise ValueError(f"retain_budget={budget} is more than the {total} retain questions of the "
-                         f"{len(everyone)} fit people; give at most {total}, or None for all of them.")
+        whose = "fit" if what == "retain" else "validation"
+        raise ValueError(f"{what}_budget={budget} is more than the {total} {what} questions of the "
+                         f"{len(everyone)} {whose} people; give at most {total}, or None for all of them.")
     sizes = [sum(counts[p.id] for p in g) for g in groups]
     exact = [budget * n / total for n in sizes]
     shares = [int(x) for x in exact]
@@ -97,16 +99,22 @@ def fit_people(bench: MLLMUBench, config: FitConfig, *, real: bool = True) -> li
 def calibration_samples(bench: MLLMUBench, config: FitConfig, exclude: Sequence[str] = ()
                         ) -> tuple[list[Sample], list[str]]:
     """Every question of every validation person (retain and real, not in ``exclude``), with their
-    ids: the rows membership gates set their threshold on. Empty without ``config.people``."""
+    ids: the rows membership gates set their threshold on (and the gate screening counts false fires on).
+    Empty without ``config.people``. ``config.calibration_budget``: at most that many questions, as whole people
+    (:func:`budget_people`, seed ``config.budget_seed``)."""
     if config.people is None:
         return [], []
     retain = config.people.people(bench.retain(config.forget_ratio), "validation")
     real = config.people.people(bench.real(), "validation") if config.include_real else []
     drop = set(exclude)
-    people = [p for p in retain + real if p.id not in drop]
-    items = items_from_profiles(people, "calibration")
+    groups = [[p for p in retain if p.id not in drop], [p for p in real if p.id not in drop]]
+    budget = getattr(config, "calibration_budget", None)
+    people, take = budget_people([g for g in groups if g], budget, config.budget_seed, "calibration")
+    # A budget reads whole people in a seeded order (the last one cut), shared between fictitious and real ones
+    # as the retain budget is; their wrapped copies follow the questions read.
+    items = [it for p in people for it in items_from_profiles([p], "calibration")[:take[p.id]]]
     if config.wrap:  # the fit pool's phrasings too: the threshold must hold under them
-        items += wrap_items(items_from_profiles(people, "calibration", ("generation",)), per_question=config.wrap,
+        items += wrap_items([it for it in items if it.task == "generation"], per_question=config.wrap,
                             seed=2, half="fit")
     return [Sample(it.prompt, it.image, it.person) for it in items], [it.person for it in items]
 
