@@ -123,14 +123,23 @@ def run_compare(out_dir: str | Path = "results/compare", cfg: EraseConfig = Eras
     # Time the eraser's fit for the chosen layer alone: what a user pays once the setting is known.
     with PeakMemory() as meter:
         start = time.time()
-        # The demo's gate (kind and target rate, chosen on its rehearsal) at the demo's layer.
+        # The demo's gate (kind, read and target rate, chosen on its rehearsal) at the demo's layer. The read must
+        # be the chosen one: the fit config's first screened read is another (an earlier compare fitted that).
         gate = chosen.get("gate", "linear")
         gated = replace(cfg.fit_config((layer,), lam), gate=gate,
-                        gate_fpr=chosen["gate_fpr"] if gate != "linear" else 0.05)
+                        gate_fpr=chosen["gate_fpr"] if gate != "linear" else 0.05,
+                        gate_reads=chosen.get("gate_reads") if gate != "linear" and chosen.get("gate_reads")
+                        else cfg.fit_config((layer,)).gate_reads)
         fit = fit_eraser(model, bench, gated)
         fit_seconds = time.time() - start
     eraser = fit.eraser.with_options(threshold=chosen.get("threshold", 0.0),
-                                     positions=chosen.get("positions") or fit.eraser.positions)
+                                     positions=chosen.get("positions") or fit.eraser.positions,
+                                     latch=bool(chosen.get("latch", False)) and gate != "linear")
+    saved = demo_dir / "eraser.safetensors"
+    if saved.exists():  # the demo's own eraser, as it chose and reported it (the refit above gives the cost)
+        from toolkit.eraser import Eraser
+
+        eraser = Eraser.load(saved, model)
     costs = {"MLLMEraser": (fit_seconds, meter.added_mb)}
     frames = [evaluate_people(model, bench, cfg, None, "vanilla"), evaluate_people(model, bench, cfg, eraser, "MLLMEraser")]
     # The baselines train on the same fit people as the eraser: evaluation people stay unseen by every method.

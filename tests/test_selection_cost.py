@@ -29,8 +29,8 @@ def bench_dir(tmp_path_factory):
 
 
 def _items(bench):
-    return (items_from_profiles(bench.forget(10), "Forget", ("generation",))
-            + items_from_profiles(bench.retain(10)[:4], "Retain", ("generation",)))
+    return (items_from_profiles(bench.forget(10), "Forget", ("generation",))[:16]
+            + items_from_profiles(bench.retain(10)[:3], "Retain", ("generation",)))
 
 
 @pytest.mark.parametrize("family,latch", [("llava", False), ("qwen2_5_vl", True)])
@@ -50,8 +50,8 @@ def test_steered_rows_are_the_rows_whose_logits_move_and_the_rest_generate_vanil
     moved = tracing.forward(m, samples, steers=eraser, batch_size=5)
     assert steered == [not torch.equal(a, b) for a, b in zip(plain, moved)]
     # The unsteered rows generate the vanilla tokens, the whole continuation long.
-    ids = tracing.generate(m, samples, steers=eraser, max_new_tokens=12, batch_size=5, return_ids=True)
-    base = tracing.generate(m, samples, max_new_tokens=12, batch_size=5, return_ids=True)
+    ids = tracing.generate(m, samples, steers=eraser, max_new_tokens=8, batch_size=5, return_ids=True)
+    base = tracing.generate(m, samples, max_new_tokens=8, batch_size=5, return_ids=True)
     assert all(torch.equal(a, b) for a, b, s in zip(ids, base, steered) if not s)
     # run_items with the vanilla rows equals full generation, row for row.
     vanilla = run_items(m, items, batch_size=5)
