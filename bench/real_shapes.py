@@ -59,6 +59,8 @@ QUESTIONS = ["Who is the person in this picture?", "What is this person's occupa
 # The run whose rehearsal grid and generated shares the whole-job projection reads: the embedded default of the same
 # family (make demo; mllmeraser demo --model default-qwen --out results/demo-qwen).
 JOB_RUNS = {"llava-1.5-7b": "results/demo", "qwen2.5-vl-7b": "results/demo-qwen"}
+# Evaluation splits that grow with the forget list (the rest grow with the people).
+FORGET_SIDE = ("Forget", "Test", "Paraphrase")
 
 # MLLMU-Bench (Liu et al. 2024): 500 fictitious profiles and 153 real ones; forget_10 = 50 profiles.
 MLLMU_FICTITIOUS, MLLMU_REAL, MLLMU_FORGET_10 = 500, 153, 50
@@ -317,7 +319,7 @@ def benchmark_counts(config=None, calibration_budget: int | None = None) -> dict
     pgd = config.pgd.steps if config.pgd else 0
     return {"people": fictitious + len(bench.real()), "forget_people": len(forget), "sets": counts,
             "retain_budget": config.retain_budget, "n_contrast": config.n_contrast,
-            "calibration_budget": getattr(config, "calibration_budget", None),
+            "calibration_budget": config.calibration_budget,
             "retain_people_read": len(read), "fit_people": sum(map(len, people)),
             "generated_prompts": asked + 2 * (config.pgd_limit or 0) * bool(pgd),
             "pgd_images": (config.pgd_limit or 0) if pgd else 0, "pgd_steps": pgd, "layers": model.num_layers,
@@ -426,7 +428,7 @@ def job_counts(run: Path | None = None, config=None) -> dict:
     for task, tokens in (("generation", 32), ("classification", 4), ("cloze", 32)):
         chosen = [it for it in items if it.task == task]
         tasks[task] = dict(split_counts(chosen), new_tokens=tokens,
-                           forget=sum(it.split in ("Forget", "Test", "Paraphrase") for it in chosen))
+                           forget=sum(it.split in FORGET_SIDE for it in chosen))
     frame = pd.read_csv(grid)
     out = {"grid_rows": len(frame), "stand_in_people": len(stand),
            "rehearsal": {name: split_counts(v) for name, v in sets.items()}, "evaluation": tasks,
@@ -444,7 +446,7 @@ def job_counts(run: Path | None = None, config=None) -> dict:
         res = pd.read_csv(results)
         if "generated" in res:
             ours = res[res.generated.notna()]
-            ours = ours.assign(side=ours.split.isin(["Forget", "Test", "Paraphrase"]).map({True: "forget",
+            ours = ours.assign(side=ours.split.isin(FORGET_SIDE).map({True: "forget",
                                                                                           False: "people"}))
             out["evaluation_generated"] = {task: {side: float(g.generated.astype(bool).mean())
                                                   for side, g in by.groupby("side")}

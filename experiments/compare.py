@@ -126,10 +126,10 @@ def run_compare(out_dir: str | Path = "results/compare", cfg: EraseConfig = Eras
         # The demo's gate (kind, read and target rate, chosen on its rehearsal) at the demo's layer. The read must
         # be the chosen one: the fit config's first screened read is another (an earlier compare fitted that).
         gate = chosen.get("gate", "linear")
-        gated = replace(cfg.fit_config((layer,), lam), gate=gate,
-                        gate_fpr=chosen["gate_fpr"] if gate != "linear" else 0.05,
+        base = cfg.fit_config((layer,), lam)
+        gated = replace(base, gate=gate, gate_fpr=chosen["gate_fpr"] if gate != "linear" else 0.05,
                         gate_reads=chosen.get("gate_reads") if gate != "linear" and chosen.get("gate_reads")
-                        else cfg.fit_config((layer,)).gate_reads)
+                        else base.gate_reads)
         fit = fit_eraser(model, bench, gated)
         fit_seconds = time.time() - start
     eraser = fit.eraser.with_options(threshold=chosen.get("threshold", 0.0),
@@ -141,7 +141,9 @@ def run_compare(out_dir: str | Path = "results/compare", cfg: EraseConfig = Eras
 
         eraser = Eraser.load(saved, model)
     costs = {"MLLMEraser": (fit_seconds, meter.added_mb)}
-    frames = [evaluate_people(model, bench, cfg, None, "vanilla"), evaluate_people(model, bench, cfg, eraser, "MLLMEraser")]
+    vanilla = evaluate_people(model, bench, cfg, None, "vanilla")
+    # The eraser's gate decides at prefill: the questions it leaves alone keep vanilla's answers (job.erase does so).
+    frames = [vanilla, evaluate_people(model, bench, cfg, eraser, "MLLMEraser", unsteered=vanilla)]
     # The baselines train on the same fit people as the eraser: evaluation people stay unseen by every method.
     train_retain = fit_people(bench, cfg.fit_config((layer,)), real=False)
     forget_qa, retain_qa = qa_pairs(bench.forget(r)), qa_pairs(train_retain)

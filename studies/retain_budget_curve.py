@@ -88,7 +88,7 @@ def run(models: list[str], seeds: list[int], budgets: list[str], out: Path, rows
                 t = time.time()
                 fit = fit_eraser(model, bench, cfg, contrast=contrast)
                 fit_s = time.time() - t
-                df = evaluate_people(model, bench, config, fit.eraser, "MLLMEraser")
+                df = evaluate_people(model, bench, config, fit.eraser, "MLLMEraser", unsteered=frames[0])
                 table = headline_table(df, summarize(df).assign(method="MLLMEraser"))
                 extra = {} if kind == "retain" else {
                     "calibration_people": len(set(cal[1])),

@@ -167,7 +167,7 @@ def score_setting(model: LoadedModel, sets: dict[str, list[Item]], steers, batch
     for name, items in sets.items():
         if items:
             df = run_items(model, items, steers=steers, batch_size=batch_size,
-                           unsteered=(unsteered or {}).get(name) if steers is not None else None,
+                           unsteered=(unsteered or {}).get(name),
                            touched=(touched or {}).get(name))
             if frames is not None:
                 frames[name] = df.drop(columns="generated", errors="ignore")

@@ -108,8 +108,8 @@ def calibration_samples(bench: MLLMUBench, config: FitConfig, exclude: Sequence[
     real = config.people.people(bench.real(), "validation") if config.include_real else []
     drop = set(exclude)
     groups = [[p for p in retain if p.id not in drop], [p for p in real if p.id not in drop]]
-    budget = getattr(config, "calibration_budget", None)
-    people, take = budget_people([g for g in groups if g], budget, config.budget_seed, "calibration")
+    people, take = budget_people([g for g in groups if g], config.calibration_budget, config.budget_seed,
+                                 "calibration")
     # A budget reads whole people in a seeded order (the last one cut), shared between fictitious and real ones
     # as the retain budget is; their wrapped copies follow the questions read.
     items = [it for p in people for it in items_from_profiles([p], "calibration")[:take[p.id]]]
